@@ -1,0 +1,457 @@
+"""Writes for teams, capacity requests and grants.
+
+Every function is keyword-only and transactional, and writes its audit row in the same transaction
+as the change. Errors are Django ValidationError (bad input, with field names where there is one)
+or PermissionDenied (the actor may not do this); forms and the API turn both into messages.
+"""
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.utils import timezone
+
+from pools.models import Accelerator, NodePool, PoolClass
+from pools.selectors import pools_offering
+from portal.models import User
+from portal.services import audit_event_record
+from quotas import rules
+from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
+from quotas.selectors import is_team_lead, pool_figures
+from quotas.states import HOLDING_STATES, PENDING_STATES, RequestState, check_transition
+
+S = RequestState
+
+
+def _snapshot(req: CapacityRequest) -> dict[str, Any]:
+    return {"state": req.state, "gpus": req.gpus, "pool": req.pool_id}
+
+
+def _transition(
+    req: CapacityRequest,
+    *,
+    to: str,
+    actor: User | None,
+    action: str,
+    message: str = "",
+    audit_obj: models.Model | None = None,
+    **changes: Any,
+) -> None:
+    check_transition(req.state, to)
+    before = _snapshot(req)
+    req.state = to
+    for field, value in changes.items():
+        setattr(req, field, value)
+    req.save()
+    audit_event_record(
+        actor=actor,
+        action=action,
+        obj=audit_obj or req,
+        team=req.team,
+        before=before,
+        after=_snapshot(req),
+        message=message,
+    )
+
+
+def _queue_reconcile(grant: Grant) -> None:
+    # Imported here: tasks import services, and the task must only be queued once the grant is committed.
+    from quotas.tasks import grant_reconcile
+
+    transaction.on_commit(lambda: grant_reconcile.delay(grant.pk))
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _memory_fit_error(
+    *, accelerator: Accelerator, parameters: Decimal, precision: str, gpus_per_replica: int, pool_class: str
+) -> str | None:
+    need = rules.model_memory_gib(parameters, precision)
+    offered = accelerator.memory_gib * gpus_per_replica
+    if need <= offered:
+        return None
+    fitting = sorted(
+        {
+            pool.accelerator
+            for pool in pools_offering(pool_class=pool_class)
+            if pool.accelerator.memory_gib * gpus_per_replica >= need
+        },
+        key=lambda acc: (acc.memory_gib, acc.name),
+    )
+    hint = (
+        f"Types that fit with {gpus_per_replica} per replica: {', '.join(a.name for a in fitting)}."
+        if fitting
+        else (
+            f"No {PoolClass(pool_class).label.lower()} accelerator fits it "
+            f"with {gpus_per_replica} per replica."
+        )
+    )
+    spread = rules.units_needed(need, accelerator.memory_gib)
+    return (
+        f"A {parameters}B-parameter model at {precision} needs about {need} GiB per replica; "
+        f"{gpus_per_replica} x {accelerator.name} offers {offered} GiB. {hint} "
+        f"Or span {spread} {accelerator.name} units per replica."
+    )
+
+
+def _validate_request(
+    *,
+    team: Team,
+    requester: User,
+    pool_class: str,
+    accelerator: Accelerator,
+    gpus: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    model_parameters_billion: Decimal | None,
+    model_precision: str,
+    gpus_per_replica: int,
+) -> NodePool:
+    """Check a request against every rule that does not depend on other pending requests; pick its pool."""
+    errors: dict[str, list[str]] = {}
+    if not Membership.objects.filter(team=team, user=requester).exists():
+        raise PermissionDenied(f"You are not a member of team {team.slug}.")
+    if pool_class not in PoolClass.values:
+        errors.setdefault("pool_class", []).append(f"Unknown pool class {pool_class!r}.")
+    if gpus < 1:
+        errors.setdefault("gpus", []).append("Ask for at least one GPU.")
+    if gpus_per_replica < 1 or gpus_per_replica > max(gpus, 1):
+        errors.setdefault("gpus_per_replica", []).append(
+            f"GPUs per replica must be between 1 and the GPUs requested ({gpus})."
+        )
+    if ends_at <= starts_at:
+        errors.setdefault("ends_at", []).append("The end must be after the start.")
+    elif (ends_at - starts_at).days > settings.PORTAL_MAX_REQUEST_DAYS:
+        errors.setdefault("ends_at", []).append(
+            f"Requests may last at most {settings.PORTAL_MAX_REQUEST_DAYS} days; ask again to extend."
+        )
+    if ends_at <= timezone.now():
+        errors.setdefault("ends_at", []).append("The end is in the past.")
+    if (model_parameters_billion is None) != (not model_precision):
+        errors.setdefault("model_precision", []).append(
+            "Give both the parameter count and the precision, or neither."
+        )
+    if errors:
+        raise ValidationError(errors)
+
+    if model_parameters_billion is not None:
+        problem = _memory_fit_error(
+            accelerator=accelerator,
+            parameters=model_parameters_billion,
+            precision=model_precision,
+            gpus_per_replica=gpus_per_replica,
+            pool_class=pool_class,
+        )
+        if problem:
+            raise ValidationError({"accelerator": [problem]})
+
+    candidates = list(pools_offering(pool_class=pool_class, accelerator=accelerator))
+    if not candidates:
+        offered = sorted({p.accelerator.name for p in pools_offering(pool_class=pool_class)})
+        raise ValidationError(
+            {
+                "accelerator": [
+                    f"No pool offers {accelerator.name} for {PoolClass(pool_class).label.lower()}. "
+                    f"Offered: {', '.join(offered) or 'nothing yet'}."
+                ]
+            }
+        )
+    # Prefer a pool of the request's own class (batch only borrows), then the one with most room.
+    scored = []
+    for pool in candidates:
+        figures = pool_figures(pool=pool, team_id=team.pk)
+        refusal = rules.capacity_refusal(
+            figures, gpus=gpus, pool_name=str(pool), is_batch=pool_class == PoolClass.BATCH
+        )
+        scored.append(
+            (refusal is not None, pool.pool_class != pool_class, -figures.free, pool.pk, pool, refusal)
+        )
+    scored.sort(key=lambda row: row[:4])
+    best = scored[0]
+    if best[0]:
+        raise ValidationError({"gpus": [best[5]]})
+    return best[4]
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def capacity_request_create(
+    *,
+    requester: User,
+    team: Team,
+    pool_class: str,
+    accelerator: Accelerator,
+    gpus: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    purpose: str,
+    cpu: Decimal | None = None,
+    memory_gib: int | None = None,
+    model_parameters_billion: Decimal | None = None,
+    model_precision: str = "",
+    gpus_per_replica: int = 1,
+    submit: bool = True,
+) -> CapacityRequest:
+    if not purpose.strip():
+        raise ValidationError({"purpose": ["Say what the GPUs are for; approvers read it."]})
+    pool = _validate_request(
+        team=team,
+        requester=requester,
+        pool_class=pool_class,
+        accelerator=accelerator,
+        gpus=gpus,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        model_parameters_billion=model_parameters_billion,
+        model_precision=model_precision,
+        gpus_per_replica=gpus_per_replica,
+    )
+    req = CapacityRequest.objects.create(
+        team=team,
+        requester=requester,
+        pool_class=pool_class,
+        accelerator=accelerator,
+        pool=pool,
+        gpus=gpus,
+        cpu=cpu,
+        memory_gib=memory_gib,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        purpose=purpose.strip(),
+        model_parameters_billion=model_parameters_billion,
+        model_precision=model_precision,
+        gpus_per_replica=gpus_per_replica,
+    )
+    audit_event_record(
+        actor=requester, action="capacity_request.created", obj=req, team=team, after=_snapshot(req)
+    )
+    if submit:
+        capacity_request_submit(capacity_request=req, actor=requester)
+    return req
+
+
+@transaction.atomic
+def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -> CapacityRequest:
+    req = CapacityRequest.objects.select_for_update().get(pk=capacity_request.pk)
+    if actor.pk != req.requester_id:
+        raise PermissionDenied("Only the requester can submit a draft.")
+    check_transition(req.state, S.PENDING_LEAD)
+
+    rule = settings.PORTAL_AUTO_APPROVAL.get(req.pool_class)
+    if rules.within_auto_approval(gpus=req.gpus, starts_at=req.starts_at, ends_at=req.ends_at, rule=rule):
+        refusal = _lock_and_check_capacity(req)
+        if refusal is None:
+            _approve_final(
+                req, actor=None, stage=ApprovalDecision.Stage.AUTO, comment="Within the auto-approval rule"
+            )
+            capacity_request.refresh_from_db()
+            return capacity_request
+        note = f"Not auto-approved: {refusal}"
+    else:
+        note = ""
+
+    # A lead's own request (or a team whose only lead is the requester) skips the lead stage:
+    # nobody else on the team could approve it, and nobody approves their own request.
+    other_leads = Membership.objects.filter(team_id=req.team_id, role=Membership.Role.LEAD).exclude(
+        user_id=req.requester_id
+    )
+    target = (
+        S.PENDING_PLATFORM
+        if is_team_lead(user=actor, team_id=req.team_id) or not other_leads.exists()
+        else (S.PENDING_LEAD)
+    )
+    _transition(req, to=target, actor=actor, action="capacity_request.submitted", message=note)
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
+    """Lock the pool row so concurrent approvals of its last GPUs serialise, then apply the rules."""
+    pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=req.pool_id)
+    figures = pool_figures(pool=pool, team_id=req.team_id)
+    return rules.capacity_refusal(
+        figures, gpus=req.gpus, pool_name=str(pool), is_batch=req.pool_class == PoolClass.BATCH
+    )
+
+
+def _approve_final(req: CapacityRequest, *, actor: User | None, stage: str, comment: str) -> Grant:
+    ApprovalDecision.objects.create(
+        request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.APPROVE, comment=comment
+    )
+    _transition(req, to=S.APPROVED, actor=actor, action="capacity_request.approved", message=comment)
+    grant = Grant.objects.create(
+        request=req,
+        team=req.team,
+        pool=req.pool,
+        gpus=req.gpus,
+        namespace=Grant.namespace_for(req),
+        starts_at=req.starts_at,
+        ends_at=req.ends_at,
+    )
+    audit_event_record(
+        actor=actor,
+        action="grant.created",
+        obj=grant,
+        team=req.team,
+        after={"gpus": grant.gpus, "pool": str(grant.pool), "namespace": grant.namespace},
+    )
+    _queue_reconcile(grant)
+    return grant
+
+
+def _check_decider(req: CapacityRequest, actor: User) -> str:
+    """Return the stage `actor` may decide, or raise PermissionDenied saying why not."""
+    if actor.pk == req.requester_id:
+        raise PermissionDenied("Nobody approves or rejects their own request.")
+    if req.state == S.PENDING_LEAD:
+        if not is_team_lead(user=actor, team_id=req.team_id):
+            raise PermissionDenied(f"Only a lead of team {req.team.slug} can decide at the team-lead stage.")
+        return ApprovalDecision.Stage.LEAD
+    if req.state == S.PENDING_PLATFORM:
+        if not actor.is_platform_admin:
+            raise PermissionDenied("Only a platform admin can decide at the platform stage.")
+        return ApprovalDecision.Stage.PLATFORM
+    raise ValidationError(
+        f"Request #{req.pk} is {req.get_state_display().lower()}; only pending requests can be decided.",
+        code="not_pending",
+    )
+
+
+@transaction.atomic
+def capacity_request_approve(
+    *, capacity_request: CapacityRequest, actor: User, comment: str = ""
+) -> CapacityRequest:
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    stage = _check_decider(req, actor)
+    if stage == ApprovalDecision.Stage.LEAD:
+        ApprovalDecision.objects.create(
+            request=req,
+            stage=stage,
+            approver=actor,
+            decision=ApprovalDecision.Decision.APPROVE,
+            comment=comment,
+        )
+        _transition(
+            req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
+        )
+    else:
+        refusal = _lock_and_check_capacity(req)
+        if refusal:
+            raise ValidationError(refusal, code="capacity")
+        _approve_final(req, actor=actor, stage=stage, comment=comment)
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+@transaction.atomic
+def capacity_request_reject(
+    *, capacity_request: CapacityRequest, actor: User, comment: str
+) -> CapacityRequest:
+    if not comment.strip():
+        raise ValidationError({"comment": ["Say why the request is rejected; the requester reads it."]})
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    stage = _check_decider(req, actor)
+    ApprovalDecision.objects.create(
+        request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.REJECT, comment=comment
+    )
+    _transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+@transaction.atomic
+def capacity_request_cancel(*, capacity_request: CapacityRequest, actor: User) -> CapacityRequest:
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    if actor.pk != req.requester_id and not is_team_lead(user=actor, team_id=req.team_id):
+        raise PermissionDenied("Only the requester or a team lead can cancel a request.")
+    if req.state not in PENDING_STATES | {S.DRAFT}:
+        raise ValidationError(
+            f"Request #{req.pk} is {req.get_state_display().lower()}; "
+            "only drafts and pending requests can be "
+            "cancelled (an approved grant is revoked instead).",
+            code="invalid_transition",
+        )
+    _transition(req, to=S.CANCELLED, actor=actor, action="capacity_request.cancelled")
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+# --- grants -----------------------------------------------------------------------------------
+
+
+def _end_grant(grant: Grant, *, to: str, actor: User | None, action: str, message: str) -> None:
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=grant.request_id)
+    if req.state not in HOLDING_STATES:
+        raise ValidationError(
+            f"Grant {grant.namespace} is already {req.get_state_display().lower()}.",
+            code="invalid_transition",
+        )
+    _transition(req, to=to, actor=actor, action=action, message=message, audit_obj=grant)
+    Grant.objects.filter(pk=grant.pk).update(generation=grant.generation + 1)
+    grant.refresh_from_db()
+    _queue_reconcile(grant)
+
+
+@transaction.atomic
+def grant_revoke(*, grant: Grant, actor: User, reason: str) -> Grant:
+    if not actor.is_platform_admin:
+        raise PermissionDenied("Only a platform admin can revoke a grant.")
+    if not reason.strip():
+        raise ValidationError({"reason": ["Say why the grant is revoked; the team reads it."]})
+    grant = Grant.objects.select_for_update().get(pk=grant.pk)
+    _end_grant(grant, to=S.REVOKED, actor=actor, action="grant.revoked", message=reason)
+    return grant
+
+
+@transaction.atomic
+def grant_expire(*, grant: Grant) -> Grant:
+    grant = Grant.objects.select_for_update().get(pk=grant.pk)
+    _end_grant(
+        grant, to=S.EXPIRED, actor=None, action="grant.expired", message=f"Validity ended at {grant.ends_at}"
+    )
+    return grant
+
+
+def grants_expire_due(*, now: datetime | None = None) -> list[int]:
+    """Expire every holding grant whose window has ended. Each grant in its own transaction."""
+    now = now or timezone.now()
+    due = list(
+        Grant.objects.filter(ends_at__lte=now, request__state__in=HOLDING_STATES).values_list("pk", flat=True)
+    )
+    expired = []
+    for pk in due:
+        try:
+            grant_expire(grant=Grant(pk=pk))
+        except ValidationError:
+            continue  # changed state since we looked: someone revoked it meanwhile
+        expired.append(pk)
+    return expired
+
+
+# --- teams ------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def membership_set(*, team: Team, user: User, role: str, actor: User | None) -> Membership:
+    membership, created = Membership.objects.select_for_update().get_or_create(
+        team=team, user=user, defaults={"role": role}
+    )
+    if created or membership.role != role:
+        before = None if created else {"role": membership.role}
+        membership.role = role
+        membership.save()
+        audit_event_record(
+            actor=actor,
+            action="membership.set",
+            obj=membership,
+            team=team,
+            before=before,
+            after={"role": role},
+        )
+    return membership

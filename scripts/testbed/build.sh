@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Build the testbed's control-plane binaries from the Go module proxy into a cache keyed by version.
+# Re-running is cheap: each component is skipped when its cache entry already holds a finished build.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root="${GPU_PORTAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpu-portal}"
+k8s_dir="$cache_root/k8s-$KUBE_VERSION"
+etcd_dir="$cache_root/etcd-$ETCD_VERSION"
+kwok_dir="$cache_root/kwok-$KWOK_VERSION"
+
+log() { printf '[testbed-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+if ! command -v go >/dev/null 2>&1; then
+  log "ERROR: Go is not installed (needed to build kube-apiserver, etcd and kwok from source)."
+  log "Install Go 1.26 or newer and put it on PATH, or point KUBECONFIG at an existing cluster instead."
+  exit 2
+fi
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+build_kubernetes() {
+  local out="$k8s_dir/bin"
+  if [[ -f "$k8s_dir/.complete" ]]; then log "kubernetes $KUBE_VERSION: cached in $out"; return; fi
+  log "kubernetes $KUBE_VERSION: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (first time only; ~15 min on 2 cores)"
+  local work="$k8s_dir/src"
+  rm -rf "$work" && mkdir -p "$work" "$out"
+  cd "$work"
+  go mod init gpu-portal.local/k8s-wrapper >/dev/null 2>&1
+  local gomod
+  gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  # k8s.io/kubernetes points its staging modules at ./staging; replace each with the published v0.Y.Z.
+  local staging_version="v0.${KUBE_VERSION#v1.}"
+  local -a edits=("-require=k8s.io/kubernetes@$KUBE_VERSION")
+  while read -r mod; do
+    edits+=("-replace=$mod=$mod@$staging_version")
+  done < <(grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk '{print $1}')
+  log "kubernetes $KUBE_VERSION: ${#edits[@]} go.mod edits derived from its go.mod ($gomod)"
+  go mod edit "${edits[@]}"
+  cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  log "kubernetes $KUBE_VERSION: resolving dependencies"
+  go mod tidy -e >/dev/null 2>"$work/tidy.log" || { cat "$work/tidy.log" >&2; exit 1; }
+  local major minor
+  major="$(cut -d. -f1 <<<"${KUBE_VERSION#v}")"; minor="$(cut -d. -f2 <<<"$KUBE_VERSION")"
+  local pkg=k8s.io/component-base/version
+  local ldflags="-s -w -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=$major -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    log "kubernetes $KUBE_VERSION: go build $cmd"
+    go build -trimpath -ldflags "$ldflags" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+  done
+  touch "$k8s_dir/.complete"
+  log "kubernetes $KUBE_VERSION: done"
+}
+
+build_etcd() {
+  local out="$etcd_dir/bin"
+  if [[ -f "$etcd_dir/.complete" ]]; then log "etcd $ETCD_VERSION: cached in $out"; return; fi
+  log "etcd $ETCD_VERSION: building"
+  local work="$etcd_dir/src"
+  rm -rf "$work" && mkdir -p "$work" "$out"
+  cd "$work"
+  go mod init gpu-portal.local/etcd-wrapper >/dev/null 2>&1
+  go mod edit "-require=go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  go mod tidy -e >/dev/null 2>"$work/tidy.log" || { cat "$work/tidy.log" >&2; exit 1; }
+  go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
+  touch "$etcd_dir/.complete"
+  log "etcd $ETCD_VERSION: done"
+}
+
+build_kwok() {
+  local out="$kwok_dir/bin"
+  if [[ -f "$kwok_dir/.complete" ]]; then log "kwok $KWOK_VERSION: cached in $out"; return; fi
+  log "kwok $KWOK_VERSION: building kwok and kwokctl"
+  mkdir -p "$out"
+  GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
+  touch "$kwok_dir/.complete"
+  log "kwok $KWOK_VERSION: done"
+}
+
+case "${1:-all}" in
+  all) build_etcd; build_kwok; build_kubernetes ;;
+  kubernetes) build_kubernetes ;;
+  etcd) build_etcd ;;
+  kwok) build_kwok ;;
+  paths)
+    echo "KUBE_BIN=$k8s_dir/bin"; echo "ETCD_BIN=$etcd_dir/bin"; echo "KWOK_BIN=$kwok_dir/bin" ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|kwok|paths]" >&2; exit 2 ;;
+esac
