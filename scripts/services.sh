@@ -73,6 +73,11 @@ start_redis() {
   log "ERROR: Redis did not start; see $STATE_DIR/redis/redis.log"; exit 1
 }
 
+ensure_chromium() {
+  # Browser tests drive Debian's Chromium through Playwright; Playwright never downloads a browser here.
+  command -v chromium >/dev/null || apt_install chromium
+}
+
 stop_all() {
   local bin; bin="$(pg_bin)"
   if [[ -n "$bin" && -f "$STATE_DIR/pg/postmaster.pid" ]]; then
@@ -83,10 +88,11 @@ stop_all() {
 }
 
 case "${1:-up}" in
-  up) start_postgres; start_redis
+  up) start_postgres; start_redis; ensure_chromium
       echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/portal"
       echo "CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0" ;;
   redis) start_redis ;;
+  chromium) ensure_chromium ;;
   down) stop_all ;;
-  *) echo "usage: $0 [up|down|redis]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|down|redis|chromium]" >&2; exit 2 ;;
 esac

@@ -73,6 +73,7 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'portal.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL lets web, worker and beat share the file; IMMEDIATE takes the write lock at BEGIN so two
     # concurrent approvals serialise instead of failing half-way with "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).update(

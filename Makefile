@@ -1,0 +1,60 @@
+# Two commands matter: `make run` (the portal on embedded defaults) and `make test` (the full suite).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+TEST_PG_PORT ?= 55432
+TEST_REDIS_PORT ?= 56379
+TEST_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:$(TEST_PG_PORT)/portal \
+	CELERY_BROKER_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/0 \
+	DJANGO_SETTINGS_MODULE=portal.settings.test
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test unit lint fmt services services-down check-deploy clean
+
+help:
+	@echo "make run      start the portal (web, worker, beat) on embedded defaults at http://127.0.0.1:8000"
+	@echo "make test     install everything needed and run the whole suite on PostgreSQL and Redis"
+	@echo "make lint     ruff"
+	@echo "make testbed-up / testbed-down   the local Kubernetes testbed"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	@bash scripts/run.sh
+
+services:
+	@bash scripts/services.sh up >/dev/null
+
+services-down:
+	@bash scripts/services.sh down
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+check-deploy: venv
+	PORTAL_SECRET_KEY=$$(head -c 48 /dev/urandom | base64) PORTAL_ALLOWED_HOSTS=portal.example.com \
+	DATABASE_URL=postgres://postgres@127.0.0.1:$(TEST_PG_PORT)/portal CELERY_BROKER_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/0 \
+	PORTAL_CREDENTIALS_KEYS=$$($(PYTHON) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
+	DJANGO_SETTINGS_MODULE=portal.settings.production $(PYTHON) manage.py check --deploy --fail-level WARNING
+
+test: venv services lint check-deploy
+	$(TEST_ENV) $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var/staticfiles .pytest_cache
+
+include scripts/testbed/testbed.mk
