@@ -14,17 +14,21 @@ kwok_dir="$cache_root/kwok-$KWOK_VERSION"
 
 log() { printf '[testbed-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
-if ! command -v go >/dev/null 2>&1; then
-  log "ERROR: Go is not installed (needed to build kube-apiserver, etcd and kwok from source)."
-  log "Install Go 1.26 or newer and put it on PATH, or point KUBECONFIG at an existing cluster instead."
-  exit 2
-fi
-export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+# Checked per component, so that `paths` and fully cached runs work without Go.
+need_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    log "ERROR: Go is not installed (needed to build kube-apiserver, etcd and kwok from source)."
+    log "Install Go 1.26 or newer and put it on PATH, or point KUBECONFIG at an existing cluster instead."
+    exit 2
+  fi
+  export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+}
 
 build_kubernetes() {
   local out="$k8s_dir/bin"
   if [[ -f "$k8s_dir/.complete" ]]; then log "kubernetes $KUBE_VERSION: cached in $out"; return; fi
-  log "kubernetes $KUBE_VERSION: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (first time only; ~15 min on 2 cores)"
+  need_go
+  log "kubernetes $KUBE_VERSION: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (first time only; 5-15 min on 2 cores)"
   local work="$k8s_dir/src"
   rm -rf "$work" && mkdir -p "$work" "$out"
   cd "$work"
@@ -69,6 +73,7 @@ GO
 build_etcd() {
   local out="$etcd_dir/bin"
   if [[ -f "$etcd_dir/.complete" ]]; then log "etcd $ETCD_VERSION: cached in $out"; return; fi
+  need_go
   log "etcd $ETCD_VERSION: building"
   local work="$etcd_dir/src"
   rm -rf "$work" && mkdir -p "$work" "$out"
@@ -91,6 +96,7 @@ GO
 build_kwok() {
   local out="$kwok_dir/bin"
   if [[ -f "$kwok_dir/.complete" ]]; then log "kwok $KWOK_VERSION: cached in $out"; return; fi
+  need_go
   log "kwok $KWOK_VERSION: building kwok and kwokctl"
   mkdir -p "$out"
   GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"

@@ -1,0 +1,863 @@
+#!/usr/bin/env python3
+"""Local Kubernetes testbed: a kwok cluster (real apiserver, controller-manager and scheduler,
+simulated kubelets) with the GPU node pools described in testbed/topology.yaml.
+
+CLI:     python scripts/testbed/testbed.py up|down|status [--name N] [--extra-nodes N] [--port P]
+Library: up(), down(), status(), stop_apiserver(), start_apiserver(), apply_topology(),
+         render_nodes(), kubeconfig_path().
+
+Everything runs from binaries built by scripts/testbed/build.sh, so no step needs the network.
+State lives under var/testbed/: kwokctl's workdir (etcd data, certificates, logs, pid files) in
+var/testbed/kwok/clusters/<name>/, and the kubeconfig in var/testbed/kubeconfig for the default
+cluster or var/testbed/<name>/kubeconfig for any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_NAME = "gpu-portal"
+TOPOLOGY_FILE = REPO_ROOT / "testbed" / "topology.yaml"
+STAGES_FILE = REPO_ROOT / "testbed" / "kwok-stages.yaml"
+BUILD_SCRIPT = REPO_ROOT / "scripts" / "testbed" / "build.sh"
+VAR_DIR = REPO_ROOT / "var" / "testbed"
+KWOK_WORKDIR = VAR_DIR / "kwok"
+
+FIELD_MANAGER = "gpu-portal-testbed"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+# Start order of kwokctl's components; stopping walks it backwards so that nothing outlives the
+# apiserver it talks to, and etcd goes last.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
+# The apiserver is the bottleneck on small machines; more client threads only queue up there.
+APPLY_PARALLELISM = 8
+READY_TIMEOUT = 180.0
+
+Json = dict[str, Any]
+
+
+class TestbedError(RuntimeError):
+    """A failure the user can act on; the CLI prints it without a traceback."""
+
+
+def log(message: str) -> None:
+    print(f"[testbed {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Paths and binaries
+
+
+def kubeconfig_path(name: str = DEFAULT_NAME) -> Path:
+    if name == DEFAULT_NAME:
+        return VAR_DIR / "kubeconfig"
+    return VAR_DIR / name / "kubeconfig"
+
+
+def cluster_dir(name: str = DEFAULT_NAME) -> Path:
+    return KWOK_WORKDIR / "clusters" / name
+
+
+@dataclass(frozen=True)
+class Binaries:
+    kube_bin: Path
+    etcd_bin: Path
+    kwok_bin: Path
+
+    @property
+    def kwokctl(self) -> Path:
+        return self.kwok_bin / "kwokctl"
+
+    @property
+    def kubectl(self) -> Path:
+        return self.kube_bin / "kubectl"
+
+    def all(self) -> list[Path]:
+        kube = [self.kube_bin / c for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")]
+        return [*kube, self.kubectl, self.etcd_bin / "etcd", self.kwok_bin / "kwok", self.kwokctl]
+
+
+def binaries() -> Binaries:
+    """Locate the built binaries; build.sh owns the cache layout, so ask it rather than guess."""
+    result = subprocess.run(["bash", str(BUILD_SCRIPT), "paths"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TestbedError(f"{BUILD_SCRIPT} paths failed: {result.stderr.strip()}")
+    dirs = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    found = Binaries(Path(dirs["KUBE_BIN"]), Path(dirs["ETCD_BIN"]), Path(dirs["KWOK_BIN"]))
+    missing = [p.name for p in found.all() if not os.access(p, os.X_OK)]
+    if missing:
+        raise TestbedError(
+            f"the testbed binaries are not built (missing {', '.join(missing)} "
+            f"under {found.kube_bin.parent.parent}).\n"
+            "Run `make testbed-build` first: a one-time build from source that takes several minutes."
+        )
+    return found
+
+
+def _kwokctl(bins: Binaries, name: str, *args: str, stdin: str = "") -> None:
+    env = {
+        **os.environ,
+        "KWOK_WORKDIR": str(KWOK_WORKDIR),
+        # kwokctl shells out to kubectl (found on PATH first) to probe the apiserver; without a
+        # local one it would try to download it.
+        "KWOK_KUBECTL_BINARY": str(bins.kubectl),
+        "PATH": f"{bins.kube_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    proc = subprocess.Popen(
+        [str(bins.kwokctl), "--name", name, *args],
+        env=env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    # Off a terminal kwokctl logs JSON; show its messages as progress lines instead.
+    for line in proc.stderr:
+        try:
+            entry = json.loads(line)
+            extra = entry.get("err") or entry.get("elapsed", {}).get("human", "")
+            log(f"kwokctl: {entry['msg']}" + (f" ({extra})" if extra else ""))
+        except (ValueError, KeyError, AttributeError):
+            print(line, end="", file=sys.stderr)
+    if proc.wait() != 0:
+        raise TestbedError(
+            f"kwokctl {' '.join(args[:2])} failed (exit {proc.returncode}); "
+            f"component logs are in {cluster_dir(name) / 'logs'}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+def _kwok_config(name: str) -> Json | None:
+    path = cluster_dir(name) / "kwok.yaml"
+    if not path.exists():
+        return None
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "KwokctlConfiguration":
+            return doc
+    return None
+
+
+def _pid_file(name: str, component: str) -> Path:
+    return cluster_dir(name) / "pids" / f"{component}.pid"
+
+
+def _component_pid(name: str, component: str) -> int | None:
+    """PID of a live component process, or None; a pid file can outlive its process (or be
+    recycled after a reboot), so the command line is checked too."""
+    try:
+        pid = int(_pid_file(name, component).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except (OSError, ValueError):
+        return None
+    if _exited(pid) or Path(cmdline).name != component:
+        return None
+    return pid
+
+
+def _exited(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # The state letter follows the parenthesised command name; a zombie has already exited.
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _stop_component(name: str, component: str, graceful: bool = False, timeout: float = 90.0) -> bool:
+    """Kill a component (SIGTERM first when `graceful`, SIGKILL after `timeout`); returns whether
+    a process was running."""
+    pid = _component_pid(name, component)
+    if pid is not None:
+        if graceful:
+            os.kill(pid, signal.SIGTERM)
+        if not graceful or not _wait_exit(pid, timeout):
+            os.kill(pid, signal.SIGKILL)
+            _wait_exit(pid, 10.0)
+    # kwokctl only starts a component whose pid file is missing or dead.
+    _pid_file(name, component).unlink(missing_ok=True)
+    return pid is not None
+
+
+def _component_states(name: str) -> dict[str, bool]:
+    config = _kwok_config(name)
+    if config is None:
+        return {}
+    names = [c["name"] for c in config.get("components", [])]
+    return {c: _component_pid(name, c) is not None for c in names}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# Every port a cluster's components listen on, as recorded in its kwok.yaml.
+_PORT_OPTIONS = (
+    "kubeApiserverPort",
+    "etcdPort",
+    "etcdPeerPort",
+    "kwokControllerPort",
+    "kubeControllerManagerPort",
+    "kubeSchedulerPort",
+)
+
+
+@contextmanager
+def _port_allocation() -> Iterator[Callable[[int | None], int]]:
+    """Hand out ports for a new cluster, excluding those of every cluster in the workdir.
+
+    kwokctl would pick ports itself by probing, but it neither sees ports of stopped components
+    (a cluster whose apiserver a test has just killed) nor ports another kwokctl process is
+    choosing at the same moment (parallel test sessions). So the ports are chosen here, under a
+    lock held until the new cluster's kwok.yaml records them.
+    """
+    KWOK_WORKDIR.mkdir(parents=True, exist_ok=True)
+    with open(KWOK_WORKDIR / "ports.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        taken: set[int] = set()
+        for config_file in (KWOK_WORKDIR / "clusters").glob("*/kwok.yaml"):
+            options = (_kwok_config(config_file.parent.name) or {}).get("options", {})
+            taken |= {int(options[key]) for key in _PORT_OPTIONS if options.get(key)}
+        # Counting down from just below Linux's ephemeral range (32768+), which outgoing
+        # connections draw from, like kwokctl does.
+        candidates = (p for p in range(32767, 20000, -1) if p not in taken and _port_free(p))
+
+        def allocate(wanted: int | None = None) -> int:
+            if wanted is not None and (wanted in taken or not _port_free(wanted)):
+                raise TestbedError(f"port {wanted} is already in use; choose another --port")
+            port = wanted or next(candidates, None)
+            if port is None:
+                raise TestbedError("no free port left between 20000 and 32767")
+            taken.add(port)
+            return port
+
+        yield allocate
+
+
+# --------------------------------------------------------------------------------------------
+# A minimal client for the testbed's own apiserver. Only the testbed's kwok certificates are
+# ever used, so stdlib HTTPS is enough and keeps the module free of the kubernetes client.
+
+
+class ApiError(TestbedError):
+    def __init__(self, status: int, method: str, path: str, body: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
+        self.status = status
+
+
+class Api:
+    def __init__(self, port: int, pki: Path) -> None:
+        self.port = port
+        self._ssl = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        self._ssl.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        self._local = threading.local()
+
+    @classmethod
+    def for_cluster(cls, name: str) -> Api:
+        config = _kwok_config(name)
+        if config is None:
+            raise TestbedError(f"testbed cluster {name!r} does not exist; run `testbed.py up --name {name}`")
+        return cls(int(config["options"]["kubeApiserverPort"]), cluster_dir(name) / "pki")
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self._ssl, timeout=30)
+            self._local.conn = conn
+        return conn
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Json | None = None,
+        content_type: str = "application/json",
+        ok: Iterable[int] = (200, 201),
+        attempts: int = 6,
+    ) -> Json:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = content_type
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                conn = self._connection()
+                conn.request(method, path, payload, headers)
+                resp = conn.getresponse()
+                data = resp.read().decode()
+            except (OSError, http.client.HTTPException):
+                self._local.conn = None
+                if last:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+                continue
+            # Priority-and-fairness sheds load with 429 while 1000+ nodes are being written.
+            if resp.status in (429, 500, 503, 504) and not last:
+                time.sleep(0.2 * 2**attempt)
+                continue
+            if resp.status not in ok:
+                raise ApiError(resp.status, method, path, data)
+            is_json = resp.getheader("Content-Type", "").startswith("application/json")
+            return json.loads(data) if data and is_json else {}
+        raise AssertionError("unreachable")
+
+    def get(self, path: str) -> Json:
+        return self.request("GET", path)
+
+    def apply(self, path: str, obj: Json) -> Json:
+        query = f"fieldManager={FIELD_MANAGER}&force=true"
+        return self.request("PATCH", f"{path}?{query}", obj, "application/apply-patch+yaml")
+
+    def ready(self) -> bool:
+        try:
+            self.request("GET", "/readyz", attempts=1)
+        except (OSError, http.client.HTTPException, TestbedError):
+            self._local.conn = None
+            return False
+        return True
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float, hint: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TestbedError(f"timed out after {timeout:.0f}s waiting for {what}. {hint}".strip())
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Topology -> Node manifests
+
+
+def load_topology(path: Path = TOPOLOGY_FILE) -> Json:
+    return yaml.safe_load(path.read_text())
+
+
+def _render_node(topology: Json, pool: Json, zone: str, node_name: str) -> Json:
+    prefix = topology["labelPrefix"]
+    defaults = topology.get("nodeDefaults", {})
+    pool_name = pool["name"]
+    labels: dict[str, str] = {
+        **defaults.get("labels", {}),
+        MANAGED_BY_LABEL: FIELD_MANAGER,
+        "kubernetes.io/hostname": node_name,
+        "topology.kubernetes.io/region": topology["region"],
+        "topology.kubernetes.io/zone": zone,
+        "node.kubernetes.io/instance-type": pool["instanceType"],
+        f"{prefix}pool": pool_name,
+        f"{prefix}pool-class": pool["class"],
+        f"{prefix}lifecycle": pool["lifecycle"],
+    }
+    resources = {
+        "cpu": str(pool["cpu"]),
+        "memory": str(pool["memory"]),
+        "pods": str(defaults.get("pods", 110)),
+    }
+    taints = pool.get("taints", [])
+    if "accelerator" in pool:
+        accel = topology["accelerators"][pool["accelerator"]]
+        gpus = int(pool["gpus"])
+        labels |= {
+            f"{prefix}type": accel["type"],
+            f"{prefix}memory": str(accel["memoryGiB"]),
+            f"{prefix}topology": accel["topology"],
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": accel["product"],
+            "nvidia.com/gpu.memory": str(accel["memoryGiB"] * 1024),
+            "nvidia.com/gpu.count": str(gpus),
+        }
+        mig = pool.get("mig")
+        if mig:
+            profile = mig["profile"]
+            slices = str(gpus * int(mig["slicesPerGpu"]))
+            labels |= {
+                f"{prefix}mig-profile": profile,
+                "nvidia.com/mig.capable": "true",
+                "nvidia.com/mig.strategy": "mixed",
+                f"nvidia.com/mig-{profile}.count": slices,
+            }
+            resources[f"nvidia.com/mig-{profile}"] = slices
+        else:
+            resources["nvidia.com/gpu"] = str(gpus)
+        taints = pool.get("taints", topology.get("gpuTaints", []))
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node_name,
+            "labels": labels,
+            "annotations": dict(defaults.get("annotations", {})),
+        },
+        "spec": {
+            "taints": [{**t, "value": str(t.get("value", "")).replace("{pool}", pool_name)} for t in taints],
+        },
+        "status": {"capacity": resources, "allocatable": dict(resources)},
+    }
+
+
+def render_nodes(topology: Json, extra_nodes: int = 0) -> list[Json]:
+    """Node manifests for every pool, plus `extra_nodes` benchmark nodes (names are stable, so
+    growing or shrinking the count only touches the difference)."""
+    nodes: list[Json] = []
+    try:
+        for pool in topology["pools"]:
+            for zone, count in pool["nodes"].items():
+                nodes += [
+                    _render_node(topology, pool, zone, f"{pool['name']}-{zone}-{i}") for i in range(count)
+                ]
+        if extra_nodes:
+            extra = topology["extraNodes"]
+            zones = extra["zones"]
+            nodes += [
+                _render_node(topology, extra, zones[i % len(zones)], f"{extra['name']}-{i:05d}")
+                for i in range(extra_nodes)
+            ]
+    except (KeyError, TypeError) as exc:
+        raise TestbedError(f"invalid topology: missing or malformed {exc}") from exc
+    names = [n["metadata"]["name"] for n in nodes]
+    if len(set(names)) != len(names):
+        raise TestbedError("invalid topology: duplicate node names")
+    return nodes
+
+
+_QUANTITY_SUFFIXES = {
+    "": 1,
+    "m": Decimal("0.001"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def _quantity(value: str) -> Decimal:
+    number = value.rstrip("kmMGTPEi")
+    return Decimal(number) * _QUANTITY_SUFFIXES[value[len(number) :]]
+
+
+def _same_resources(live: Json | None, wanted: Json) -> bool:
+    """The apiserver canonicalises quantities (2048Gi comes back as 2Ti), so compare values."""
+    if not live or live.keys() != wanted.keys():
+        return False
+    return all(_quantity(str(live[k])) == _quantity(str(v)) for k, v in wanted.items())
+
+
+# The node lifecycle controller adds these while a node is not Ready and removes them some time
+# after; until then the scheduler skips the node.
+_NODE_STATE_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
+def _node_ready(node: Json) -> bool:
+    conditions = node.get("status", {}).get("conditions", [])
+    taints = node.get("spec", {}).get("taints", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) and not any(
+        t["key"] in _NODE_STATE_TAINTS for t in taints
+    )
+
+
+def _list_managed_nodes(api: Api) -> list[Json]:
+    selector = quote(f"{MANAGED_BY_LABEL}={FIELD_MANAGER}")
+    return api.get(f"/api/v1/nodes?labelSelector={selector}")["items"]
+
+
+def apply_topology(
+    name: str = DEFAULT_NAME, extra_nodes: int = 0, topology_file: Path = TOPOLOGY_FILE
+) -> int:
+    """Create or update the topology's nodes, delete testbed nodes it no longer has, and wait
+    until all are Ready and schedulable. Returns the number of nodes."""
+    api = Api.for_cluster(name)
+    desired = render_nodes(load_topology(topology_file), extra_nodes)
+    wanted = {n["metadata"]["name"]: n for n in desired}
+
+    def apply_node(node: Json) -> None:
+        node_name = node["metadata"]["name"]
+        live = api.apply(f"/api/v1/nodes/{node_name}", node)
+        # Node status may be set on create, so a new node usually has it already; on updates the
+        # main resource ignores status and it goes through the subresource. Setting allocatable
+        # before kwok sees the node matters: kwok fills in its own defaults when it is missing.
+        if not _same_resources(live.get("status", {}).get("allocatable"), node["status"]["allocatable"]):
+            status = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node_name},
+                "status": node["status"],
+            }
+            api.apply(f"/api/v1/nodes/{node_name}/status", status)
+
+    def delete_node(node_name: str) -> None:
+        api.request("DELETE", f"/api/v1/nodes/{node_name}", ok=(200, 202, 404))
+
+    started = time.monotonic()
+    stale = sorted({n["metadata"]["name"] for n in _list_managed_nodes(api)} - wanted.keys())
+    log(
+        f"applying {len(desired)} nodes from {topology_file.relative_to(REPO_ROOT)}"
+        + (f" and deleting {len(stale)} stale ones" if stale else "")
+    )
+    with ThreadPoolExecutor(APPLY_PARALLELISM) as pool:
+        list(pool.map(apply_node, desired))
+        list(pool.map(delete_node, stale))
+    log(f"written in {time.monotonic() - started:.1f}s; waiting until the nodes are Ready and schedulable")
+
+    def all_ready() -> bool:
+        nodes = {n["metadata"]["name"]: n for n in _list_managed_nodes(api)}
+        ready = [
+            n
+            for n in wanted
+            if n in nodes
+            and _node_ready(nodes[n])
+            and _same_resources(nodes[n]["status"].get("allocatable"), wanted[n]["status"]["allocatable"])
+        ]
+        return len(ready) == len(wanted)
+
+    _wait_for(
+        "nodes to become Ready and schedulable",
+        all_ready,
+        # kwok and the node lifecycle controller work through new nodes at a few dozen per second.
+        READY_TIMEOUT + len(desired) / 10,
+        f"Check {cluster_dir(name) / 'logs'}/kwok-controller.log and kube-controller-manager.log.",
+    )
+    log(f"{len(desired)} nodes Ready and schedulable {time.monotonic() - started:.1f}s after the first write")
+    return len(desired)
+
+
+# --------------------------------------------------------------------------------------------
+# Cluster lifecycle
+
+
+def _write_kubeconfig(name: str, port: int) -> Path:
+    pki = cluster_dir(name) / "pki"
+
+    def b64(file: str) -> str:
+        return base64.b64encode((pki / file).read_bytes()).decode()
+
+    # Certificates are inlined so the file keeps working when copied elsewhere (e.g. into a
+    # container or a CI artifact).
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {
+                    "server": f"https://127.0.0.1:{port}",
+                    "certificate-authority-data": b64("ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": f"{name}-admin",
+                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+            }
+        ],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": f"{name}-admin"}}],
+        "current-context": name,
+    }
+    path = kubeconfig_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    # Created 0600 from the start: the file holds the cluster-admin key.
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        yaml.safe_dump(config, out, sort_keys=False)
+    tmp.replace(path)
+    return path
+
+
+def _create(bins: Binaries, name: str, port: int | None) -> None:
+    args = [
+        "create",
+        "cluster",
+        "--runtime=binary",
+        # Keep ~/.kube/config untouched; the testbed writes its own kubeconfig.
+        "--kubeconfig=",
+        f"--config={STAGES_FILE}",
+        "--config=-",
+        "--kube-authorization=true",
+        "--kube-admission=true",
+        f"--kube-apiserver-binary={bins.kube_bin / 'kube-apiserver'}",
+        f"--kube-controller-manager-binary={bins.kube_bin / 'kube-controller-manager'}",
+        f"--kube-scheduler-binary={bins.kube_bin / 'kube-scheduler'}",
+        f"--etcd-binary={bins.etcd_bin / 'etcd'}",
+        f"--kwok-controller-binary={bins.kwok_bin / 'kwok'}",
+        # With leader election, controller-manager and scheduler exit once the apiserver has been
+        # gone for ~10s, which would break "stop the apiserver, start it again" tests. Alone in
+        # the cluster they need no election.
+        "--extra-args=kube-controller-manager=leader-elect=false",
+        "--extra-args=kube-scheduler=leader-elect=false",
+        # Client-side rate limits (20 and 50 requests/s by default) are sized for real clusters;
+        # with 1000+ simulated nodes the controller-manager would need minutes to clear the
+        # not-ready taints of new nodes. The apiserver keeps its own flow control.
+        *(
+            f"--extra-args={c}={k}={v}"
+            for c in ("kube-controller-manager", "kube-scheduler")
+            for k, v in (("kube-api-qps", 500), ("kube-api-burst", 1000))
+        ),
+        "--timeout=5m",
+    ]
+    with _port_allocation() as allocate:
+        options = {key: allocate(port if key == "kubeApiserverPort" else None) for key in _PORT_OPTIONS}
+        ports = {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokctlConfiguration",
+            "options": options,
+        }
+        try:
+            _kwokctl(bins, name, *args, stdin=json.dumps(ports))
+        except TestbedError:
+            _teardown(name)
+            raise
+
+
+def _start_stopped(bins: Binaries, name: str) -> None:
+    stopped = [c for c, running in _component_states(name).items() if not running]
+    log(f"cluster {name!r}: starting {', '.join(stopped) or 'nothing, all components run'}")
+    logs = cluster_dir(name) / "logs"
+    for component in stopped:
+        # kwokctl trusts any pid file whose pid answers signal 0, as a zombie or recycled pid does.
+        _pid_file(name, component).unlink(missing_ok=True)
+        # kwokctl truncates the log on start; keep the one that may explain why it stopped.
+        if (logs / f"{component}.log").exists():
+            (logs / f"{component}.log").replace(logs / f"{component}.previous.log")
+    _kwokctl(bins, name, "start", "cluster", "--timeout=5m")
+
+
+def up(name: str = DEFAULT_NAME, port: int | None = None, extra_nodes: int = 0) -> Path:
+    """Start (or create) the cluster and apply the topology; returns the kubeconfig path.
+
+    Idempotent: on a running cluster it only re-applies the topology. `port` pins the
+    apiserver port when the cluster is created (default: a free port chosen by kwokctl).
+    """
+    if extra_nodes < 0:
+        raise TestbedError("--extra-nodes must be >= 0")
+    started = time.monotonic()
+    bins = binaries()
+    states = _component_states(name)
+    if states and port is not None and port != (current := Api.for_cluster(name).port):
+        raise TestbedError(f"cluster {name!r} already uses port {current}; run `down` first to change it")
+    if not states:
+        log(f"creating cluster {name!r} (kwokctl, binary runtime, workdir {cluster_dir(name)})")
+        _create(bins, name, port)
+    elif not all(states.values()):
+        _start_stopped(bins, name)
+    else:
+        log(f"cluster {name!r} is running; re-applying the topology")
+    api = Api.for_cluster(name)
+    kubeconfig = _write_kubeconfig(name, api.port)
+    _wait_for(
+        "the apiserver to become ready",
+        api.ready,
+        READY_TIMEOUT,
+        f"Check {cluster_dir(name) / 'logs' / 'kube-apiserver.log'}.",
+    )
+    log(f"apiserver ready on https://127.0.0.1:{api.port}")
+
+    def default_service_account() -> bool:
+        try:
+            api.get("/api/v1/namespaces/default/serviceaccounts/default")
+        except ApiError:
+            return False
+        return True
+
+    # Pod creation is refused until the controller-manager has created the namespace's service
+    # account, so a cluster is only usable after that.
+    _wait_for(
+        "the controller-manager to create the default service account",
+        default_service_account,
+        READY_TIMEOUT,
+        f"Check {cluster_dir(name) / 'logs' / 'kube-controller-manager.log'}.",
+    )
+    # kwok-controller gives up if the apiserver takes more than ~30s to answer, which a busy
+    # machine can cause; it starts fine once the apiserver is there.
+    if not all(_component_states(name).values()):
+        _start_stopped(bins, name)
+    apply_topology(name, extra_nodes)
+    log(f"cluster {name!r} is up after {time.monotonic() - started:.1f}s: export KUBECONFIG={kubeconfig}")
+    return kubeconfig
+
+
+def _teardown(name: str) -> None:
+    pids = cluster_dir(name) / "pids"
+    # kwokctl may run optional extras besides the known components; stop those first.
+    extras = sorted({p.stem for p in pids.glob("*.pid")} - set(COMPONENTS)) if pids.exists() else []
+    for component in [*extras, *reversed(COMPONENTS)]:
+        if _stop_component(name, component):
+            log(f"stopped {component}")
+    shutil.rmtree(cluster_dir(name), ignore_errors=True)
+
+
+def down(name: str = DEFAULT_NAME) -> None:
+    """Stop every process of the cluster and delete its state and kubeconfig; a no-op when the
+    cluster does not exist."""
+    if not cluster_dir(name).exists():
+        log(f"cluster {name!r} does not exist; nothing to stop")
+    else:
+        log(f"stopping cluster {name!r}")
+        _teardown(name)
+    kubeconfig = kubeconfig_path(name)
+    kubeconfig.unlink(missing_ok=True)
+    if name != DEFAULT_NAME and kubeconfig.parent.exists() and not any(kubeconfig.parent.iterdir()):
+        kubeconfig.parent.rmdir()
+    log(f"cluster {name!r} is down")
+
+
+def stop_apiserver(name: str = DEFAULT_NAME, graceful: bool = False) -> None:
+    """Stop only the kube-apiserver; etcd, the controllers and kwok keep running and reconnect
+    once start_apiserver() brings it back.
+
+    The default SIGKILL mimics a crash and is immediate. With `graceful`, SIGTERM closes the port
+    at once, but the process then drains open watches for up to 60s before it exits.
+    """
+    api = Api.for_cluster(name)
+    if not _stop_component(name, "kube-apiserver", graceful):
+        log(f"kube-apiserver of {name!r} was not running")
+    _wait_for("the apiserver port to close", lambda: _port_free(api.port), 30.0)
+    log(f"kube-apiserver of {name!r} stopped")
+
+
+def start_apiserver(name: str = DEFAULT_NAME, timeout: float = READY_TIMEOUT) -> None:
+    """Start the kube-apiserver again (same port, certificates and etcd) and wait until ready.
+    Any other component that is not running is started too."""
+    api = Api.for_cluster(name)
+    _start_stopped(binaries(), name)
+    _wait_for(
+        "the apiserver to become ready",
+        api.ready,
+        timeout,
+        f"Check {cluster_dir(name) / 'logs' / 'kube-apiserver.log'}.",
+    )
+    log(f"kube-apiserver of {name!r} ready on https://127.0.0.1:{api.port}")
+
+
+@dataclass
+class ClusterStatus:
+    name: str
+    components: dict[str, bool] = field(default_factory=dict)
+    kubeconfig: Path | None = None
+    server: str | None = None
+    apiserver_ready: bool = False
+    # pool -> (Ready nodes, all nodes)
+    pools: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.components)
+
+    @property
+    def running(self) -> bool:
+        return self.exists and all(self.components.values()) and self.apiserver_ready
+
+
+def status(name: str = DEFAULT_NAME) -> ClusterStatus:
+    result = ClusterStatus(name, components=_component_states(name))
+    if not result.exists:
+        return result
+    api = Api.for_cluster(name)
+    result.server = f"https://127.0.0.1:{api.port}"
+    if kubeconfig_path(name).exists():
+        result.kubeconfig = kubeconfig_path(name)
+    result.apiserver_ready = api.ready()
+    if result.apiserver_ready:
+        prefix = load_topology()["labelPrefix"]
+        for node in _list_managed_nodes(api):
+            pool = node["metadata"]["labels"].get(f"{prefix}pool", "?")
+            ready, total = result.pools.get(pool, (0, 0))
+            result.pools[pool] = (ready + _node_ready(node), total + 1)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _print_status(st: ClusterStatus) -> None:
+    if not st.exists:
+        print(f"cluster {st.name!r}: not created (run `make testbed-up`)")
+        return
+    print(f"cluster {st.name!r}: {'running' if st.running else 'NOT fully running'}")
+    print(f"  server:     {st.server} ({'ready' if st.apiserver_ready else 'not answering'})")
+    print(f"  kubeconfig: {st.kubeconfig or '(missing; run up again)'}")
+    print(f"  workdir:    {cluster_dir(st.name)}")
+    for component, running in st.components.items():
+        print(f"  {component:<24} {'running' if running else 'stopped'}")
+    for pool, (ready, total) in sorted(st.pools.items()):
+        print(f"  pool {pool:<24} {ready}/{total} nodes Ready")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--name", default=DEFAULT_NAME, help="cluster name (default %(default)s)")
+    parser.add_argument("--extra-nodes", type=int, default=0, help="extra benchmark GPU nodes (up only)")
+    parser.add_argument("--port", type=int, help="apiserver port when creating (default: a free port)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            print(up(args.name, args.port, args.extra_nodes))
+        elif args.command == "down":
+            down(args.name)
+        else:
+            st = status(args.name)
+            _print_status(st)
+            return 0 if st.running else 1
+    except TestbedError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
