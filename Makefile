@@ -51,8 +51,15 @@ check-deploy: venv
 	PORTAL_CREDENTIALS_KEYS=$$($(PYTHON) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
 	DJANGO_SETTINGS_MODULE=portal.settings.production $(PYTHON) manage.py check --deploy --fail-level WARNING
 
-test: venv services lint check-deploy
-	$(TEST_ENV) $(PYTHON) -m pytest $(PYTEST_ARGS)
+# Tests marked `cluster` run against a dedicated local testbed cluster (built from source on first
+# use, reused after). PORTAL_TEST_KUBECONFIG=/path/to/kubeconfig runs them against your own cluster.
+TEST_TESTBED_NAME ?= gpu-portal-test
+
+test: venv services lint check-deploy $(if $(PORTAL_TEST_KUBECONFIG),,testbed-build)
+	@set -eo pipefail; \
+	kubeconfig="$${PORTAL_TEST_KUBECONFIG:-$$($(PYTHON) scripts/testbed/testbed.py up --name $(TEST_TESTBED_NAME) | tail -n 1)}"; \
+	echo "test cluster: $$kubeconfig"; \
+	PORTAL_TEST_KUBECONFIG="$$kubeconfig" $(TEST_ENV) $(PYTHON) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf var/staticfiles .pytest_cache

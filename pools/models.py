@@ -125,3 +125,124 @@ class NodePool(models.Model):
         if pool_class == self.pool_class:
             return True
         return pool_class == PoolClass.BATCH and self.batch_fraction > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Live utilisation, written by the collector (pools/collector.py), and its history.
+
+
+class CollectorState(models.TextChoices):
+    SYNCING = "syncing", "Syncing"
+    LIVE = "live", "Live"
+    STALE = "stale", "Stale"
+
+
+class ClusterUtilisation(models.Model):
+    """The collector's view of one cluster: is what the portal shows about it current?"""
+
+    cluster = models.OneToOneField(Cluster, on_delete=models.CASCADE, related_name="utilisation")
+    state = models.CharField(max_length=10, choices=CollectorState.choices, default=CollectorState.SYNCING)
+    heartbeat_at = models.DateTimeField(
+        help_text="Last write by the collector; an old one means it is not running"
+    )
+    observed_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last successful contact with the apiserver"
+    )
+    stale_since = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    lists = models.PositiveIntegerField(
+        default=0,
+        help_text="Full lists since the collector started: the first ones, then relists after 410 Gone",
+    )
+    unpooled_gpu_nodes = models.JSONField(default=list, blank=True)
+    unmatched_pending = models.PositiveIntegerField(
+        default=0, help_text="Pending GPU pods that target no pool"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.cluster.name}: {self.state}"
+
+
+class PoolUtilisation(models.Model):
+    """The current figures of one pool (definitions in pools/utilisation.py)."""
+
+    pool = models.OneToOneField(NodePool, on_delete=models.CASCADE, related_name="utilisation")
+    computed_at = models.DateTimeField()
+    nodes_total = models.PositiveIntegerField(default=0)
+    nodes_ready = models.PositiveIntegerField(default=0)
+    nodes_cordoned = models.PositiveIntegerField(default=0)
+    nodes_fully_free = models.PositiveIntegerField(default=0)
+    gpus_allocatable = models.PositiveIntegerField(default=0)
+    gpus_requested = models.PositiveIntegerField(default=0)
+    gpus_free = models.PositiveIntegerField(default=0)
+    gpus_stranded = models.PositiveIntegerField(default=0)
+    largest_free_block = models.PositiveIntegerField(default=0)
+    pods_pending = models.PositiveIntegerField(default=0)
+    queue_wait_max_seconds = models.FloatField(default=0)
+    non_gpu_pods = models.PositiveIntegerField(default=0)
+    # {"nodes": [...], "pending": [...], "namespaces": [...], "non_gpu_pods": [...]}
+    detail = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.pool}: {self.gpus_requested}/{self.gpus_allocatable} GPUs"
+
+    @property
+    def headroom_short(self) -> bool:
+        return self.pool.pool_class == PoolClass.INTERACTIVE and self.gpus_free < self.pool.headroom_gpus
+
+
+class SnapshotResolution(models.IntegerChoices):
+    """History tiers: raw samples at the collector's interval, then 5-minute and 1-hour averages."""
+
+    RAW = 0, "Samples"
+    FIVE_MINUTES = 300, "5-minute averages"
+    HOUR = 3600, "1-hour averages"
+
+
+class PoolSnapshot(models.Model):
+    """A point of a pool's history. Averages are weighted by `seconds`, the time the row stands
+    for, so rolling rows up and integrating GPU-hours stay exact across tiers."""
+
+    pool = models.ForeignKey(NodePool, on_delete=models.CASCADE, related_name="snapshots")
+    resolution = models.PositiveIntegerField(choices=SnapshotResolution.choices)
+    at = models.DateTimeField(help_text="Sample time, or the start of the averaged bucket")
+    seconds = models.FloatField()
+    nodes_ready = models.FloatField(default=0)
+    gpus_allocatable = models.FloatField(default=0)
+    gpus_requested = models.FloatField(default=0)
+    gpus_free = models.FloatField(default=0)
+    gpus_stranded = models.FloatField(default=0)
+    largest_free_block = models.FloatField(default=0)
+    pods_pending = models.FloatField(default=0)
+    queue_wait_max_seconds = models.FloatField(default=0, help_text="Maximum, not average")
+
+    class Meta:
+        ordering = ["pool", "at"]
+        indexes = [
+            models.Index(fields=["pool", "resolution", "at"]),
+            models.Index(fields=["resolution", "at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pool_id} @ {self.at:%Y-%m-%d %H:%M:%S} ({self.get_resolution_display()})"
+
+
+class TeamUsageSnapshot(models.Model):
+    """GPU-seconds a team's pods held in a pool during one sample or bucket; `team` is empty for
+    namespaces that belong to no grant. Rows exist only for non-zero use."""
+
+    pool = models.ForeignKey(NodePool, on_delete=models.CASCADE, related_name="team_snapshots")
+    team = models.ForeignKey(
+        "quotas.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="usage_snapshots"
+    )
+    resolution = models.PositiveIntegerField(choices=SnapshotResolution.choices)
+    at = models.DateTimeField()
+    seconds = models.FloatField()
+    gpu_seconds = models.FloatField()
+
+    class Meta:
+        ordering = ["pool", "at"]
+        indexes = [models.Index(fields=["resolution", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.team_id} in {self.pool_id} @ {self.at:%Y-%m-%d %H:%M:%S}: {self.gpu_seconds:.0f} GPU-s"

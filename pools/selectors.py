@@ -1,8 +1,19 @@
 """Reads about accelerators, clusters and pools."""
 
-from django.db.models import Q, QuerySet
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from pools.models import Accelerator, NodePool, PoolClass
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from pools.kube import ops
+from pools.kube.conformance import Allowlist, Finding, conformance_report
+from pools.kube.errors import KubeError
+from pools.models import Accelerator, Cluster, NodePool, PoolClass
+from portal.models import User
 
 
 def pools_offering(*, pool_class: str, accelerator: Accelerator | None = None) -> QuerySet[NodePool]:
@@ -15,3 +26,58 @@ def pools_offering(*, pool_class: str, accelerator: Accelerator | None = None) -
     if accelerator is not None:
         qs = qs.filter(accelerator=accelerator)
     return qs
+
+
+def accelerator_list() -> QuerySet[Accelerator]:
+    """The accelerator catalogue: public to every signed-in user, like a price list."""
+    return Accelerator.objects.all()
+
+
+def cluster_list(*, user: User) -> QuerySet[Cluster]:
+    """Pools name their cluster, so everyone sees enabled clusters; disabled ones only admins and auditors."""
+    qs = Cluster.objects.all()
+    if not user.sees_everything:
+        qs = qs.filter(enabled=True)
+    return qs
+
+
+def node_pool_list(*, user: User) -> QuerySet[NodePool]:
+    """Pools on offer (every requester chooses among them); disabled ones only admins and auditors."""
+    qs = NodePool.objects.select_related("cluster", "accelerator")
+    if not user.sees_everything:
+        qs = qs.filter(enabled=True, cluster__enabled=True)
+    return qs
+
+
+@dataclass
+class ConformanceReport:
+    cluster: Cluster
+    checked_at: datetime
+    findings: list[Finding] = field(default_factory=list)
+    # Set when the cluster could not be read; findings are then empty, not "all clear".
+    error: str = ""
+
+
+def cluster_conformance_report(
+    *, user: User, cluster: Cluster, only_pools: Collection[str] | None = None
+) -> ConformanceReport:
+    """The scheduling-contract report of a cluster, from its live nodes and pods (admins and auditors)."""
+    if not user.sees_everything:
+        raise PermissionDenied("Only platform admins and auditors see cluster conformance.")
+    report = ConformanceReport(cluster=cluster, checked_at=timezone.now())
+    try:
+        nodes = ops.list_objects(cluster, "v1", "Node")
+        pods = ops.list_objects(
+            cluster, "v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed"
+        )
+    except KubeError as exc:
+        report.error = exc.message
+        return report
+    report.findings = conformance_report(
+        nodes=nodes,
+        pods=pods,
+        pools=list(NodePool.objects.filter(cluster=cluster)),
+        allowlist=Allowlist.from_setting(settings.PORTAL_GPU_NODE_ALLOWLIST),
+        only_pools=only_pools,
+    )
+    return report

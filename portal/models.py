@@ -38,3 +38,53 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_repr}"
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only a SHA-256 digest is stored: the token itself is shown once, at issue.
+
+    A fast hash is enough here (unlike passwords): the token is 256 random bits, so there is nothing to
+    brute-force, and a fast lookup by digest keeps authentication to one indexed query.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. 'CI pipeline'")
+    prefix = models.CharField(max_length=12, help_text="The token's first characters, to tell tokens apart")
+    digest = models.CharField(max_length=64, unique=True)
+    read_only = models.BooleanField(default=False, help_text="Refused on every call that changes something")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class IdempotencyRecord(models.Model):
+    """The first successful response to a POST sent with an Idempotency-Key, replayed on retries.
+
+    The unique constraint is what makes two concurrent identical calls create one object: the second
+    INSERT waits for the first transaction and then fails, and the caller replays the stored response.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=500)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body")
+    status_code = models.PositiveSmallIntegerField(null=True)
+    # The rendered JSON text, not jsonb: a replay must be the same bytes, and jsonb reorders keys.
+    response_body = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_unique_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} [{self.key}]"

@@ -1,14 +1,31 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from portal import views
+from pools import metrics
+from portal import views, views_tokens
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            redirect_authenticated_user=True, extra_context={"oidc_enabled": settings.PORTAL_OIDC_ENABLED}
+        ),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("api/", include("portal.api.urls")),
+    path("account/tokens/", views_tokens.token_list, name="tokens"),
+    path("account/tokens/<int:pk>/revoke/", views_tokens.token_revoke, name="token_revoke"),
     path("", include("quotas.urls")),
+    path("", include("pools.urls")),
+    path("utilisation/", include("pools.urls_dashboard")),
+    path("metrics", metrics.metrics, name="metrics"),
 ]
+
+if settings.PORTAL_OIDC_ENABLED:
+    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

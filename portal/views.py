@@ -1,22 +1,30 @@
-from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET
+from django_htmx.http import HttpResponseClientRefresh
 
+from portal.ui import login_redirect, login_required
 from quotas import selectors
+from quotas.states import HOLDING_STATES, PENDING_STATES
+
+RECENT = 10
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     user = request.user
+    requests = selectors.capacity_request_list(user=user)
     return render(
         request,
         "portal/home.html",
         {
-            "requests": selectors.capacity_request_list(user=user)[:20],
-            "inbox": selectors.approval_inbox(user=user)[:20],
-            "grants": selectors.grant_list(user=user)[:20],
+            "in_flight": requests.filter(state__in=PENDING_STATES)[:RECENT],
+            "inbox": selectors.approval_inbox(user=user)[:RECENT],
+            "grants": selectors.grant_usage_list(user=user).filter(request__state__in=HOLDING_STATES)[
+                :RECENT
+            ],
         },
     )
 
@@ -26,3 +34,18 @@ def healthz(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok", "database": connection.vendor})
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF refusals of htmx requests reload the page (or go to the login form) instead of swapping an error.
+
+    An htmx page goes stale when the session behind it ends or is replaced by a new sign-in in another
+    tab: its token no longer matches. Reloading gets a fresh token; signing in gets a fresh session.
+    """
+    if request.htmx:
+        if not request.user.is_authenticated:
+            return login_redirect(request)
+        response = HttpResponseClientRefresh()
+        response.status_code = 403
+        return response
+    return django_csrf_failure(request, reason=reason)

@@ -149,6 +149,9 @@ class Grant(models.Model):
     observed_generation = models.PositiveBigIntegerField(default=0)
     conditions = models.JSONField(default=list, blank=True)
     reconciled_at = models.DateTimeField(null=True, blank=True)
+    # An ended grant keeps its namespace (the team's data and objects stay) until a platform admin
+    # deletes it through the portal; from then on the reconciler keeps it deleted.
+    namespace_deleted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -182,6 +185,7 @@ class ServingDeployment(models.Model):
     generation = models.PositiveBigIntegerField(default=1)
     observed_generation = models.PositiveBigIntegerField(default=0)
     conditions = models.JSONField(default=list, blank=True)
+    reconciled_at = models.DateTimeField(null=True, blank=True)
     ready_replicas = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     ready_at = models.DateTimeField(null=True, blank=True)

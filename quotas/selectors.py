@@ -1,8 +1,11 @@
 """Reads, each scoped to what the asking user may see."""
 
-from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
+from collections.abc import Iterable
 
-from pools.models import Accelerator, NodePool, PoolClass
+from django.db.models import CharField, Count, Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models.functions import Cast, Coalesce
+
+from pools.models import Accelerator, NodePool, PoolClass, PoolUtilisation
 from pools.selectors import pools_offering
 from portal.models import AuditEvent, User
 from quotas.models import CapacityRequest, Grant, Membership, ServingDeployment, Team
@@ -95,3 +98,116 @@ def accelerators_for_class(*, pool_class: str) -> list[tuple[Accelerator, int]]:
         if pool.accelerator_id not in best or best[pool.accelerator_id][1] < free:
             best[pool.accelerator_id] = (pool.accelerator, free)
     return sorted(best.values(), key=lambda item: item[0].name)
+
+
+# --- reads for the browser pages ----------------------------------------------------------------
+
+
+def pool_figures_bulk(
+    *, pairs: Iterable[tuple[NodePool, int | None]]
+) -> dict[tuple[int, int | None], PoolFigures]:
+    """`pool_figures` for many (pool, team id or None) pairs in one query, keyed by (pool id, team id).
+
+    List pages use it so that showing the figures of N pools or N inbox items costs one query, not N.
+    """
+    pairs = list(pairs)
+    pools = {pool.pk: pool for pool, _ in pairs}
+    rows = (
+        Grant.objects.filter(pool_id__in=pools, request__state__in=HOLDING_STATES)
+        .values("pool_id", "team_id")
+        .annotate(granted=Sum("gpus"), batch=Sum("gpus", filter=Q(request__pool_class=PoolClass.BATCH)))
+    )
+    granted: dict[int, int] = {}
+    batch: dict[int, int] = {}
+    per_team: dict[tuple[int, int], int] = {}
+    for row in rows:
+        pool_id = row["pool_id"]
+        granted[pool_id] = granted.get(pool_id, 0) + row["granted"]
+        batch[pool_id] = batch.get(pool_id, 0) + (row["batch"] or 0)
+        per_team[(pool_id, row["team_id"])] = row["granted"]
+    return {
+        (pool.pk, team_id): PoolFigures(
+            capacity=pool.capacity_gpus,
+            headroom=pool.headroom_gpus,
+            granted=granted.get(pool.pk, 0),
+            batch_granted=batch.get(pool.pk, 0),
+            batch_fraction=pool.batch_fraction,
+            team_granted=per_team.get((pool.pk, team_id), 0) if team_id is not None else 0,
+            max_per_team=pool.max_gpus_per_team,
+        )
+        for pool, team_id in pairs
+    }
+
+
+def grant_usage_list(*, user: User) -> QuerySet[Grant]:
+    """Grants with `gpus_deployed`: the GPUs their live serving deployments ask for."""
+    live = Q(deployments__deleted_at__isnull=True)
+    return grant_list(user=user).annotate(
+        gpus_deployed=Coalesce(
+            Sum(F("deployments__replicas") * F("deployments__gpus_per_replica"), filter=live), 0
+        )
+    )
+
+
+def capacity_request_timeline(*, user: User, capacity_request: CapacityRequest) -> QuerySet[AuditEvent]:
+    """The audit trail of a request, its grant and the grant's serving deployments, oldest first."""
+
+    def ids(qs: QuerySet) -> QuerySet:
+        # AuditEvent.object_id is text: compare against the ids as text inside one SQL statement.
+        return qs.annotate(text_id=Cast("pk", CharField())).values("text_id")
+
+    req_id = capacity_request.pk
+    about = (
+        Q(object_type=CapacityRequest._meta.label_lower, object_id=str(req_id))
+        | Q(object_type=Grant._meta.label_lower, object_id__in=ids(Grant.objects.filter(request_id=req_id)))
+        | Q(
+            object_type=ServingDeployment._meta.label_lower,
+            object_id__in=ids(ServingDeployment.objects.filter(grant__request_id=req_id)),
+        )
+    )
+    return audit_event_list(user=user).filter(about).order_by("created_at", "id")
+
+
+# --- reads for the API --------------------------------------------------------------------------
+
+
+def granted_by_team_and_pool(
+    *, user: User, team_ids: Iterable[int] | None = None, pool_ids: Iterable[int] | None = None
+) -> list[dict]:
+    """GPUs held per (team, pool) by grants in a holding state, for the teams `user` may see; one query."""
+    qs = grant_list(user=user).filter(request__state__in=HOLDING_STATES)
+    if team_ids is not None:
+        qs = qs.filter(team_id__in=list(team_ids))
+    if pool_ids is not None:
+        qs = qs.filter(pool_id__in=list(pool_ids))
+    return list(
+        qs.values(
+            "team_id",
+            "team__slug",
+            "pool_id",
+            "pool__name",
+            "pool__cluster__name",
+            "pool__accelerator__slug",
+            "pool__accelerator__hourly_cost",
+        )
+        .annotate(gpus=Sum("gpus"), grants=Count("id"))
+        .order_by("team__slug", "pool__cluster__name", "pool__name")
+    )
+
+
+def grant_measured_usage(*, grants: Iterable[Grant]) -> dict[int, dict[str, int]]:
+    """What the pods in each grant's namespace use now, from the utilisation collector's figures.
+
+    Takes grants the caller already read through a scoped selector; returns {grant id: {"gpus",
+    "pending_gpus"}} for the grants the collector has seen, in one query.
+    """
+    grants = list(grants)
+    by_namespace = {grant.namespace: grant.pk for grant in grants}
+    pool_ids = {grant.pool_id for grant in grants}
+    usage: dict[int, dict[str, int]] = {}
+    for detail in PoolUtilisation.objects.filter(pool_id__in=pool_ids).values_list("detail", flat=True):
+        for row in detail.get("namespaces", []):
+            grant_id = by_namespace.get(row.get("namespace"))
+            if grant_id is not None:
+                usage[grant_id] = {"gpus": row.get("gpus", 0), "pending_gpus": row.get("pending_gpus", 0)}
+    return usage

@@ -5,6 +5,7 @@ as the change. Errors are Django ValidationError (bad input, with field names wh
 or PermissionDenied (the actor may not do this); forms and the API turn both into messages.
 """
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -19,9 +20,9 @@ from pools.selectors import pools_offering
 from portal.models import User
 from portal.services import audit_event_record
 from quotas import rules
-from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
+from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, ServingDeployment, Team
 from quotas.selectors import is_team_lead, pool_figures
-from quotas.states import HOLDING_STATES, PENDING_STATES, RequestState, check_transition
+from quotas.states import HOLDING_STATES, PENDING_STATES, TERMINAL_STATES, RequestState, check_transition
 
 S = RequestState
 
@@ -59,9 +60,28 @@ def _transition(
 
 def _queue_reconcile(grant: Grant) -> None:
     # Imported here: tasks import services, and the task must only be queued once the grant is committed.
+    # `robust`: a broker outage must not turn a committed approval into an error page; the
+    # provisioning sweeper queues every grant whose observed generation lags.
     from quotas.tasks import grant_reconcile
 
-    transaction.on_commit(lambda: grant_reconcile.delay(grant.pk))
+    transaction.on_commit(lambda: grant_reconcile.delay(grant.pk), robust=True)
+
+
+def _queue_serving_reconcile(deployment: ServingDeployment) -> None:
+    from quotas.tasks import serving_deployment_reconcile
+
+    transaction.on_commit(lambda: serving_deployment_reconcile.delay(deployment.pk), robust=True)
+
+
+def _preflight_refusal(req: CapacityRequest) -> str | None:
+    """Why the request's pool cannot be provisioned on its cluster now (settings.PORTAL_PREFLIGHT)."""
+    if not settings.PORTAL_PREFLIGHT:
+        return None
+    # Imported here: the reconciler imports this module for the grant state moves.
+    from quotas.reconcile import pool_preflight_refusal
+
+    pool = NodePool.objects.select_related("cluster", "accelerator").get(pk=req.pool_id)
+    return pool_preflight_refusal(pool=pool)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -245,7 +265,7 @@ def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -
 
     rule = settings.PORTAL_AUTO_APPROVAL.get(req.pool_class)
     if rules.within_auto_approval(gpus=req.gpus, starts_at=req.starts_at, ends_at=req.ends_at, rule=rule):
-        refusal = _lock_and_check_capacity(req)
+        refusal = _preflight_refusal(req) or _lock_and_check_capacity(req)
         if refusal is None:
             _approve_final(
                 req, actor=None, stage=ApprovalDecision.Stage.AUTO, comment="Within the auto-approval rule"
@@ -341,6 +361,10 @@ def capacity_request_approve(
             req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
         )
     else:
+        # Before the pool lock: the pre-flight asks the cluster, and nobody should wait on that.
+        refusal = _preflight_refusal(req)
+        if refusal:
+            raise ValidationError(refusal, code="preflight")
         refusal = _lock_and_check_capacity(req)
         if refusal:
             raise ValidationError(refusal, code="capacity")
@@ -432,6 +456,272 @@ def grants_expire_due(*, now: datetime | None = None) -> list[int]:
             continue  # changed state since we looked: someone revoked it meanwhile
         expired.append(pk)
     return expired
+
+
+# --- provisioning: state moves made by the reconciler (quotas.reconcile) -------------------------
+
+PROVISIONABLE_STATES = frozenset({S.APPROVED, S.PROVISIONING, S.ACTIVE})
+
+
+def _locked_request(grant: Grant) -> CapacityRequest:
+    return CapacityRequest.objects.select_for_update().select_related("team").get(pk=grant.request_id)
+
+
+@transaction.atomic
+def grant_provisioning_start(*, grant: Grant) -> bool:
+    """approved -> provisioning, when the reconciler first works on the grant. False if not approved."""
+    req = _locked_request(grant)
+    if req.state != S.APPROVED:
+        return False
+    _transition(
+        req,
+        to=S.PROVISIONING,
+        actor=None,
+        action="grant.provisioning",
+        message=f"Applying the grant to cluster {grant.pool.cluster.name}",
+        audit_obj=grant,
+    )
+    return True
+
+
+@transaction.atomic
+def grant_provisioning_succeed(*, grant: Grant, message: str) -> bool:
+    """-> active once the cluster holds and enforces every object. False if already active or ended."""
+    req = _locked_request(grant)
+    if req.state not in {S.APPROVED, S.PROVISIONING, S.FAILED}:
+        return False
+    _transition(req, to=S.ACTIVE, actor=None, action="grant.active", message=message, audit_obj=grant)
+    return True
+
+
+@transaction.atomic
+def grant_provisioning_fail(*, grant: Grant, message: str) -> bool:
+    """-> failed on an error retrying cannot fix (the cluster's message). False if failed or ended."""
+    req = _locked_request(grant)
+    if req.state not in PROVISIONABLE_STATES:
+        return False
+    _transition(req, to=S.FAILED, actor=None, action="grant.failed", message=message, audit_obj=grant)
+    return True
+
+
+@transaction.atomic
+def grant_namespace_delete(*, grant: Grant, actor: User) -> Grant:
+    """Delete an ended grant's namespace (and everything in it). Only on a platform admin's word:
+    revoking or expiring a grant keeps the namespace so that the team's objects and data survive."""
+    if not actor.is_platform_admin:
+        raise PermissionDenied("Only a platform admin can delete a grant's namespace.")
+    grant = Grant.objects.select_for_update().select_related("request", "team").get(pk=grant.pk)
+    if grant.request.state not in TERMINAL_STATES:
+        raise ValidationError(
+            f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; revoke it or let it "
+            "expire before deleting its namespace.",
+            code="invalid_transition",
+        )
+    if grant.namespace_deleted_at is not None:
+        raise ValidationError(f"The namespace {grant.namespace} is already deleted.", code="already_deleted")
+    grant.namespace_deleted_at = timezone.now()
+    grant.generation += 1
+    grant.save(update_fields=["namespace_deleted_at", "generation"])
+    audit_event_record(
+        actor=actor,
+        action="grant.namespace_deleted",
+        obj=grant,
+        team=grant.team,
+        after={"namespace": grant.namespace},
+        message=f"Namespace {grant.namespace} and everything in it will be deleted from the cluster.",
+    )
+    _queue_reconcile(grant)
+    return grant
+
+
+# --- serving deployments --------------------------------------------------------------------------
+
+IMAGE_REFERENCE = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Set by the portal on every model server.
+RESERVED_ENV = frozenset({"MODEL_NAME", "HF_HOME"})
+MAX_REPLICAS = 64
+
+
+def _image_errors(image: str) -> list[str]:
+    allowlist = settings.PORTAL_PROVISIONING["IMAGE_REGISTRY_ALLOWLIST"]
+    if not IMAGE_REFERENCE.match(image):
+        return [f"{image!r} is not an image reference like registry.example.com/llm/vllm:v0.6.3."]
+    # An entry ends at a path boundary: "registry.example.com" must not admit "registry.example.com.evil".
+    prefixes = [entry if entry.endswith("/") else f"{entry}/" for entry in allowlist]
+    if not any(image.startswith(prefix) for prefix in prefixes):
+        return [f"Images must come from an allowlisted registry: {', '.join(prefixes) or 'none configured'}."]
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last and "@" not in last:
+        return ["Name a tag or a digest (e.g. :v0.6.3): an implicit :latest changes under a running model."]
+    return []
+
+
+def _check_operator(grant: Grant, actor: User) -> None:
+    if not (actor.is_platform_admin or Membership.objects.filter(team_id=grant.team_id, user=actor).exists()):
+        raise PermissionDenied(f"Only members of team {grant.team.slug} can manage its serving deployments.")
+
+
+def _gpu_budget_error(
+    grant: Grant, *, replicas: int, gpus_per_replica: int, exclude: int | None
+) -> str | None:
+    others = ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True).exclude(pk=exclude)
+    used = sum(d.replicas * d.gpus_per_replica for d in others)
+    wanted = replicas * gpus_per_replica
+    if used + wanted <= grant.gpus:
+        return None
+    unit = grant.pool.accelerator.resource_name
+    return (
+        f"{replicas} x {gpus_per_replica} {unit} = {wanted} does not fit grant {grant.namespace}: it holds "
+        f"{grant.gpus} and other serving deployments use {used}, so {max(0, grant.gpus - used)} are left."
+    )
+
+
+def _running_grant(grant: Grant) -> Grant:
+    grant = (
+        Grant.objects.select_for_update()
+        .select_related("request", "team", "pool__accelerator")
+        .get(pk=grant.pk)
+    )
+    if grant.request.state not in PROVISIONABLE_STATES:
+        raise ValidationError(
+            f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; serving deployments "
+            "need an approved or active grant.",
+            code="grant_not_active",
+        )
+    return grant
+
+
+@transaction.atomic
+def serving_deployment_create(
+    *,
+    grant: Grant,
+    actor: User,
+    name: str,
+    model_name: str,
+    image: str,
+    replicas: int = 1,
+    gpus_per_replica: int = 1,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> ServingDeployment:
+    grant = _running_grant(grant)
+    _check_operator(grant, actor)
+    name, model_name, image = name.strip(), model_name.strip(), image.strip()
+    args, env = list(args or []), dict(env or {})
+    errors: dict[str, list[str]] = {}
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?", name):
+        errors["name"] = ["Use 1-50 lower-case letters, digits and '-', starting and ending alphanumeric."]
+    elif ServingDeployment.objects.filter(grant=grant, name=name).exists():
+        errors["name"] = [f"Grant {grant.namespace} already has (or had) a deployment named {name!r}."]
+    if not model_name:
+        errors["model_name"] = ["Name the model being served."]
+    if image_errors := _image_errors(image):
+        errors["image"] = image_errors
+    if not 1 <= replicas <= MAX_REPLICAS:
+        errors["replicas"] = [f"Replicas must be between 1 and {MAX_REPLICAS}."]
+    if gpus_per_replica < 1:
+        errors["gpus_per_replica"] = ["A model server needs at least one GPU."]
+    if not all(isinstance(arg, str) for arg in args):
+        errors["args"] = ["Arguments must be strings."]
+    bad_env = sorted(k for k, v in env.items() if not ENV_NAME.match(str(k)) or not isinstance(v, str))
+    if bad_env:
+        errors["env"] = [
+            f"Invalid variables (names like MAX_MODEL_LEN, string values): {', '.join(bad_env)}."
+        ]
+    elif reserved := sorted(RESERVED_ENV & env.keys()):
+        errors["env"] = [f"{', '.join(reserved)} are set by the portal."]
+    if not errors:
+        problem = _gpu_budget_error(grant, replicas=replicas, gpus_per_replica=gpus_per_replica, exclude=None)
+        if problem:
+            errors["replicas"] = [problem]
+    if errors:
+        raise ValidationError(errors)
+    deployment = ServingDeployment.objects.create(
+        grant=grant,
+        team=grant.team,
+        name=name,
+        model_name=model_name,
+        image=image,
+        replicas=replicas,
+        gpus_per_replica=gpus_per_replica,
+        args=args,
+        env=env,
+        created_by=actor,
+    )
+    audit_event_record(
+        actor=actor,
+        action="serving_deployment.created",
+        obj=deployment,
+        team=grant.team,
+        after={
+            "image": image,
+            "model": model_name,
+            "replicas": replicas,
+            "gpus_per_replica": gpus_per_replica,
+        },
+    )
+    _queue_serving_reconcile(deployment)
+    return deployment
+
+
+@transaction.atomic
+def serving_deployment_scale(
+    *, deployment: ServingDeployment, actor: User, replicas: int
+) -> ServingDeployment:
+    deployment = ServingDeployment.objects.select_for_update().get(pk=deployment.pk)
+    grant = _running_grant(deployment.grant)
+    _check_operator(grant, actor)
+    if deployment.deleted_at is not None:
+        raise ValidationError(f"Deployment {deployment.name} is deleted.", code="deleted")
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise ValidationError({"replicas": [f"Replicas must be between 0 and {MAX_REPLICAS}."]})
+    problem = _gpu_budget_error(
+        grant, replicas=replicas, gpus_per_replica=deployment.gpus_per_replica, exclude=deployment.pk
+    )
+    if problem:
+        raise ValidationError({"replicas": [problem]})
+    if replicas == deployment.replicas:
+        return deployment
+    before = {"replicas": deployment.replicas}
+    deployment.replicas = replicas
+    deployment.generation += 1
+    deployment.save(update_fields=["replicas", "generation"])
+    audit_event_record(
+        actor=actor,
+        action="serving_deployment.scaled",
+        obj=deployment,
+        team=deployment.team,
+        before=before,
+        after={"replicas": replicas},
+    )
+    _queue_serving_reconcile(deployment)
+    return deployment
+
+
+@transaction.atomic
+def serving_deployment_delete(*, deployment: ServingDeployment, actor: User) -> ServingDeployment:
+    deployment = (
+        ServingDeployment.objects.select_for_update().select_related("grant__team").get(pk=deployment.pk)
+    )
+    _check_operator(deployment.grant, actor)
+    if deployment.deleted_at is not None:
+        raise ValidationError(f"Deployment {deployment.name} is already deleted.", code="deleted")
+    deployment.deleted_at = timezone.now()
+    deployment.generation += 1
+    deployment.save(update_fields=["deleted_at", "generation"])
+    audit_event_record(
+        actor=actor,
+        action="serving_deployment.deleted",
+        obj=deployment,
+        team=deployment.team,
+        before={"replicas": deployment.replicas},
+    )
+    _queue_serving_reconcile(deployment)
+    return deployment
 
 
 # --- teams ------------------------------------------------------------------------------------

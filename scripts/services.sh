@@ -92,6 +92,7 @@ case "${1:-up}" in
       echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/portal"
       echo "CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0" ;;
   redis) start_redis ;;
+  redis-install) command -v redis-server >/dev/null || apt_install redis-server ;;
   chromium) ensure_chromium ;;
   down) stop_all ;;
   *) echo "usage: $0 [up|down|redis|chromium]" >&2; exit 2 ;;

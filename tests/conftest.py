@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -7,6 +8,9 @@ from pools.models import Accelerator, NodePool, PoolClass
 from portal.models import User
 from quotas.models import Membership, Team
 from tests import factories
+
+# The Kubernetes testbed fixtures (`testbed`, `k8s_namespace`) for tests marked `cluster`.
+pytest_plugins = ["tests.testbed"]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -48,7 +52,10 @@ class World:
 
 
 @pytest.fixture
-def world(db: None) -> World:
+def world(db: None, settings: Any) -> World:
+    # The world's cluster has no credentials: the approval pre-flight against a real cluster is
+    # tested in tests/provisioning.
+    settings.PORTAL_PREFLIGHT = False
     vision, nlp = factories.team("vision"), factories.team("nlp")
     a100 = factories.accelerator("a100-80gb", 80, name="NVIDIA A100 80GB")
     h100 = factories.accelerator("h100-80gb", 80, name="NVIDIA H100 80GB")

@@ -37,7 +37,9 @@ def test_admin_never_renders_stored_credentials(admin_client: object, db: None) 
 
 
 def _run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "DATABASE_URL", "CELERY_"))}
+    # Start from the real environment minus everything the portal reads, so only `env` configures it.
+    ours = ("PORTAL_", "DATABASE_URL", "CELERY_", "DJANGO_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     base.update(env, DJANGO_SETTINGS_MODULE="portal.settings.production")
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],

@@ -1,10 +1,23 @@
-"""One reusable API connection per cluster, built from the cluster's stored (encrypted) credentials."""
+"""One reusable API connection per cluster, built from the cluster's stored (encrypted) credentials.
 
+- Every request has a timeout: the kubernetes REST layer sends `timeout=None` (wait forever) unless a
+  call passes `_request_timeout`, so the connection fills in DEFAULT_TIMEOUT. Watches must pass their
+  own `_request_timeout` (longer than their server-side `timeout_seconds`).
+- urllib3 retries with exponential backoff and jitter: connection failures for every verb (nothing
+  was sent), 429/5xx answers and read timeouts only for idempotent verbs.
+- API discovery (what the DynamicClient needs to map apiVersion/kind to a path) runs once per
+  connection, lazily, on first use inside a translated call, and is cached.
+- Credentials never leave this module in any message or repr.
+"""
+
+import functools
 import hashlib
+import os
 import tempfile
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from kubernetes import client as k8s
@@ -12,7 +25,7 @@ from kubernetes import config as k8s_config
 from kubernetes.dynamic import DynamicClient
 from urllib3.util.retry import Retry
 
-from pools.kube.errors import PermanentKubeError
+from pools.kube.errors import InvalidKubeconfig, translated
 
 if TYPE_CHECKING:
     from pools.models import Cluster
@@ -20,69 +33,190 @@ if TYPE_CHECKING:
 # Connect fast, read long enough for a big list; watches pass their own timeout.
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
-# Only idempotent verbs are retried by the transport: server-side apply (PATCH) and DELETE are
-# idempotent, POST is not.
+DEFAULT_TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
+# Server-side apply (PATCH with force), PUT with a resourceVersion and DELETE are idempotent; POST is
+# not, so a 5xx or a lost answer to a create is never replayed by the transport.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 RETRY = Retry(
     total=3,
     connect=2,
-    read=2,
+    read=1,
     status=3,
+    # TLS failures and the like do not heal by retrying.
+    other=0,
+    redirect=0,
     backoff_factor=0.3,
     backoff_jitter=0.2,
     backoff_max=5,
     status_forcelist=(429, 500, 502, 503, 504),
-    allowed_methods=frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"}),
+    allowed_methods=IDEMPOTENT_METHODS,
     respect_retry_after_header=True,
     raise_on_status=False,
 )
 
+# Inline credentials only. `exec` and `auth-provider` would run a program on the portal's host and
+# the file-path variants would read the portal host's files (and send them to the cluster).
+_USER_KEYS = frozenset({"token", "client-certificate-data", "client-key-data"})
+_CLUSTER_KEYS = frozenset(
+    {"server", "certificate-authority-data", "insecure-skip-tls-verify", "tls-server-name", "extensions"}
+)
 
-@dataclass
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise InvalidKubeconfig(
+            f"The kubeconfig is not valid YAML{where}.", reason="InvalidKubeconfig"
+        ) from None
+    if not isinstance(doc, dict):
+        raise InvalidKubeconfig("The kubeconfig is not a YAML mapping.", reason="InvalidKubeconfig")
+    return doc
+
+
+def _current(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The cluster and user entries of the current context."""
+
+    def named(section: str, name: object) -> dict[str, Any]:
+        for entry in doc.get(section) or []:
+            if isinstance(entry, dict) and entry.get("name") == name:
+                body = entry.get(section.rstrip("s"))
+                if isinstance(body, dict):
+                    return body
+        raise InvalidKubeconfig(
+            f"The kubeconfig has no usable entry in `{section}` for the current context.",
+            reason="InvalidKubeconfig",
+        )
+
+    current = doc.get("current-context")
+    if not current:
+        raise InvalidKubeconfig("The kubeconfig has no current-context.", reason="InvalidKubeconfig")
+    context = named("contexts", current)
+    return named("clusters", context.get("cluster")), named("users", context.get("user"))
+
+
+def kubeconfig_check(text: str) -> dict[str, Any]:
+    """Parse a kubeconfig and check that its current context uses inline credentials only.
+
+    Returns the parsed document. Messages name keys and context names, never values.
+    """
+    doc = _parse(text)
+    cluster, user = _current(doc)
+    if not str(cluster.get("server", "")).startswith(("https://", "http://")):
+        raise InvalidKubeconfig(
+            "The kubeconfig's cluster has no server address (https://...).", reason="InvalidKubeconfig"
+        )
+    for section, entry, allowed in (("user", user, _USER_KEYS), ("cluster", cluster, _CLUSTER_KEYS)):
+        refused = sorted(set(entry) - allowed)
+        if refused:
+            raise InvalidKubeconfig(
+                f"The kubeconfig's {section} uses {', '.join(refused)}: the portal only accepts inline "
+                "credentials (token, or client-certificate-data with client-key-data) and "
+                "certificate-authority-data.",
+                reason="InvalidKubeconfig",
+            )
+    if not (user.get("token") or (user.get("client-certificate-data") and user.get("client-key-data"))):
+        raise InvalidKubeconfig(
+            "The kubeconfig's user has no credentials (token, or client-certificate-data with "
+            "client-key-data).",
+            reason="InvalidKubeconfig",
+        )
+    return doc
+
+
+def kubeconfig_server(text: str) -> str:
+    """The API server address of the kubeconfig's current context (after kubeconfig_check)."""
+    cluster, _ = _current(kubeconfig_check(text))
+    return str(cluster["server"])
+
+
+def _with_default_timeout(request: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(request)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("_request_timeout"):
+            kwargs["_request_timeout"] = DEFAULT_TIMEOUT
+        return request(*args, **kwargs)
+
+    return wrapper
+
+
 class Connection:
-    api: k8s.ApiClient
-    dynamic: DynamicClient
-    host: str
+    """An API client for one cluster. The DynamicClient (and its discovery) is built on first use."""
+
+    def __init__(
+        self, *, name: str, api: k8s.ApiClient, host: str, cache_file: str, ca_file: str = ""
+    ) -> None:
+        self.name = name
+        self.api = api
+        self.host = host
+        self._cache_file = cache_file
+        self._ca_file = ca_file
+        self._dynamic: DynamicClient | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.name} {self.host}>"
 
     @property
     def core(self) -> k8s.CoreV1Api:
         return k8s.CoreV1Api(self.api)
 
+    @property
+    def dynamic(self) -> DynamicClient:
+        with self._lock:
+            if self._dynamic is None:
+                # Discovery talks to the cluster: callers outside ops.call still get typed errors.
+                with translated(self.name):
+                    self._dynamic = DynamicClient(self.api, cache_file=self._cache_file)
+            return self._dynamic
+
+    def close(self) -> None:
+        self.api.close()
+        if self._ca_file:
+            Path(self._ca_file).unlink(missing_ok=True)
+
 
 _cache: dict[tuple[int, str], Connection] = {}
+_cache_pid = os.getpid()
 _lock = threading.Lock()
 _discovery_dir = tempfile.mkdtemp(prefix="gpu-portal-discovery-")
 
 
-def _configuration(cluster: "Cluster") -> k8s.Configuration:
+def _configuration(cluster: "Cluster") -> tuple[k8s.Configuration, str]:
     configuration = k8s.Configuration()
+    ca_file = ""
     if cluster.kubeconfig:
+        doc = kubeconfig_check(cluster.kubeconfig)
         try:
-            loader = k8s_config.kube_config.KubeConfigLoader(config_dict=yaml.safe_load(cluster.kubeconfig))
+            loader = k8s_config.kube_config.KubeConfigLoader(config_dict=doc)
             loader.load_and_set(configuration)
-        except (yaml.YAMLError, k8s_config.ConfigException, TypeError, KeyError, AttributeError) as exc:
-            # The loader's messages can quote the file; say what is wrong without echoing any of it.
-            raise PermanentKubeError(
-                "The stored kubeconfig cannot be used: it is not a valid kubeconfig with a current context.",
+        except (k8s_config.ConfigException, TypeError, KeyError, AttributeError, ValueError):
+            # The loader's messages can quote the file (and so a key); say what is wrong without
+            # any of it, and drop the original from the chain for the same reason.
+            raise InvalidKubeconfig(
+                "The kubeconfig's credentials cannot be loaded (e.g. certificate data that is not base64).",
                 reason="InvalidKubeconfig",
-            ) from exc
+            ) from None
     elif cluster.api_url and cluster.token:
-        configuration.host = cluster.api_url
+        configuration.host = cluster.api_url.rstrip("/")
         configuration.api_key = {"authorization": cluster.token}
         configuration.api_key_prefix = {"authorization": "Bearer"}
         if cluster.ca_data:
-            ca_file = tempfile.NamedTemporaryFile(prefix="gpu-portal-ca-", suffix=".crt", delete=False)  # noqa: SIM115
-            ca_file.write(cluster.ca_data.encode())
-            ca_file.close()
-            configuration.ssl_ca_cert = ca_file.name
-        else:
-            configuration.verify_ssl = False
+            handle = tempfile.NamedTemporaryFile(prefix="gpu-portal-ca-", suffix=".crt", delete=False)  # noqa: SIM115
+            with handle:
+                handle.write(cluster.ca_data.encode())
+            ca_file = configuration.ssl_ca_cert = handle.name
+        # Without a CA bundle the system trust store applies; TLS verification is never switched off
+        # implicitly, since a bearer token sent to an impostor is a stolen token.
     else:
-        raise PermanentKubeError(
+        raise InvalidKubeconfig(
             "The cluster has no credentials: upload a kubeconfig, or give the API URL with a token.",
             reason="NoCredentials",
         )
     configuration.retries = RETRY
-    return configuration
+    return configuration, ca_file
 
 
 def _fingerprint(cluster: "Cluster") -> str:
@@ -92,21 +226,42 @@ def _fingerprint(cluster: "Cluster") -> str:
 
 
 def connect(cluster: "Cluster") -> Connection:
-    """The cached connection for this cluster; a credential change makes a new one."""
+    """The cached connection for this cluster; a credential change makes a new one.
+
+    Does no network I/O; raises InvalidKubeconfig when the credentials cannot make a client.
+    """
+    global _cache_pid
     key = (cluster.pk or 0, _fingerprint(cluster))
     with _lock:
+        if _cache_pid != os.getpid():
+            # A forked worker must not share the parent's sockets; the parent still owns them.
+            _cache.clear()
+            _cache_pid = os.getpid()
         conn = _cache.get(key)
         if conn is None:
-            for stale in [k for k in _cache if k[0] == key[0]]:
-                _cache.pop(stale).api.close()
-            configuration = _configuration(cluster)
+            # A saved cluster has one live connection: the one for its current credentials. Unsaved
+            # clusters (being registered) only share pk 0, so they never evict each other.
+            for stale in [k for k in _cache if cluster.pk and k[0] == cluster.pk]:
+                _cache.pop(stale).close()
+            configuration, ca_file = _configuration(cluster)
             api = k8s.ApiClient(configuration)
-            dynamic = DynamicClient(api, cache_file=f"{_discovery_dir}/{key[1][:16]}.json")
-            conn = _cache[key] = Connection(api=api, dynamic=dynamic, host=configuration.host)
+            api.rest_client.request = _with_default_timeout(api.rest_client.request)
+            conn = _cache[key] = Connection(
+                name=cluster.name,
+                api=api,
+                host=configuration.host,
+                cache_file=f"{_discovery_dir}/{key[1][:16]}.json",
+                ca_file=ca_file,
+            )
         return conn
 
 
 def forget(cluster: "Cluster") -> None:
+    """Drop the cached connection (after a credential change, or for a cluster that was never saved)."""
     with _lock:
-        for stale in [k for k in _cache if k[0] == (cluster.pk or 0)]:
-            _cache.pop(stale).api.close()
+        if cluster.pk:
+            stale = [k for k in _cache if k[0] == cluster.pk]
+        else:
+            stale = [k for k in [(0, _fingerprint(cluster))] if k in _cache]
+        for key in stale:
+            _cache.pop(key).close()

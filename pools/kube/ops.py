@@ -1,15 +1,17 @@
-"""Reads and writes against a cluster. Every call maps failures onto pools.kube.errors."""
+"""Reads and writes against a cluster. Every call maps failures onto pools.kube.errors.
 
+Calls pass no timeout of their own: the connection applies pools.kube.client.DEFAULT_TIMEOUT.
+"""
+
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import urllib3
-from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic.exceptions import ResourceNotFoundError
+from kubernetes import client as k8s
 
-from pools.kube.client import CONNECT_TIMEOUT, READ_TIMEOUT, Connection, connect
-from pools.kube.errors import KubeError, NotFound, PermanentKubeError, Unreachable, from_api_exception
+from pools.kube.client import Connection, connect
+from pools.kube.errors import NotFound, PermanentKubeError, translated
 
 if TYPE_CHECKING:
     from pools.models import Cluster
@@ -17,29 +19,20 @@ if TYPE_CHECKING:
 # The one field manager the portal applies with: every field it owns is attributed to it, so a hand
 # edit shows up as a conflict and a re-apply restores the portal's value.
 FIELD_MANAGER = "gpu-capacity-portal"
-TIMEOUT = (CONNECT_TIMEOUT, READ_TIMEOUT)
+# Lists are paged so that a cluster with thousands of nodes or pods never needs one huge response.
+PAGE_SIZE = 500
 
 T = TypeVar("T")
 
 
 @contextmanager
 def translated_errors(cluster: "Cluster") -> Iterator[None]:
-    try:
+    with translated(cluster.name):
         yield
-    except KubeError:
-        raise
-    except ApiException as exc:  # DynamicApiError included: it subclasses ApiException
-        raise from_api_exception(exc) from exc
-    except ResourceNotFoundError as exc:
-        raise PermanentKubeError(f"The cluster does not serve this API: {exc}", reason="NoSuchAPI") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        # Transport errors name the host and port, never the credentials.
-        raise Unreachable(
-            f"Cluster {cluster.name} is unreachable: {type(exc).__name__}", reason="Unreachable"
-        ) from exc
 
 
 def call(cluster: "Cluster", fn: Callable[[Connection], T]) -> T:
+    """Run `fn` with the cluster's connection; any failure (connecting included) is a KubeError."""
     with translated_errors(cluster):
         return fn(connect(cluster))
 
@@ -48,21 +41,46 @@ def _resource(conn: Connection, api_version: str, kind: str) -> Any:
     return conn.dynamic.resources.get(api_version=api_version, kind=kind)
 
 
+def _json(response: Any) -> dict[str, Any]:
+    # Raw JSON instead of the DynamicClient's ResourceInstance: wrapping thousands of objects in
+    # attribute proxies only to turn them back into dicts is the slow part of a big list.
+    return json.loads(response.data)
+
+
 def apply(cluster: "Cluster", manifest: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply `manifest`, taking ownership of its fields; returns the live object."""
     meta = manifest["metadata"]
 
     def run(conn: Connection) -> dict[str, Any]:
         resource = _resource(conn, manifest["apiVersion"], manifest["kind"])
-        live = resource.server_side_apply(
+        response = resource.server_side_apply(
             body=manifest,
             name=meta["name"],
             namespace=meta.get("namespace"),
             field_manager=FIELD_MANAGER,
             force_conflicts=True,
-            _request_timeout=TIMEOUT,
+            serialize=False,
         )
-        return live.to_dict()
+        return _json(response)
+
+    return call(cluster, run)
+
+
+def create(cluster: "Cluster", manifest: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+    """POST `manifest` (never retried by the transport); for objects that are created, not applied,
+    such as access reviews, or a pod whose admission answer matters. `dry_run` runs validation and
+    admission without persisting anything (how the provisioner probes that a policy is enforced)."""
+
+    def run(conn: Connection) -> dict[str, Any]:
+        resource = _resource(conn, manifest["apiVersion"], manifest["kind"])
+        response = resource.create(
+            body=manifest,
+            namespace=manifest["metadata"].get("namespace") if "metadata" in manifest else None,
+            field_manager=FIELD_MANAGER,
+            dry_run="All" if dry_run else None,
+            serialize=False,
+        )
+        return _json(response)
 
     return call(cluster, run)
 
@@ -72,7 +90,7 @@ def get(
 ) -> dict[str, Any] | None:
     def run(conn: Connection) -> dict[str, Any]:
         resource = _resource(conn, api_version, kind)
-        return resource.get(name=name, namespace=namespace, _request_timeout=TIMEOUT).to_dict()
+        return _json(resource.get(name=name, namespace=namespace, serialize=False))
 
     try:
         return call(cluster, run)
@@ -91,13 +109,23 @@ def list_objects(
 ) -> list[dict[str, Any]]:
     def run(conn: Connection) -> list[dict[str, Any]]:
         resource = _resource(conn, api_version, kind)
-        result = resource.get(
-            namespace=namespace,
-            label_selector=label_selector,
-            field_selector=field_selector,
-            _request_timeout=TIMEOUT,
-        )
-        return result.to_dict().get("items", [])
+        items: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = _json(
+                resource.get(
+                    namespace=namespace,
+                    label_selector=label_selector,
+                    field_selector=field_selector,
+                    limit=PAGE_SIZE,
+                    _continue=token,
+                    serialize=False,
+                )
+            )
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
 
     return call(cluster, run)
 
@@ -107,10 +135,27 @@ def delete(cluster: "Cluster", api_version: str, kind: str, name: str, namespace
 
     def run(conn: Connection) -> None:
         resource = _resource(conn, api_version, kind)
-        resource.delete(name=name, namespace=namespace, _request_timeout=TIMEOUT)
+        resource.delete(name=name, namespace=namespace, serialize=False)
 
     try:
         call(cluster, run)
     except NotFound:
         return False
     return True
+
+
+def server_version(cluster: "Cluster") -> str:
+    """The apiserver's gitVersion from /version (readable without any RBAC permission)."""
+
+    def run(conn: Connection) -> str:
+        # Raw JSON: the typed VersionInfo insists on fields some distributions leave out.
+        response = k8s.VersionApi(conn.api).get_code(_preload_content=False)
+        return str(_json(response).get("gitVersion", ""))
+
+    try:
+        return call(cluster, run)
+    except NotFound:
+        raise PermanentKubeError(
+            f"Cluster {cluster.name}: the server has no /version; is the address a Kubernetes API server?",
+            reason="NotKubernetes",
+        ) from None

@@ -31,6 +31,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "portal",
     "pools",
@@ -105,10 +108,56 @@ SESSION_COOKIE_AGE = env.int("PORTAL_SESSION_SECONDS", default=8 * 3600)
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie
 
+# --- REST API (/api/v1/, docs/api.md) ------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Token first: its WWW-Authenticate header turns "not logged in" into a 401 instead of a 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "portal.api.permissions.TokenAllowsMethod",
+    ],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.PagePagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "EXCEPTION_HANDLER": "portal.api.exceptions.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "portal.api.schema.PortalAutoSchema",
+    # A courtesy limit per token that keeps one runaway script from crowding out everyone else; it is
+    # counted per process in the local cache, so it is not a security boundary.
+    "DEFAULT_THROTTLE_CLASSES": ["portal.api.throttling.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"token": env.str("PORTAL_API_TOKEN_RATE", default="600/min")},
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "GPU Capacity Portal API",
+    "DESCRIPTION": (
+        "Request GPU capacity, approve it, follow grants and serving deployments, read pool utilisation. "
+        "Every error has the same JSON shape: {code, message, fields}. See docs/api.md."
+    ),
+    "VERSION": "1.0.0",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "PoolClassEnum": "pools.models.PoolClass",
+        "RequestStateEnum": "quotas.states.RequestState",
+        "PrecisionEnum": "quotas.models.Precision",
+    },
+}
+# Personal API tokens: lifetime when none is given, and the longest allowed.
+PORTAL_API_TOKEN_DEFAULT_DAYS = env.int("PORTAL_API_TOKEN_DEFAULT_DAYS", default=90)
+PORTAL_API_TOKEN_MAX_DAYS = env.int("PORTAL_API_TOKEN_MAX_DAYS", default=365)
+# How long a successful POST is remembered under its Idempotency-Key.
+PORTAL_API_IDEMPOTENCY_HOURS = env.int("PORTAL_API_IDEMPOTENCY_HOURS", default=24)
 
 LOGGING = {
     "version": 1,
@@ -122,6 +171,39 @@ LOGGING = {
 # Cluster credentials are encrypted with these Fernet keys (comma-separated, newest first, so keys
 # can be rotated). Without one, a key is derived from SECRET_KEY: fine for a laptop, refused in production.
 PORTAL_CREDENTIALS_KEYS = env.list("PORTAL_CREDENTIALS_KEYS", default=[])
+
+# --- Provisioning (docs/provisioning.md) ---------------------------------------------------------
+PORTAL_PROVISIONING = {
+    # Serving images must start with one of these prefixes.
+    "IMAGE_REGISTRY_ALLOWLIST": env.list(
+        "PORTAL_IMAGE_REGISTRY_ALLOWLIST", default=["registry.example.com/llm/"]
+    ),
+    # Grant namespace quota beside the GPUs, unless the request names CPU or memory: a base number of
+    # pods plus one per GPU, and CPU and memory per GPU.
+    "QUOTA_PODS_BASE": env.int("PORTAL_QUOTA_PODS_BASE", default=20),
+    "QUOTA_CPU_PER_GPU": env.int("PORTAL_QUOTA_CPU_PER_GPU", default=8),
+    "QUOTA_MEMORY_GIB_PER_GPU": env.int("PORTAL_QUOTA_MEMORY_GIB_PER_GPU", default=64),
+    # LimitRange defaults for containers that name no CPU or memory.
+    "DEFAULT_REQUEST": {"cpu": "500m", "memory": "1Gi"},
+    "DEFAULT_LIMIT": {"memory": "4Gi"},
+    "POD_SECURITY": {"enforce": "baseline", "warn": "restricted", "audit": "restricted"},
+    "TEAM_CLUSTER_ROLE": env.str("PORTAL_TEAM_CLUSTER_ROLE", default="edit"),
+    # Serving deployments: time a model may take to load before its startup probe gives up, and the
+    # CPU and memory each GPU's replica share gets.
+    "MODEL_LOAD_BUDGET_SECONDS": env.int("PORTAL_MODEL_LOAD_BUDGET_SECONDS", default=900),
+    "SERVING_CPU_MILLIS_PER_GPU": 4000,
+    "SERVING_MEMORY_GIB_PER_GPU": 32,
+    "SERVING_PORT": 8000,
+    "SERVING_HEALTH_PATH": "/health",
+    # Every object is re-applied this often (drift repair); the sweeper re-queues lagging work this often.
+    "RESYNC_SECONDS": env.int("PORTAL_RESYNC_SECONDS", default=300),
+    "SWEEP_SECONDS": env.int("PORTAL_SWEEP_SECONDS", default=30),
+    # Retries of a reconcile whose cluster does not answer: exponential backoff with full jitter.
+    "RETRY_BACKOFF_MAX_SECONDS": env.int("PORTAL_RETRY_BACKOFF_MAX_SECONDS", default=120),
+    "MAX_RETRIES": env.int("PORTAL_RECONCILE_MAX_RETRIES", default=12),
+}
+# Approval checks that the pool's selector matches Ready, tainted nodes of its cluster.
+PORTAL_PREFLIGHT = env.bool("PORTAL_PREFLIGHT", default=True)
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6390/0")
@@ -139,10 +221,34 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 120
 CELERY_TASK_TIME_LIMIT = 150
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
+# A broker outage must not hang a web request that queues work: give up publishing after about a
+# second; the provisioning sweeper queues whatever was lost.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.3,
+    "interval_max": 0.5,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The whole beat schedule, in one place.
 CELERY_BEAT_SCHEDULE = {
     "expire-grants": {"task": "quotas.tasks.grants_expire_due", "schedule": timedelta(seconds=60)},
+    # Inventory: pools appear, grow, shrink or vanish as node groups change.
+    "sync-inventory": {"task": "pools.tasks.clusters_sync_inventory", "schedule": timedelta(minutes=10)},
+    "provisioning-sweep": {
+        "task": "quotas.tasks.provisioning_sweep",
+        "schedule": timedelta(seconds=PORTAL_PROVISIONING["SWEEP_SECONDS"]),
+    },
+    # Utilisation history: roll samples up into 5-minute and hourly averages, drop expired rows.
+    "utilisation-history-compact": {
+        "task": "pools.tasks.utilisation_history_compact",
+        "schedule": timedelta(minutes=5),
+    },
+    # Idempotency-Key records older than PORTAL_API_IDEMPOTENCY_HOURS are forgotten.
+    "idempotency-records-purge": {
+        "task": "portal.tasks.idempotency_records_purge",
+        "schedule": timedelta(hours=1),
+    },
 }
 
 # --- Portal rules -------------------------------------------------------------------------------
@@ -153,4 +259,56 @@ PORTAL_AUTO_APPROVAL = env.json(
 )
 # Longest validity window a request may ask for.
 PORTAL_MAX_REQUEST_DAYS = env.int("PORTAL_MAX_REQUEST_DAYS", default=180)
+# Pods the conformance report accepts on GPU nodes without a GPU request: the daemons GPUs need.
+# `namespaces`: any pod there; `daemonset_namespaces`: only DaemonSet pods (kube-proxy, CNI);
+# `labels`: pods whose label has one of the listed values.
+_GPU_DAEMONS = [
+    "nvidia-device-plugin-daemonset",
+    "nvidia-device-plugin",
+    "gpu-feature-discovery",
+    "nvidia-dcgm-exporter",
+    "dcgm-exporter",
+    "nvidia-driver-daemonset",
+    "nvidia-container-toolkit-daemonset",
+    "nvidia-mig-manager",
+    "nvidia-operator-validator",
+]
+PORTAL_GPU_NODE_ALLOWLIST = env.json(
+    "PORTAL_GPU_NODE_ALLOWLIST",
+    default={
+        "namespaces": ["gpu-operator", "nvidia-gpu-operator", "nvidia-device-plugin", "dcgm-exporter"],
+        "daemonset_namespaces": ["kube-system"],
+        "labels": {"app.kubernetes.io/name": _GPU_DAEMONS, "app": _GPU_DAEMONS},
+    },
+)
 DEMO_PASSWORD = env.str("DEMO_PASSWORD", default="demo")
+# Bearer token Prometheus must send to /metrics; empty leaves /metrics open, for a network where
+# only the monitoring system reaches it (docs/utilisation.md).
+PORTAL_METRICS_TOKEN = env.str("PORTAL_METRICS_TOKEN", default="")
+
+# --- Browser UI (docs/ui.md) ----------------------------------------------------------------------
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("portal.context_processors.navigation")
+# An htmx request whose CSRF token went stale (session ended, signed in again in another tab)
+# reloads its page or goes to the login form, instead of swapping Django's 403 page into the page.
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
+
+# Optional single sign-on with OpenID Connect (mozilla-django-oidc), off by default. Local
+# passwords keep working alongside it, for break-glass admin accounts.
+PORTAL_OIDC_ENABLED = env.bool("PORTAL_OIDC_ENABLED", default=False)
+if PORTAL_OIDC_ENABLED:
+    INSTALLED_APPS.append("mozilla_django_oidc")
+    AUTHENTICATION_BACKENDS = [
+        "mozilla_django_oidc.auth.OIDCAuthenticationBackend",
+        "django.contrib.auth.backends.ModelBackend",
+    ]
+    OIDC_RP_CLIENT_ID = env.str("PORTAL_OIDC_CLIENT_ID")
+    OIDC_RP_CLIENT_SECRET = env.str("PORTAL_OIDC_CLIENT_SECRET")
+    OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("PORTAL_OIDC_AUTHORIZATION_ENDPOINT")
+    OIDC_OP_TOKEN_ENDPOINT = env.str("PORTAL_OIDC_TOKEN_ENDPOINT")
+    OIDC_OP_USER_ENDPOINT = env.str("PORTAL_OIDC_USER_ENDPOINT")
+    OIDC_OP_JWKS_ENDPOINT = env.str("PORTAL_OIDC_JWKS_ENDPOINT", default="")
+    OIDC_RP_SIGN_ALGO = env.str("PORTAL_OIDC_SIGN_ALGO", default="RS256")
+    OIDC_RP_SCOPES = env.str("PORTAL_OIDC_SCOPES", default="openid email profile")
+    OIDC_CREATE_USER = env.bool("PORTAL_OIDC_CREATE_USER", default=True)
+    OIDC_USERNAME_ALGO = "portal.oidc.username_from_email"
+    LOGIN_REDIRECT_URL_FAILURE = "login"

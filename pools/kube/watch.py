@@ -1,0 +1,374 @@
+"""List+watch caches of cluster objects, the way client-go's reflector keeps them.
+
+A ResourceCache lists a resource once (paginated), then watches from the list's resourceVersion
+with bookmarks, applying each event to an in-memory map. When the apiserver answers 410 Gone (the
+resourceVersion fell out of its watch window, or a paginated list's continue token expired) the
+cache lists again. When the cluster stops answering, the cache marks itself stale, keeps its last
+known objects, and reconnects with exponential backoff and jitter; the first successful call
+clears the mark. Readers take thread-safe snapshots at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kubernetes.watch.watch import iter_resp_lines
+
+from pools.kube.client import CONNECT_TIMEOUT, READ_TIMEOUT, connect
+from pools.kube.errors import Expired, KubeError, PermanentKubeError, TemporaryKubeError
+from pools.kube.ops import translated_errors
+
+if TYPE_CHECKING:
+    from pools.models import Cluster
+
+logger = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+HTTP_GONE = 410
+
+
+class WatchStream(Protocol):
+    def __iter__(self) -> Iterator[Json]: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Where a cache lists and watches from; the real one is KubeSource, tests bring fakes."""
+
+    name: str
+
+    def list(self, *, limit: int, continue_token: str | None) -> Json:
+        """One page of the list: {"items": [...], "metadata": {"resourceVersion", "continue"}}."""
+        ...
+
+    def watch(self, *, resource_version: str, timeout_seconds: int) -> WatchStream: ...
+
+
+# ----------------------------------------------------------------------------------------------
+# The real source: raw JSON through the cluster's cached connection. Raw JSON keeps the objects in
+# the apiserver's own (camelCase) shape and skips the client's slow model deserialisation.
+
+
+def _decode(text: str | bytes, cluster: Cluster) -> Json:
+    try:
+        return json.loads(text)
+    except ValueError:
+        # A proxy's error page or a cut-off body: worth retrying, never worth a dead watch thread.
+        raise TemporaryKubeError(
+            f"Cluster {cluster.name} sent a response that is not JSON.", reason="MalformedResponse"
+        ) from None
+
+
+class _KubeWatchStream:
+    def __init__(self, cluster: Cluster, response: Any) -> None:
+        self._cluster = cluster
+        self._response = response
+
+    def __iter__(self) -> Iterator[Json]:
+        with translated_errors(self._cluster):
+            for line in iter_resp_lines(self._response):
+                if line.strip():
+                    yield _decode(line, self._cluster)
+
+    def close(self) -> None:
+        # shutdown() unblocks a read in progress in another thread; close() alone would not. It
+        # refuses once the stream has ended and the connection went back to the pool. A connection
+        # cut mid-stream is closed, never returned to the pool.
+        with contextlib.suppress(AttributeError, OSError, ValueError, RuntimeError):
+            self._response.shutdown()
+        self._response.close()
+
+
+class KubeSource:
+    """Nodes, namespaces or pods (of all namespaces) of one cluster, optionally narrowed by selectors."""
+
+    KINDS = ("nodes", "namespaces", "pods")
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        kind: str,
+        *,
+        field_selector: str | None = None,
+        label_selector: str | None = None,
+    ) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"KubeSource lists {', '.join(self.KINDS)}, not {kind!r}")
+        self.cluster = cluster
+        self.kind = kind
+        self.field_selector = field_selector
+        self.label_selector = label_selector
+        self.name = f"{cluster.name}/{kind}"
+
+    def _call(self, **kwargs: Any) -> Any:
+        core = connect(self.cluster).core
+        fn = {
+            "nodes": core.list_node,
+            "namespaces": core.list_namespace,
+            "pods": core.list_pod_for_all_namespaces,
+        }[self.kind]
+        if self.field_selector:
+            kwargs["field_selector"] = self.field_selector
+        if self.label_selector:
+            kwargs["label_selector"] = self.label_selector
+        return fn(_preload_content=False, **kwargs)
+
+    def list(self, *, limit: int, continue_token: str | None) -> Json:
+        with translated_errors(self.cluster):
+            kwargs: Json = {"limit": limit, "_request_timeout": (CONNECT_TIMEOUT, READ_TIMEOUT)}
+            if continue_token:
+                kwargs["_continue"] = continue_token
+            response = self._call(**kwargs)
+            try:
+                return _decode(response.data, self.cluster)
+            finally:
+                response.release_conn()
+
+    def watch(self, *, resource_version: str, timeout_seconds: int) -> WatchStream:
+        with translated_errors(self.cluster):
+            response = self._call(
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                # The server ends the stream after timeout_seconds; a read that blocks well past
+                # it means the apiserver hangs.
+                _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + 15),
+            )
+        return _KubeWatchStream(self.cluster, response)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with equal jitter: each delay is between half and all of base * 2^n."""
+
+    base: float = 0.5
+    maximum: float = 30.0
+    attempt: int = 0
+
+    def next(self) -> float:
+        ceiling = min(self.maximum, self.base * 2**self.attempt)
+        self.attempt += 1
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not cryptography
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    synced: bool  # a full list has completed at least once
+    stale: bool  # the last attempt to reach the cluster failed
+    stale_since: datetime | None
+    last_contact: datetime | None  # last successful list, watch start or watch event
+    last_error: str
+    lists: int  # full lists done: the first one, then one per 410 or reconnect that needed it
+    resource_version: str
+    items: int
+
+
+def _key(obj: Json) -> str:
+    meta = obj.get("metadata") or {}
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta.get('name', '')}" if namespace else meta.get("name", "")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ResourceCache:
+    """The objects of one Source, kept current by a list+watch loop on its own thread."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        transform: Callable[[Json], Json] | None = None,
+        on_change: Callable[[], None] | None = None,
+        backoff: Backoff | None = None,
+        watch_timeout: int = 60,
+        page_size: int = 500,
+    ) -> None:
+        self.source = source
+        self._transform = transform or (lambda obj: obj)
+        self._on_change = on_change or (lambda: None)
+        self._backoff = backoff or Backoff()
+        self._watch_timeout = watch_timeout
+        self._page_size = page_size
+        self._lock = threading.Lock()
+        self._items: dict[str, Json] = {}
+        self._resource_version = ""
+        self._synced = False
+        self._stale = False
+        self._stale_since: datetime | None = None
+        self._last_contact: datetime | None = None
+        self._last_error = ""
+        self._lists = 0
+        self._stop = threading.Event()
+        self._stream: WatchStream | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- readers ---------------------------------------------------------------------------
+
+    def snapshot(self) -> list[Json]:
+        """The current objects. Cached objects are replaced, never mutated, so a shallow copy is
+        a consistent view."""
+        with self._lock:
+            return list(self._items.values())
+
+    def status(self) -> CacheStatus:
+        with self._lock:
+            return CacheStatus(
+                synced=self._synced,
+                stale=self._stale,
+                stale_since=self._stale_since,
+                last_contact=self._last_contact,
+                last_error=self._last_error,
+                lists=self._lists,
+                resource_version=self._resource_version,
+                items=len(self._items),
+            )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name=f"watch {self.source.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        need_list = True
+        while not self._stop.is_set():
+            try:
+                if need_list:
+                    self._list()
+                    need_list = False
+                self._watch()
+            except KubeError as exc:
+                if self._stop.is_set():
+                    break
+                if exc.status == HTTP_GONE:
+                    # In the stream (an ERROR event) or as the HTTP status of a watch or list page.
+                    logger.info("%s: %s; listing again", self.source.name, exc.message)
+                    need_list = True
+                    continue
+                self._mark_stale(exc)
+                delay = self._backoff.next()
+                logger.warning(
+                    "%s: %s (%s); retrying in %.1fs", self.source.name, exc.message, exc.reason, delay
+                )
+                self._stop.wait(delay)
+            except Exception:
+                # A bug must not leave a dead thread behind a cache that still looks current.
+                logger.exception("%s: unexpected failure; listing again", self.source.name)
+                self._mark_stale(
+                    KubeError("The collector failed unexpectedly (see its log).", reason="InternalError")
+                )
+                need_list = True
+                self._stop.wait(self._backoff.next())
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _list(self) -> None:
+        items: dict[str, Json] = {}
+        continue_token: str | None = None
+        while True:
+            page = self.source.list(limit=self._page_size, continue_token=continue_token)
+            for obj in page.get("items") or []:
+                items[_key(obj)] = self._transform(obj)
+            meta = page.get("metadata") or {}
+            continue_token = meta.get("continue") or None
+            if not continue_token:
+                break
+        with self._lock:
+            self._items = items
+            self._resource_version = meta.get("resourceVersion", "")
+            self._synced = True
+            self._lists += 1
+        self._mark_fresh()
+
+    def _watch(self) -> None:
+        with self._lock:
+            resource_version = self._resource_version
+        started = time.monotonic()
+        stream = self.source.watch(resource_version=resource_version, timeout_seconds=self._watch_timeout)
+        self._stream = stream
+        if self._stop.is_set():  # stop() ran before the stream was there to close
+            stream.close()
+            return
+        self._mark_fresh()
+        events = 0
+        try:
+            for event in stream:
+                if self._stop.is_set():
+                    return
+                self._apply(event)
+                events += 1
+        finally:
+            self._stream = None
+            stream.close()
+        if events == 0 and time.monotonic() - started < 1.0:
+            # A stream that ends at once and empty would otherwise make this a busy loop.
+            raise TemporaryKubeError("the watch ended immediately", reason="WatchClosed")
+
+    def _apply(self, event: Json) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            code = obj.get("code")
+            message = obj.get("message") or "watch error"
+            if code == HTTP_GONE:
+                raise Expired(message, reason=obj.get("reason") or "Expired", status=HTTP_GONE)
+            error = TemporaryKubeError if not code or code >= 500 or code == 429 else PermanentKubeError
+            raise error(message, reason=obj.get("reason") or "WatchError", status=code)
+        version = (obj.get("metadata") or {}).get("resourceVersion", "")
+        with self._lock:
+            if kind in ("ADDED", "MODIFIED"):
+                self._items[_key(obj)] = self._transform(obj)
+            elif kind == "DELETED":
+                self._items.pop(_key(obj), None)
+            if version:
+                self._resource_version = version
+            self._last_contact = _now()
+        if kind != "BOOKMARK":
+            self._on_change()
+
+    def _mark_fresh(self) -> None:
+        with self._lock:
+            was_stale = self._stale
+            self._stale, self._stale_since, self._last_error = False, None, ""
+            self._last_contact = _now()
+        self._backoff.reset()
+        if was_stale:
+            logger.info("%s: reachable again", self.source.name)
+        self._on_change()
+
+    def _mark_stale(self, exc: KubeError) -> None:
+        with self._lock:
+            was_stale = self._stale
+            self._stale = True
+            self._stale_since = self._stale_since or _now()
+            self._last_error = f"{exc.reason}: {exc.message}"
+        if not was_stale:
+            self._on_change()

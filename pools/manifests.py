@@ -1,0 +1,321 @@
+"""Pure builders of the cluster-wide objects the portal owns: one PriorityClass per pool class and the
+ValidatingAdmissionPolicy that makes the apiserver enforce every grant's scheduling contract.
+
+Nothing here talks to a cluster or the database; the functions return plain manifests that
+`pools.kube.ops.apply` server-side applies. Per-grant objects live in `quotas.manifests`.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from pools.models import LABEL_PREFIX, PoolClass
+
+Manifest = dict[str, Any]
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "gpu-capacity-portal"
+# The portal's own label and annotation prefix, kept apart from the node-label prefix so nobody can
+# mistake a namespace label for a node property.
+PORTAL_PREFIX = "capacity.platform.example.com"
+CONTRACT_PREFIX = f"contract.{PORTAL_PREFIX}"
+
+POOL_LABEL_KEY = f"{LABEL_PREFIX}/pool"
+ACCELERATOR_TYPE_LABEL_KEY = f"{LABEL_PREFIX}/type"
+GPU_PRODUCT_LABEL_KEY = "nvidia.com/gpu.product"
+GPU_TAINT_KEY = f"{LABEL_PREFIX}/gpu"
+
+POLICY_NAME = "gpu-capacity-portal-grant-contract"
+
+
+class ContractAnnotation:
+    """Namespace annotations the policy reads through `namespaceObject`.
+
+    Annotations on the namespace rather than a params ConfigMap inside it: the team's `edit` role can
+    change ConfigMaps in its namespace but not the namespace itself, so the contract stays the portal's.
+    """
+
+    GRANT = f"{CONTRACT_PREFIX}/grant"
+    STATE = f"{CONTRACT_PREFIX}/state"
+    RESOURCE = f"{CONTRACT_PREFIX}/resource"
+    MAX_PER_POD = f"{CONTRACT_PREFIX}/max-gpus-per-pod"
+    POOL_LABEL_KEY = f"{CONTRACT_PREFIX}/pool-label-key"
+    POOL = f"{CONTRACT_PREFIX}/pool"
+    ACCELERATOR_TYPE = f"{CONTRACT_PREFIX}/accelerator-type"
+    PRODUCT = f"{CONTRACT_PREFIX}/gpu-product"
+    TAINT_KEY = f"{CONTRACT_PREFIX}/taint-key"
+    TAINT_VALUE = f"{CONTRACT_PREFIX}/taint-value"
+    GPU_TAINT_KEY = f"{CONTRACT_PREFIX}/gpu-taint-key"
+    PRIORITY_CLASS = f"{CONTRACT_PREFIX}/priority-class"
+
+
+# The value the STATE annotation has while the grant may run GPU pods.
+CONTRACT_ACTIVE = "active"
+
+
+@dataclass(frozen=True)
+class Priority:
+    value: int
+    preemption_policy: str
+    description: str
+
+
+# Interactive serving must recover first under contention, so it is highest and may preempt; embedding
+# and reranking sit behind user-facing RAG requests and may preempt too. Batch and experiments never
+# preempt anyone: they wait for free GPUs, and batch jobs borrowing an interactive pool are the first
+# to be preempted when interactive traffic arrives (the seed's "batch consumes all accelerators"
+# failure mode). Values stay far below the system classes (2e9) and the 1e9 user maximum.
+PRIORITIES: dict[str, Priority] = {
+    PoolClass.INTERACTIVE: Priority(
+        100000, "PreemptLowerPriority", "Interactive inference: user-facing serving, recovers first."
+    ),
+    PoolClass.EMBEDDING: Priority(
+        90000, "PreemptLowerPriority", "Embedding and reranking: retrieval behind user-facing requests."
+    ),
+    PoolClass.BATCH: Priority(
+        50000, "Never", "Batch inference: waits for free GPUs, preempted by serving on borrowed pools."
+    ),
+    PoolClass.EXPERIMENTATION: Priority(
+        10000, "Never", "Experimentation: model trials and benchmarks, never displaces production."
+    ),
+}
+
+
+def default_priority_class_name(pool_class: str) -> str:
+    return f"gpu-{pool_class}"
+
+
+def managed_labels(**extra: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, **extra}
+
+
+def priority_class(name: str, pool_class: str) -> Manifest:
+    priority = PRIORITIES[PoolClass(pool_class)]
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": name, "labels": managed_labels(**{f"{PORTAL_PREFIX}/pool-class": pool_class})},
+        "value": priority.value,
+        "preemptionPolicy": priority.preemption_policy,
+        "globalDefault": False,
+        "description": priority.description,
+    }
+
+
+def priority_classes(names: dict[str, str]) -> list[Manifest]:
+    """One PriorityClass per name, `names` mapping each name to its pool class."""
+    return [priority_class(name, pool_class) for name, pool_class in sorted(names.items())]
+
+
+def _cel_quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def grant_contract_policy() -> Manifest:
+    """The ValidatingAdmissionPolicy every grant namespace is bound to (one binding per grant).
+
+    It checks pods on creation (and on updates that change tolerations, the only scheduling field a
+    pending pod can still change): a pod asking for GPUs must ask only for the granted resource, no
+    more per pod than the grant, must select the granted pool, may tolerate only that pool's taint and
+    the generic GPU taint, and must use the grant's PriorityClass; a pod without GPUs may not tolerate
+    GPU taints at all, so general workloads stay off GPU nodes. Every message names the grant.
+    """
+    a = ContractAnnotation
+    prefix = _cel_quote(f"{LABEL_PREFIX}/")
+
+    def ann(key: str) -> str:
+        return f"variables.contract[{_cel_quote(key)}]"
+
+    grant = f"'grant ' + {ann(a.GRANT)} + ': '"
+    variables = [
+        {"name": "contract", "expression": "namespaceObject.metadata.annotations"},
+        {
+            "name": "containers",
+            "expression": (
+                "object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : [])"
+            ),
+        },
+        {
+            # Every GPU resource any container names. Limits suffice: the apiserver refuses an extended
+            # resource request without an equal limit, and fills in the request from the limit.
+            "name": "gpuResources",
+            "expression": (
+                "variables.containers.map(c, has(c.resources) && has(c.resources.limits) ? "
+                "c.resources.limits.filter(k, k.startsWith('nvidia.com/')) : []).flatten()"
+            ),
+        },
+        {"name": "gpuPod", "expression": "size(variables.gpuResources) > 0"},
+        {
+            # Init containers are counted as if they ran alongside: stricter than the scheduler's
+            # max(init, sum) but never lets a pod through that the quota would count higher.
+            "name": "gpus",
+            "expression": (
+                "variables.containers.map(c, has(c.resources) && has(c.resources.limits) && "
+                f"{ann(a.RESOURCE)} in c.resources.limits ? "
+                f"quantity(string(c.resources.limits[{ann(a.RESOURCE)}])).asInteger() : 0).sum()"
+            ),
+        },
+        {
+            "name": "tolerations",
+            "expression": "has(object.spec.tolerations) ? object.spec.tolerations : []",
+        },
+        {
+            "name": "selector",
+            "expression": "has(object.spec.nodeSelector) ? object.spec.nodeSelector : {}",
+        },
+        {
+            "name": "selectsPool",
+            "expression": (
+                f"({ann(a.POOL_LABEL_KEY)} in variables.selector && "
+                f"variables.selector[{ann(a.POOL_LABEL_KEY)}] == {ann(a.POOL)}) || "
+                "(has(object.spec.affinity) && has(object.spec.affinity.nodeAffinity) && "
+                "has(object.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution) && "
+                "object.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+                ".nodeSelectorTerms.all(t, has(t.matchExpressions) && t.matchExpressions.exists(e, "
+                f"e.key == {ann(a.POOL_LABEL_KEY)} && e.operator == 'In' && has(e.values) && "
+                f"size(e.values) > 0 && e.values.all(v, v == {ann(a.POOL)}))))"
+            ),
+        },
+    ]
+    gpu_taint = ann(a.GPU_TAINT_KEY)
+    taint_key = ann(a.TAINT_KEY)
+    key = "(has(t.key) ? t.key : '')"
+    validations = [
+        {
+            "expression": f"!variables.gpuPod || {ann(a.STATE)} == {_cel_quote(CONTRACT_ACTIVE)}",
+            "reason": "Forbidden",
+            "message": "The grant of this namespace has ended; GPU pods are refused.",
+            "messageExpression": f"{grant} + 'the grant is ' + {ann(a.STATE)} + '; GPU pods are refused'",
+        },
+        {
+            "expression": f"variables.gpuResources.all(r, r == {ann(a.RESOURCE)})",
+            "reason": "Forbidden",
+            "message": "The pod asks for a GPU resource the grant does not cover.",
+            "messageExpression": (
+                f"{grant} + 'it covers ' + {ann(a.RESOURCE)} + ' only, the pod asks for ' + "
+                f"variables.gpuResources.filter(r, r != {ann(a.RESOURCE)}).join(', ')"
+            ),
+        },
+        {
+            "expression": f"variables.gpus <= int({ann(a.MAX_PER_POD)})",
+            "reason": "Forbidden",
+            "message": "The pod asks for more GPUs than the grant allows per pod.",
+            "messageExpression": (
+                f"{grant} + 'at most ' + {ann(a.MAX_PER_POD)} + ' ' + {ann(a.RESOURCE)} + "
+                "' per pod, the pod asks for ' + string(variables.gpus)"
+            ),
+        },
+        {
+            "expression": "!variables.gpuPod || variables.selectsPool",
+            "reason": "Forbidden",
+            "message": "GPU pods must select the granted node pool.",
+            "messageExpression": (
+                f"{grant} + 'GPU pods must select node pool ' + {ann(a.POOL)} + ' with nodeSelector ' + "
+                f"{ann(a.POOL_LABEL_KEY)} + '=' + {ann(a.POOL)} + ' or an equivalent required node affinity'"
+            ),
+        },
+        {
+            "expression": (
+                f"!({_cel_quote(ACCELERATOR_TYPE_LABEL_KEY)} in variables.selector) || "
+                f"variables.selector[{_cel_quote(ACCELERATOR_TYPE_LABEL_KEY)}] == {ann(a.ACCELERATOR_TYPE)}"
+            ),
+            "reason": "Forbidden",
+            "message": "The pod selects an accelerator type the grant does not cover.",
+            "messageExpression": (
+                f"{grant} + 'it covers accelerator type ' + {ann(a.ACCELERATOR_TYPE)} + "
+                f"', the pod selects ' + variables.selector[{_cel_quote(ACCELERATOR_TYPE_LABEL_KEY)}]"
+            ),
+        },
+        {
+            "expression": (
+                f"!({_cel_quote(GPU_PRODUCT_LABEL_KEY)} in variables.selector) || "
+                f"variables.selector[{_cel_quote(GPU_PRODUCT_LABEL_KEY)}] == {ann(a.PRODUCT)}"
+            ),
+            "reason": "Forbidden",
+            "message": "The pod selects a GPU product the grant does not cover.",
+            "messageExpression": (
+                f"{grant} + 'it covers GPU product ' + {ann(a.PRODUCT)} + ', the pod selects ' + "
+                f"variables.selector[{_cel_quote(GPU_PRODUCT_LABEL_KEY)}]"
+            ),
+        },
+        {
+            # An empty key with operator Exists tolerates every taint, so it is never allowed; the
+            # pool taint must be matched by value, or it would tolerate every pool.
+            "expression": (
+                "!variables.gpuPod || variables.tolerations.all(t, "
+                f"{key} == {taint_key} ? "
+                "((!has(t.operator) || t.operator == 'Equal') && "
+                f"has(t.value) && t.value == {ann(a.TAINT_VALUE)})"
+                f" : ({key} == {gpu_taint} || ({key} != '' && !{key}.startsWith({prefix}))))"
+            ),
+            "reason": "Forbidden",
+            "message": "GPU pods may tolerate only the granted pool's taint and the GPU taint.",
+            "messageExpression": (
+                f"{grant} + 'GPU pods may tolerate only ' + {taint_key} + '=' + {ann(a.TAINT_VALUE)} + "
+                f"' (pool ' + {ann(a.POOL)} + ') and ' + {gpu_taint} + ', not other pools\\' taints'"
+            ),
+        },
+        {
+            "expression": (
+                "variables.gpuPod || variables.tolerations.all(t, "
+                f"{key} != '' && {key} != {gpu_taint} && {key} != {taint_key} && !{key}.startsWith({prefix}))"
+            ),
+            "reason": "Forbidden",
+            "message": "Pods without GPUs may not tolerate GPU node taints.",
+            "messageExpression": (
+                f"{grant} + 'pods without GPUs may not tolerate GPU node taints; "
+                "GPU nodes are kept for GPU workloads'"
+            ),
+        },
+        {
+            "expression": (
+                "!variables.gpuPod || (has(object.spec.priorityClassName) && "
+                f"object.spec.priorityClassName == {ann(a.PRIORITY_CLASS)})"
+            ),
+            "reason": "Forbidden",
+            "message": "GPU pods must use the grant's PriorityClass.",
+            "messageExpression": (
+                f"{grant} + 'GPU pods must use priorityClassName ' + {ann(a.PRIORITY_CLASS)}"
+            ),
+        },
+        {
+            # nodeName bypasses the scheduler, and with it every taint and selector check.
+            "expression": (
+                "request.operation != 'CREATE' || !has(object.spec.nodeName) || object.spec.nodeName == ''"
+            ),
+            "reason": "Forbidden",
+            "message": "Pods may not set spec.nodeName.",
+            "messageExpression": f"{grant} + 'pods may not set spec.nodeName; let the scheduler place them'",
+        },
+    ]
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": POLICY_NAME, "labels": managed_labels()},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                # Only portal namespaces, whatever a binding says.
+                "namespaceSelector": {"matchLabels": managed_labels()},
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["pods"],
+                    }
+                ],
+            },
+            "matchConditions": [
+                {
+                    "name": "creation-or-toleration-change",
+                    "expression": (
+                        "request.operation == 'CREATE' || "
+                        "(has(object.spec.tolerations) ? object.spec.tolerations : []) != "
+                        "(has(oldObject.spec.tolerations) ? oldObject.spec.tolerations : [])"
+                    ),
+                }
+            ],
+            "variables": variables,
+            "validations": validations,
+        },
+    }

@@ -1,0 +1,400 @@
+"""Reads of live utilisation figures and their history.
+
+Visibility: every signed-in user sees cluster and pool figures (capacity, free GPUs,
+fragmentation, queue length): they are what a team needs to plan a request. What is about one
+team (its namespaces, pending pods by name, usage, cost) is shown to that team's members, and
+everything to platform admins and auditors. The collector and /metrics read without a user.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Min, Q, Sum
+
+from pools.models import (
+    LABEL_PREFIX,
+    Cluster,
+    ClusterUtilisation,
+    CollectorState,
+    NodePool,
+    PoolClass,
+    PoolSnapshot,
+    PoolUtilisation,
+    SnapshotResolution,
+    TeamUsageSnapshot,
+)
+from pools.services_utilisation import floor_time
+from pools.utilisation import GrantSpec, PoolSpec
+from portal.models import User
+from quotas.manifests import Label
+from quotas.models import Grant, ServingDeployment, Team
+from quotas.selectors import grant_list, serving_deployment_list, teams_visible_to
+from quotas.states import HOLDING_STATES
+
+R = SnapshotResolution
+TIERS = (R.RAW, R.FIVE_MINUTES, R.HOUR)
+# The collector writes at least every 5 s; silence for longer than this means it is not running.
+COLLECTOR_SILENT_AFTER = timedelta(seconds=20)
+
+
+class Freshness:
+    LIVE = "live"
+    SYNCING = "syncing"
+    STALE = "stale"  # the collector runs but the cluster does not answer
+    SILENT = "silent"  # the collector has stopped writing
+    NONE = "none"  # no collector has ever reported on this cluster
+
+
+# ----------------------------------------------------------------------------------------------
+# For the collector
+
+
+def collector_pool_specs(*, cluster_id: int) -> list[PoolSpec]:
+    pools = NodePool.objects.filter(cluster_id=cluster_id, enabled=True).select_related("accelerator")
+    return [
+        PoolSpec(
+            id=pool.pk,
+            name=pool.name,
+            node_selector=pool.node_selector or {f"{LABEL_PREFIX}/pool": pool.name},
+            resource=pool.accelerator.resource_name,
+            pool_class=pool.pool_class,
+            headroom=pool.headroom_gpus,
+            interactive=pool.pool_class == PoolClass.INTERACTIVE,
+        )
+        for pool in pools
+    ]
+
+
+def collector_grant_specs(
+    *, cluster_id: int, namespace_labels: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, GrantSpec]:
+    """Namespace -> grant, for attributing GPU use to teams.
+
+    Namespaces the portal provisioned carry their grant and team as labels (quotas.manifests.Label);
+    those labels win. Any other namespace is matched by name with Grant.namespace. A grant that no
+    longer holds capacity still names its team, with 0 GPUs granted.
+    """
+    labelled = {
+        namespace: labels
+        for namespace, labels in (namespace_labels or {}).items()
+        if labels.get(Label.GRANT) or labels.get(Label.TEAM)
+    }
+    label_ids = {int(v) for v in (labels.get(Label.GRANT, "") for labels in labelled.values()) if v.isdigit()}
+    rows = Grant.objects.filter(Q(pool__cluster_id=cluster_id) | Q(pk__in=label_ids)).values_list(
+        "namespace", "pk", "team_id", "team__slug", "pool_id", "gpus", "request__state"
+    )
+    by_id = {
+        pk: GrantSpec(namespace, pk, team_id, slug, pool_id, gpus if state in HOLDING_STATES else 0)
+        for namespace, pk, team_id, slug, pool_id, gpus, state in rows
+    }
+    specs = {spec.namespace: spec for spec in by_id.values()}
+    team_ids = dict(
+        Team.objects.filter(slug__in={labels.get(Label.TEAM) for labels in labelled.values()}).values_list(
+            "slug", "pk"
+        )
+    )
+    for namespace, labels in labelled.items():
+        grant_id = labels.get(Label.GRANT, "")
+        if grant_id.isdigit() and int(grant_id) in by_id:
+            specs[namespace] = replace(by_id[int(grant_id)], namespace=namespace)
+        elif labels.get(Label.TEAM):
+            team = labels[Label.TEAM]
+            specs[namespace] = GrantSpec(namespace, None, team_ids.get(team), team, None, 0)
+    return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# Dashboard
+
+
+@dataclass
+class PoolView:
+    pool: NodePool
+    live: PoolUtilisation | None
+
+    @property
+    def headroom_short(self) -> bool:
+        return self.live is not None and self.live.headroom_short
+
+    @property
+    def used_percent(self) -> int:
+        if self.live is None or not self.live.gpus_allocatable:
+            return 0
+        return round(100 * self.live.gpus_requested / self.live.gpus_allocatable)
+
+
+@dataclass
+class ClusterView:
+    cluster: Cluster
+    status: ClusterUtilisation | None
+    freshness: str
+    pools: list[PoolView] = field(default_factory=list)
+
+    @property
+    def stale(self) -> bool:
+        return self.freshness in (Freshness.STALE, Freshness.SILENT)
+
+    @property
+    def stale_since(self) -> datetime | None:
+        if self.status is None:
+            return None
+        if self.freshness == Freshness.SILENT:
+            return self.status.heartbeat_at
+        return self.status.stale_since
+
+
+def _freshness(status: ClusterUtilisation | None, now: datetime) -> str:
+    if status is None:
+        return Freshness.NONE
+    if now - status.heartbeat_at > COLLECTOR_SILENT_AFTER:
+        return Freshness.SILENT
+    return {
+        CollectorState.LIVE: Freshness.LIVE,
+        CollectorState.STALE: Freshness.STALE,
+    }.get(status.state, Freshness.SYNCING)
+
+
+def utilisation_overview(*, user: User, now: datetime, cluster_id: int | None = None) -> list[ClusterView]:
+    """Enabled clusters with their enabled pools' live figures. Pool-level figures are for every
+    signed-in `user` (see the module docstring); what is about one team is scoped by the other reads."""
+    clusters = Cluster.objects.filter(enabled=True).order_by("name")
+    if cluster_id is not None:
+        clusters = clusters.filter(pk=cluster_id)
+    statuses = {s.cluster_id: s for s in ClusterUtilisation.objects.filter(cluster__in=clusters)}
+    # The cards need the totals only; `detail` (every node, pending pod and namespace) is loaded
+    # on first access by the pages that show it.
+    pools = (
+        NodePool.objects.filter(cluster__in=clusters, enabled=True)
+        .select_related("cluster", "accelerator", "utilisation")
+        .defer("utilisation__detail")
+        .order_by("name")
+    )
+    views = {
+        c.pk: ClusterView(cluster=c, status=statuses.get(c.pk), freshness=_freshness(statuses.get(c.pk), now))
+        for c in clusters
+    }
+    for pool in pools:
+        views[pool.cluster_id].pools.append(PoolView(pool=pool, live=getattr(pool, "utilisation", None)))
+    return list(views.values())
+
+
+def _visible_namespaces(user: User) -> set[str] | None:
+    """None means all."""
+    if user.sees_everything:
+        return None
+    return set(grant_list(user=user).values_list("namespace", flat=True))
+
+
+@dataclass
+class PoolDetail:
+    view: PoolView
+    cluster: ClusterView
+    nodes: list[dict[str, Any]]
+    pending: list[dict[str, Any]]
+    pending_hidden: int
+    namespaces: list[dict[str, Any]]
+    non_gpu_pods: list[str]
+
+
+def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
+    """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
+    pool = NodePool.objects.select_related("cluster", "accelerator").get(
+        pk=pool_id, enabled=True, cluster__enabled=True
+    )
+    cluster = utilisation_overview(user=user, now=now, cluster_id=pool.cluster_id)[0]
+    view = next(v for v in cluster.pools if v.pool.pk == pool.pk)
+    detail = view.live.detail if view.live is not None else {}
+    visible = _visible_namespaces(user)
+    pending = [p for p in detail.get("pending", []) if visible is None or p["namespace"] in visible]
+    namespaces = [n for n in detail.get("namespaces", []) if visible is None or n["namespace"] in visible]
+    return PoolDetail(
+        view=view,
+        cluster=cluster,
+        nodes=detail.get("nodes", []),
+        pending=pending,
+        pending_hidden=(view.live.pods_pending if view.live else 0) - len(pending),
+        namespaces=namespaces,
+        non_gpu_pods=detail.get("non_gpu_pods", []) if user.sees_everything else [],
+    )
+
+
+@dataclass
+class TeamUsageRow:
+    team: str
+    pool: str
+    cluster: str
+    granted: int = 0
+    used: int = 0
+    pending: int = 0
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.granted
+
+
+def team_usage_list(*, user: User) -> list[TeamUsageRow]:
+    """GPUs in use against GPUs granted, per team and pool, from the live figures."""
+    visible_teams = set(teams_visible_to(user=user).values_list("slug", flat=True))
+    rows: dict[tuple[str, int], TeamUsageRow] = {}
+
+    def row(team: str, pool: NodePool) -> TeamUsageRow:
+        key = (team, pool.pk)
+        if key not in rows:
+            rows[key] = TeamUsageRow(team=team, pool=pool.name, cluster=pool.cluster.name)
+        return rows[key]
+
+    holding = grant_list(user=user).filter(request__state__in=HOLDING_STATES, pool__enabled=True)
+    for grant in holding:
+        row(grant.team.slug, grant.pool).granted += grant.gpus
+    live = PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True).select_related(
+        "pool", "pool__cluster"
+    )
+    # Only the namespaces key of `detail`: the node list of a big pool is not read on every poll.
+    namespaces = dict(live.values_list("pk", "detail__namespaces"))
+    for figures in live.defer("detail"):
+        for usage in namespaces.get(figures.pk) or []:
+            team = usage.get("team") or ""
+            if team in visible_teams or (not team and user.sees_everything):
+                target = row(team, figures.pool)
+                target.used += usage.get("gpus", 0)
+                target.pending += usage.get("pending_gpus", 0)
+    return sorted(rows.values(), key=lambda r: (r.team == "", r.team, r.cluster, r.pool))
+
+
+# ----------------------------------------------------------------------------------------------
+# History
+
+
+def _ceil_time(moment: datetime, seconds: int) -> datetime:
+    floored = floor_time(moment, seconds)
+    return floored if floored == moment else floored + timedelta(seconds=seconds)
+
+
+def tier_ranges(start: datetime, end: datetime) -> list[tuple[int, datetime, datetime]]:
+    """Which tier answers for which part of [start, end): the finest one that still has the data.
+    Raw samples cover the recent past; before their first sample (rounded up to the next 5-minute
+    bucket) the 5-minute averages take over, and before theirs the hourly ones."""
+    firsts = {
+        row["resolution"]: row["first"]
+        for row in PoolSnapshot.objects.values("resolution").annotate(first=Min("at"))
+    }
+    present = [res for res in TIERS if res in firsts]
+    ranges = []
+    upper = end
+    for index, resolution in enumerate(present):
+        coarser = present[index + 1] if index + 1 < len(present) else None
+        lower = start if coarser is None else max(start, _ceil_time(firsts[resolution], coarser))
+        if lower < upper:
+            ranges.append((resolution, lower, upper))
+        upper = min(upper, lower)
+    return ranges
+
+
+def pool_history(*, pool_id: int, start: datetime, end: datetime) -> list[PoolSnapshot]:
+    rows: list[PoolSnapshot] = []
+    for resolution, lower, upper in tier_ranges(start, end):
+        rows += PoolSnapshot.objects.filter(
+            pool_id=pool_id, resolution=resolution, at__gte=lower, at__lt=upper
+        )
+    return sorted(rows, key=lambda r: r.at)
+
+
+@dataclass
+class TeamCostRow:
+    team: str
+    cluster: str
+    pool: str
+    accelerator: str
+    hourly_cost: Decimal
+    gpu_hours: float
+
+    @property
+    def cost(self) -> Decimal:
+        return (Decimal(str(round(self.gpu_hours, 4))) * self.hourly_cost).quantize(Decimal("0.01"))
+
+
+@dataclass
+class TeamCost:
+    team: str
+    rows: list[TeamCostRow]
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(r.gpu_hours for r in self.rows)
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((r.cost for r in self.rows), Decimal("0.00"))
+
+
+def team_cost_list(*, user: User, start: datetime, end: datetime) -> list[TeamCost]:
+    """GPU-hours and their cost per team and pool for [start, end), at catalogue prices (the
+    accelerator's hourly cost per unit). Usage outside any grant shows as team "" to admins."""
+    qs = TeamUsageSnapshot.objects.all()
+    if not user.sees_everything:
+        qs = qs.filter(team__in=teams_visible_to(user=user))
+    sums: dict[tuple[Any, ...], float] = defaultdict(float)
+    for resolution, lower, upper in tier_ranges(start, end):
+        tier = qs.filter(resolution=resolution, at__gte=lower, at__lt=upper)
+        for row in tier.values(
+            "team__slug",
+            "pool__cluster__name",
+            "pool__name",
+            "pool__accelerator__name",
+            "pool__accelerator__hourly_cost",
+        ).annotate(gpu_seconds=Sum("gpu_seconds")):
+            key = (
+                row["team__slug"] or "",
+                row["pool__cluster__name"],
+                row["pool__name"],
+                row["pool__accelerator__name"],
+                row["pool__accelerator__hourly_cost"],
+            )
+            sums[key] += row["gpu_seconds"]
+    teams: dict[str, list[TeamCostRow]] = defaultdict(list)
+    for (team, cluster, pool, accelerator, price), gpu_seconds in sorted(sums.items()):
+        teams[team].append(TeamCostRow(team, cluster, pool, accelerator, price, gpu_seconds / 3600))
+    return [TeamCost(team, rows) for team, rows in sorted(teams.items(), key=lambda t: (t[0] == "", t[0]))]
+
+
+def serving_load_times(*, user: User, limit: int = 30) -> list[ServingDeployment]:
+    """Serving deployments that became ready, newest first, with how long their model took to load."""
+    return list(
+        serving_deployment_list(user=user)
+        .filter(load_seconds__isnull=False)
+        .order_by("-ready_at", "-id")[:limit]
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# /metrics (no user: the endpoint is for Prometheus and protected by token or network)
+
+
+@dataclass
+class MetricsData:
+    clusters: list[tuple[Cluster, ClusterUtilisation | None]]
+    pools: list[PoolUtilisation]
+    deployments: list[ServingDeployment]
+
+
+def metrics_data() -> MetricsData:
+    clusters = list(Cluster.objects.filter(enabled=True).select_related("utilisation").order_by("name"))
+    return MetricsData(
+        clusters=[(c, getattr(c, "utilisation", None)) for c in clusters],
+        pools=list(
+            PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True).select_related(
+                "pool", "pool__cluster", "pool__accelerator"
+            )
+        ),
+        deployments=list(
+            ServingDeployment.objects.filter(
+                load_seconds__isnull=False, deleted_at__isnull=True
+            ).select_related("team", "grant", "grant__pool", "grant__pool__cluster")
+        ),
+    )

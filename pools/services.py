@@ -1,0 +1,497 @@
+"""Writes about clusters and their pools: registration, inventory sync, connection checks.
+
+Cluster I/O never runs inside a database transaction: the checks and listings happen first, then
+one short transaction writes the result with its audit rows. Errors are django ValidationErrors with
+a field (where one is to blame) and a code: unreachable, unavailable (throttled, 5xx: try later),
+unauthorized, tls, invalid_kubeconfig, missing_permissions, no_gpu_nodes, cluster_error.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from pools import manifests
+from pools.kube import client, ops
+from pools.kube.discovery import POOL_LABEL, AcceleratorSpec, DiscoveredPool, Inventory, discover
+from pools.kube.errors import InvalidKubeconfig, KubeError, TLSError, Unauthorized, Unreachable
+from pools.manifests import Manifest
+from pools.models import Accelerator, Cluster, NodePool, PoolClass
+from portal.models import User
+from portal.services import audit_event_record
+from quotas.states import HOLDING_STATES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Permission:
+    verb: str
+    resource: str
+    group: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.resource}.{self.group}" if self.group else f"{self.verb} {self.resource}"
+
+
+def _each(verbs: tuple[str, ...], resources: tuple[tuple[str, str], ...]) -> tuple[Permission, ...]:
+    return tuple(Permission(verb, resource, group) for resource, group in resources for verb in verbs)
+
+
+# What the portal does on a cluster: watch nodes and pods for inventory and utilisation, and
+# provision grants (namespace, quota, limits, access, serving deployments, priority classes and the
+# admission policy that enforces the scheduling contract).
+_APPLIED = (
+    ("namespaces", ""),
+    ("resourcequotas", ""),
+    ("limitranges", ""),
+    ("rolebindings", "rbac.authorization.k8s.io"),
+    ("deployments", "apps"),
+    ("priorityclasses", "scheduling.k8s.io"),
+    ("validatingadmissionpolicies", "admissionregistration.k8s.io"),
+    ("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
+)
+# What the collector, the provisioner and revocation do; registration names whichever is missing.
+REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
+    *_each(("list", "watch"), (("nodes", ""), ("pods", ""), ("namespaces", ""))),
+    *_each(("get", "create", "patch"), _APPLIED),
+    *_each(
+        ("delete",),
+        (
+            ("namespaces", ""),
+            ("deployments", "apps"),
+            ("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
+        ),
+    ),
+    # The policy probe creates a dry-run pod; team RoleBindings grant the `edit` ClusterRole.
+    *_each(("create",), (("pods", ""),)),
+    *_each(("bind",), (("clusterroles", "rbac.authorization.k8s.io"),)),
+)
+
+
+@dataclass
+class ConnectionCheck:
+    server_version: str
+    gpu_nodes: int
+
+
+@dataclass
+class SyncSummary:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+    catalogue_created: list[str] = field(default_factory=list)
+    # Human sentences: groups that were not proposed, changes left for an admin, things to look at.
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.disabled or self.catalogue_created)
+
+
+def _require_admin(actor: User | None) -> None:
+    # actor None is the system itself (a periodic task).
+    if actor is not None and not (actor.is_platform_admin or actor.is_superuser):
+        raise PermissionDenied("Only platform admins manage clusters.")
+
+
+def _credentials_field(cluster: Cluster, exc: KubeError) -> str:
+    if cluster.kubeconfig:
+        return "kubeconfig"
+    if isinstance(exc, Unauthorized):
+        return "token"
+    if isinstance(exc, TLSError):
+        return "ca_data"
+    return "api_url"
+
+
+def _as_validation_error(cluster: Cluster, exc: KubeError) -> ValidationError:
+    """A cluster failure as a form-friendly error; the message is the typed error's (credential-free)."""
+    if isinstance(exc, InvalidKubeconfig):
+        target = "kubeconfig" if exc.reason == "InvalidKubeconfig" else NON_FIELD_ERRORS
+        return ValidationError({target: ValidationError(exc.message, code="invalid_kubeconfig")})
+    if isinstance(exc, Unauthorized):
+        code = "unauthorized"
+    elif isinstance(exc, TLSError):
+        code = "tls"
+    elif isinstance(exc, Unreachable):
+        code = "unreachable"
+    else:
+        return ValidationError(
+            {
+                NON_FIELD_ERRORS: ValidationError(
+                    f"Cluster {cluster.name}: {exc.message}",
+                    code="unavailable" if exc.temporary else "cluster_error",
+                )
+            }
+        )
+    return ValidationError({_credentials_field(cluster, exc): ValidationError(exc.message, code=code)})
+
+
+def _missing_permissions(cluster: Cluster) -> list[Permission]:
+    missing = []
+    for permission in REQUIRED_PERMISSIONS:
+        review = ops.create(
+            cluster,
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {
+                    "resourceAttributes": {
+                        "verb": permission.verb,
+                        "group": permission.group,
+                        "resource": permission.resource,
+                    }
+                },
+            },
+        )
+        if not (review.get("status") or {}).get("allowed"):
+            missing.append(permission)
+    return missing
+
+
+def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
+    """Check that the portal can work with `cluster` (saved or not): it answers, accepts the
+    credentials, grants every permission the portal needs and has GPU nodes.
+
+    Raises ValidationError (codes in the module docstring); writes nothing.
+    """
+    try:
+        version = ops.server_version(cluster)
+        missing = _missing_permissions(cluster)
+        if missing:
+            raise ValidationError(
+                {
+                    NON_FIELD_ERRORS: ValidationError(
+                        "The credentials lack permissions the portal needs: "
+                        + ", ".join(str(p) for p in missing)
+                        + ". Bind them with a ClusterRole and try again.",
+                        code="missing_permissions",
+                        params={"missing": [str(p) for p in missing]},
+                    )
+                }
+            )
+        nodes = ops.list_objects(cluster, "v1", "Node")
+    except KubeError as exc:
+        raise _as_validation_error(cluster, exc) from exc
+    finally:
+        if cluster.pk is None:
+            # Credentials that were never saved must not linger in the connection cache.
+            client.forget(cluster)
+    gpu_nodes = discover(nodes).gpu_nodes
+    if not gpu_nodes:
+        raise ValidationError(
+            {
+                NON_FIELD_ERRORS: ValidationError(
+                    f"Cluster {cluster.name} has no GPU nodes (none advertises nvidia.com/gpu or a MIG "
+                    "resource, or carries GPU Feature Discovery labels); there is nothing to offer.",
+                    code="no_gpu_nodes",
+                )
+            }
+        )
+    return ConnectionCheck(server_version=version, gpu_nodes=gpu_nodes)
+
+
+def cluster_register(
+    *,
+    name: str,
+    kubeconfig: str | None = None,
+    api_url: str | None = None,
+    token: str | None = None,
+    ca_data: str | None = None,
+    actor: User,
+) -> Cluster:
+    """Register a cluster after checking connectivity, credentials, permissions and GPU nodes.
+
+    Give either a kubeconfig (inline credentials only) or the API URL with a bearer token (and the
+    CA bundle unless the server's certificate is publicly trusted). Pools are created by
+    cluster_sync_inventory.
+    """
+    _require_admin(actor)
+    if kubeconfig and (token or ca_data):
+        raise ValidationError(
+            {
+                NON_FIELD_ERRORS: ValidationError(
+                    "Give a kubeconfig, or a URL with a token: not both.", code="both"
+                )
+            }
+        )
+    if not kubeconfig and not (api_url and token):
+        given = {"api_url": api_url, "token": token}
+        raise ValidationError(
+            {
+                key: ValidationError("Required without a kubeconfig.", code="required")
+                for key, value in given.items()
+                if not value
+            }
+        )
+    if kubeconfig:
+        # The kubeconfig's own server is the one the client talks to, so it is the one on record.
+        try:
+            api_url = client.kubeconfig_server(kubeconfig)
+        except InvalidKubeconfig as exc:
+            raise ValidationError(
+                {"kubeconfig": ValidationError(exc.message, code="invalid_kubeconfig")}
+            ) from None
+    cluster = Cluster(
+        name=name,
+        api_url=api_url or "",
+        kubeconfig=kubeconfig or "",
+        token=token or "",
+        ca_data=ca_data or "",
+    )
+    # A kubeconfig's server may be a bare host name (https://k8s-api:6443) that URLField refuses;
+    # it is checked by connecting instead.
+    cluster.full_clean(exclude=["server_version", "last_error", *(["api_url"] if kubeconfig else [])])
+    check = cluster_check_connection(cluster=cluster)
+    cluster.server_version = check.server_version
+    try:
+        with transaction.atomic():
+            cluster.save()
+            audit_event_record(
+                actor=actor,
+                action="cluster.register",
+                obj=cluster,
+                after={
+                    "name": cluster.name,
+                    "api_url": cluster.api_url,
+                    "credentials": "kubeconfig" if kubeconfig else "token",
+                    "server_version": cluster.server_version,
+                },
+                message=(
+                    f"Registered cluster {cluster.name} ({cluster.server_version}, "
+                    f"{check.gpu_nodes} GPU nodes)"
+                ),
+            )
+    except IntegrityError:
+        raise ValidationError(
+            {"name": ValidationError("A cluster with this name already exists.", code="unique")}
+        ) from None
+    logger.info("cluster %s registered by %s", cluster.name, actor)
+    _queue_policies(cluster)
+    return cluster
+
+
+def _queue_policies(cluster: Cluster) -> None:
+    # Imported here: the tasks module imports this one.
+    from pools.tasks import cluster_policies_apply
+
+    transaction.on_commit(lambda: cluster_policies_apply.delay(cluster.pk), robust=True)
+
+
+def _record_failure(cluster: Cluster, message: str) -> None:
+    Cluster.objects.filter(pk=cluster.pk).update(last_error=message)
+    cluster.last_error = message
+
+
+def _catalogue_entry(spec: AcceleratorSpec, summary: SyncSummary, actor: User | None) -> Accelerator:
+    found = (
+        Accelerator.objects.filter(product=spec.product, mig_profile=spec.mig_profile).order_by("pk").first()
+        or Accelerator.objects.filter(slug=spec.slug).first()
+    )
+    if found is not None:
+        return found
+    accelerator = Accelerator.objects.create(
+        slug=spec.slug,
+        name=spec.display_name,
+        product=spec.product,
+        type_label=spec.type_label,
+        memory_gib=spec.memory_gib,
+        mig_profile=spec.mig_profile,
+        hourly_cost=Decimal("0"),
+    )
+    audit_event_record(
+        actor=actor,
+        action="accelerator.create",
+        obj=accelerator,
+        after={
+            "slug": accelerator.slug,
+            "product": accelerator.product,
+            "mig_profile": accelerator.mig_profile,
+        },
+        message="Created by inventory sync with hourly cost 0",
+    )
+    summary.catalogue_created.append(accelerator.slug)
+    summary.notes.append(
+        f"New accelerator {accelerator.slug} ({spec}) added to the catalogue with hourly cost 0: "
+        "set its price."
+    )
+    return accelerator
+
+
+def _pool_fields(found: DiscoveredPool, accelerator: Accelerator) -> dict[str, Any]:
+    # Nodes without any pool taint (reported by the conformance report) get the one they should carry.
+    taint = found.taint or {"key": POOL_LABEL, "value": found.name, "effect": "NoSchedule"}
+    return {
+        "pool_class": found.pool_class,
+        "accelerator": accelerator,
+        "node_selector": found.node_selector,
+        "taint_key": taint["key"],
+        "taint_value": taint["value"],
+        "taint_effect": taint["effect"],
+        "zones": found.zones,
+        "capacity_gpus": found.capacity,
+    }
+
+
+def _audit_value(value: Any) -> Any:
+    return value.slug if isinstance(value, Accelerator) else value
+
+
+def _sync_pool(cluster: Cluster, found: DiscoveredPool, summary: SyncSummary, actor: User | None) -> None:
+    accelerator = _catalogue_entry(found.accelerator, summary, actor)
+    wanted = _pool_fields(found, accelerator)
+    pool = NodePool.objects.select_for_update().filter(cluster=cluster, name=found.name).first()
+    if pool is None:
+        pool = NodePool.objects.create(
+            cluster=cluster,
+            name=found.name,
+            priority_class_name=f"gpu-{found.pool_class}",
+            # A batch pool is all batch; other classes lend nothing until an admin decides.
+            batch_fraction=Decimal("1") if found.pool_class == PoolClass.BATCH else Decimal("0"),
+            **wanted,
+        )
+        audit_event_record(
+            actor=actor,
+            action="pool.create",
+            obj=pool,
+            after={key: _audit_value(value) for key, value in wanted.items()},
+            message=f"Discovered on {cluster.name}: {len(found.nodes)} nodes",
+        )
+        summary.created.append(pool.name)
+        return
+
+    holding = pool.grants.filter(request__state__in=HOLDING_STATES).count()
+    changes = {key: value for key, value in wanted.items() if getattr(pool, key) != value}
+    for key in ("pool_class", "accelerator"):
+        if key in changes and holding:
+            summary.notes.append(
+                f"Pool {pool.name}: the cluster now says {key.replace('_', ' ')} "
+                f"{_audit_value(changes.pop(key))}, but {holding} grant(s) hold capacity of its current "
+                f"{_audit_value(getattr(pool, key))}; left unchanged for an admin to resolve."
+            )
+    if "capacity_gpus" in changes and pool.headroom_gpus > changes["capacity_gpus"]:
+        changes["headroom_gpus"] = changes["capacity_gpus"]
+        summary.notes.append(
+            f"Pool {pool.name}: capacity fell to {changes['capacity_gpus']}, below its headroom of "
+            f"{pool.headroom_gpus}; headroom lowered to match."
+        )
+    if not pool.enabled:
+        summary.notes.append(
+            f"Pool {pool.name} is on the cluster again but stays disabled until an admin enables it."
+        )
+    if not changes:
+        summary.unchanged.append(pool.name)
+        return
+    before = {key: _audit_value(getattr(pool, key)) for key in changes}
+    for key, value in changes.items():
+        setattr(pool, key, value)
+    pool.save(update_fields=list(changes))
+    audit_event_record(
+        actor=actor,
+        action="pool.update",
+        obj=pool,
+        before=before,
+        after={key: _audit_value(value) for key, value in changes.items()},
+        message=f"Inventory sync of {cluster.name}",
+    )
+    summary.updated.append(pool.name)
+
+
+def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSummary:
+    """Discover the cluster's GPU node pools and create or update their NodePool records.
+
+    Pools are never deleted: one that is gone from the cluster is disabled (its grants stay
+    readable). Records last_synced_at, or last_error when the cluster cannot be read.
+    """
+    _require_admin(actor)
+    try:
+        version = ops.server_version(cluster)
+        nodes = ops.list_objects(cluster, "v1", "Node")
+    except KubeError as exc:
+        _record_failure(cluster, exc.message)
+        raise _as_validation_error(cluster, exc) from exc
+    inventory: Inventory = discover(nodes)
+    if not inventory.gpu_nodes:
+        message = f"Cluster {cluster.name} has no GPU nodes; pools left as they were."
+        _record_failure(cluster, message)
+        raise ValidationError({NON_FIELD_ERRORS: ValidationError(message, code="no_gpu_nodes")})
+
+    summary = SyncSummary()
+    summary.notes += [f"Pool {name} not offered: {reason}." for name, reason in inventory.skipped.items()]
+    summary.notes += inventory.warnings
+    with transaction.atomic():
+        # One sync per cluster at a time: a second one waits and then sees the first one's result.
+        locked = Cluster.objects.select_for_update().get(pk=cluster.pk)
+        for found in inventory.pools:
+            _sync_pool(locked, found, summary, actor)
+        present = {p.name for p in inventory.pools}
+        for pool in (
+            NodePool.objects.select_for_update()
+            .filter(cluster=locked, enabled=True)
+            .exclude(name__in=present)
+        ):
+            why = inventory.skipped.get(pool.name, "it is no longer on the cluster")
+            pool.enabled = False
+            pool.save(update_fields=["enabled"])
+            audit_event_record(
+                actor=actor,
+                action="pool.disable",
+                obj=pool,
+                before={"enabled": True},
+                after={"enabled": False},
+                message=f"Inventory sync of {locked.name}: {why}",
+            )
+            summary.disabled.append(pool.name)
+            summary.notes.append(f"Pool {pool.name} was disabled: {why}.")
+        zones = sorted({zone for p in inventory.pools for zone in p.zones})
+        before = {"zones": locked.zones, "server_version": locked.server_version}
+        after = {"zones": zones, "server_version": version}
+        if before != after:
+            audit_event_record(
+                actor=actor,
+                action="cluster.update",
+                obj=locked,
+                before=before,
+                after=after,
+                message="Inventory sync",
+            )
+        locked.zones, locked.server_version = zones, version
+        locked.last_synced_at, locked.last_error = timezone.now(), ""
+        locked.save(update_fields=["zones", "server_version", "last_synced_at", "last_error"])
+        _queue_policies(locked)
+    for key in ("zones", "server_version", "last_synced_at", "last_error"):
+        setattr(cluster, key, getattr(locked, key))
+    logger.info(
+        "inventory of %s: %d created, %d updated, %d disabled",
+        cluster.name,
+        len(summary.created),
+        len(summary.updated),
+        len(summary.disabled),
+    )
+    return summary
+
+
+def cluster_policy_objects(cluster: Cluster) -> list[Manifest]:
+    names = {manifests.default_priority_class_name(c): str(c) for c in PoolClass.values}
+    for pool in cluster.pools.all():
+        names.setdefault(pool.priority_class_name, pool.pool_class)
+    return [*manifests.priority_classes(names), manifests.grant_contract_policy()]
+
+
+def cluster_policies_apply(*, cluster: Cluster) -> list[str]:
+    """Apply the cluster-wide objects (PriorityClasses, the grant contract policy).
+
+    Registration and every inventory sync queue it, so the periodic sync also heals drift in them.
+    Returns what was applied, as "Kind/name".
+    """
+    applied = []
+    for manifest in cluster_policy_objects(cluster):
+        ops.apply(cluster, manifest)
+        applied.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+    return applied

@@ -1,0 +1,10 @@
+"""Celery tasks of the portal itself: thin wrappers around services."""
+
+from celery import shared_task
+
+from portal.api import services
+
+
+@shared_task
+def idempotency_records_purge() -> int:
+    return services.idempotency_records_purge()

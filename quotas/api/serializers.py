@@ -1,0 +1,318 @@
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from pools.models import PoolClass
+from pools.selectors import accelerator_list
+from portal.api.serializers import BoundedDateTimeField
+from portal.models import AuditEvent
+from quotas import selectors
+from quotas.models import ApprovalDecision, CapacityRequest, Grant, Precision, ServingDeployment, Team
+from quotas.states import RequestState
+
+# --- teams ---------------------------------------------------------------------------------------
+
+
+class MemberSerializer(serializers.Serializer):
+    username = serializers.CharField(source="user.username")
+    role = serializers.CharField()
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    members = MemberSerializer(source="memberships", many=True, read_only=True)
+
+    class Meta:
+        model = Team
+        fields = ["id", "slug", "name", "k8s_group", "members"]
+
+
+# --- capacity requests ---------------------------------------------------------------------------
+
+
+class DecisionSerializer(serializers.ModelSerializer):
+    approver = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = ApprovalDecision
+        fields = ["stage", "approver", "decision", "comment", "decided_at"]
+
+
+class CapacityRequestSerializer(serializers.ModelSerializer):
+    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    requester = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    accelerator = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    pool = serializers.PrimaryKeyRelatedField(
+        read_only=True, allow_null=True, help_text="Chosen by the portal"
+    )
+    pool_name = serializers.SerializerMethodField()
+    grant = serializers.SerializerMethodField(help_text="Id of the grant once approved")
+    decisions = DecisionSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = CapacityRequest
+        fields = [
+            "id",
+            "team",
+            "requester",
+            "pool_class",
+            "accelerator",
+            "pool",
+            "pool_name",
+            "gpus",
+            "cpu",
+            "memory_gib",
+            "starts_at",
+            "ends_at",
+            "purpose",
+            "model_parameters_billion",
+            "model_precision",
+            "gpus_per_replica",
+            "state",
+            "created_at",
+            "updated_at",
+            "grant",
+            "decisions",
+        ]
+
+    def get_pool_name(self, req: CapacityRequest) -> str | None:
+        return str(req.pool) if req.pool is not None else None
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_grant(self, req: CapacityRequest) -> int | None:
+        grant = getattr(req, "grant", None)
+        return grant.pk if grant is not None else None
+
+
+class CapacityRequestCreateSerializer(serializers.Serializer):
+    team = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Team.objects.none(), help_text="Slug of one of your teams"
+    )
+    pool_class = serializers.ChoiceField(choices=PoolClass.choices)
+    accelerator = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=accelerator_list(),
+        help_text="Accelerator slug, see /api/v1/accelerators/",
+    )
+    gpus = serializers.IntegerField(min_value=1, max_value=100_000, help_text="Accelerator units")
+    starts_at = BoundedDateTimeField(required=False, help_text="Defaults to now")
+    ends_at = BoundedDateTimeField()
+    purpose = serializers.CharField(max_length=5000, help_text="What the GPUs are for; approvers read it")
+    cpu = serializers.DecimalField(
+        max_digits=7,
+        decimal_places=2,
+        min_value=Decimal("0.01"),
+        required=False,
+        allow_null=True,
+        help_text="CPU cores",
+    )
+    memory_gib = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False, allow_null=True)
+    model_parameters_billion = serializers.DecimalField(
+        max_digits=7, decimal_places=2, min_value=Decimal("0.01"), required=False, allow_null=True
+    )
+    model_precision = serializers.ChoiceField(choices=Precision.choices, required=False, allow_blank=True)
+    gpus_per_replica = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
+    submit = serializers.BooleanField(
+        default=True, help_text="Submit for approval now (default), or keep as a draft to submit later"
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:  # absent only while the OpenAPI schema is generated
+            # Only the caller's visible teams resolve: another team's slug reads as unknown, not forbidden.
+            self.fields["team"].queryset = selectors.teams_visible_to(user=request.user)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs.setdefault("starts_at", timezone.now())
+        attrs["model_precision"] = attrs.get("model_precision") or ""
+        return attrs
+
+
+class DecisionInputSerializer(serializers.Serializer):
+    comment = serializers.CharField(max_length=5000, required=False, allow_blank=True, default="")
+
+
+class RejectInputSerializer(serializers.Serializer):
+    comment = serializers.CharField(max_length=5000, help_text="Why; the requester reads it")
+
+
+# --- grants ---------------------------------------------------------------------------------------
+
+
+class ConditionSerializer(serializers.Serializer):
+    """A Kubernetes-style status condition, as the reconciler records it."""
+
+    type = serializers.CharField(required=False)
+    status = serializers.CharField(required=False)
+    reason = serializers.CharField(required=False)
+    message = serializers.CharField(required=False)
+    lastTransitionTime = serializers.CharField(required=False)
+    observedGeneration = serializers.IntegerField(required=False)
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    request = serializers.PrimaryKeyRelatedField(read_only=True)
+    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    pool = serializers.PrimaryKeyRelatedField(read_only=True)
+    pool_name = serializers.CharField(source="pool.__str__", read_only=True)
+    accelerator = serializers.CharField(source="pool.accelerator.slug", read_only=True)
+    state = serializers.ChoiceField(choices=RequestState.choices, source="request.state", read_only=True)
+    conditions = ConditionSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Grant
+        fields = [
+            "id",
+            "request",
+            "team",
+            "pool",
+            "pool_name",
+            "accelerator",
+            "gpus",
+            "namespace",
+            "starts_at",
+            "ends_at",
+            "state",
+            "generation",
+            "observed_generation",
+            "conditions",
+            "reconciled_at",
+            "namespace_deleted_at",
+            "created_at",
+        ]
+
+
+class RevokeInputSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=5000, help_text="Why; the team reads it")
+
+
+# --- serving deployments --------------------------------------------------------------------------
+
+
+class ServingDeploymentSerializer(serializers.ModelSerializer):
+    grant = serializers.PrimaryKeyRelatedField(read_only=True)
+    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    namespace = serializers.CharField(source="grant.namespace", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    conditions = ConditionSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = ServingDeployment
+        fields = [
+            "id",
+            "grant",
+            "team",
+            "namespace",
+            "name",
+            "model_name",
+            "image",
+            "replicas",
+            "gpus_per_replica",
+            "args",
+            "env",
+            "created_by",
+            "generation",
+            "observed_generation",
+            "conditions",
+            "reconciled_at",
+            "ready_replicas",
+            "created_at",
+            "ready_at",
+            "load_seconds",
+            "deleted_at",
+        ]
+
+
+class ServingDeploymentCreateSerializer(serializers.Serializer):
+    grant = serializers.PrimaryKeyRelatedField(
+        queryset=Grant.objects.none(), help_text="Id of an approved or active grant of your team"
+    )
+    name = serializers.CharField(max_length=50, help_text="A DNS label, unique within the grant")
+    model_name = serializers.CharField(max_length=200)
+    image = serializers.CharField(max_length=300, help_text="From an allowlisted registry")
+    replicas = serializers.IntegerField(min_value=1, max_value=10_000, default=1)
+    gpus_per_replica = serializers.IntegerField(min_value=1, max_value=10_000, default=1)
+    args = serializers.ListField(
+        child=serializers.CharField(max_length=1000, allow_blank=True), max_length=100, default=list
+    )
+    env = serializers.DictField(child=serializers.CharField(max_length=5000, allow_blank=True), default=dict)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:  # absent only while the OpenAPI schema is generated
+            self.fields["grant"].queryset = selectors.grant_list(user=request.user)
+
+
+class ScaleInputSerializer(serializers.Serializer):
+    replicas = serializers.IntegerField(min_value=0, max_value=10_000, help_text="0 stops the model server")
+
+
+# --- utilisation -----------------------------------------------------------------------------------
+
+
+class TeamShareSerializer(serializers.Serializer):
+    team = serializers.CharField()
+    gpus = serializers.IntegerField()
+    grants = serializers.IntegerField()
+
+
+class PoolUtilisationSerializer(serializers.Serializer):
+    pool = serializers.IntegerField()
+    name = serializers.CharField()
+    pool_class = serializers.ChoiceField(choices=PoolClass.choices)
+    accelerator = serializers.CharField()
+    capacity_gpus = serializers.IntegerField()
+    headroom_gpus = serializers.IntegerField()
+    grantable_gpus = serializers.IntegerField()
+    granted_gpus = serializers.IntegerField()
+    free_gpus = serializers.IntegerField()
+    batch_granted_gpus = serializers.IntegerField()
+    batch_cap_gpus = serializers.IntegerField()
+    granted_percent = serializers.FloatField(help_text="Granted share of the capacity")
+    teams = TeamShareSerializer(many=True, help_text="Per team; only the teams you can see")
+
+
+class PoolShareSerializer(serializers.Serializer):
+    pool = serializers.IntegerField()
+    name = serializers.CharField()
+    accelerator = serializers.CharField()
+    gpus = serializers.IntegerField()
+    grants = serializers.IntegerField()
+    hourly_cost = serializers.DecimalField(max_digits=14, decimal_places=3)
+
+
+class TeamUtilisationSerializer(serializers.Serializer):
+    team = serializers.CharField()
+    name = serializers.CharField()
+    granted_gpus = serializers.IntegerField()
+    grants = serializers.IntegerField()
+    hourly_cost = serializers.DecimalField(max_digits=14, decimal_places=3, help_text="Of the granted GPUs")
+    pools = PoolShareSerializer(many=True)
+
+
+# --- audit -----------------------------------------------------------------------------------------
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    team = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "action",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "team",
+            "before",
+            "after",
+            "message",
+        ]

@@ -1,0 +1,394 @@
+"""Teams, capacity requests, grants, serving deployments, utilisation and the audit log.
+
+Viewsets stay thin: reads go through quotas.selectors (scoped to the caller, so another team's
+objects are simply absent: 404, never 403), writes through quotas.services, whose ValidationError and
+PermissionDenied the API's exception handler turns into 400/409 and 403.
+"""
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import Serializer
+
+from pools.api.filtersets import NodePoolFilterSet
+from pools.models import NodePool
+from pools.selectors import node_pool_list
+from portal.api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent
+from portal.api.permissions import SeesEverything
+from portal.models import AuditEvent
+from quotas import selectors, services
+from quotas.api import filtersets
+from quotas.api import serializers as s
+from quotas.models import CapacityRequest, Grant, ServingDeployment, Team
+
+ID = r"[0-9]{1,18}"
+
+
+def _validated(serializer_class: type[Serializer], request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.data, context={"request": request})
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List teams", description="Your teams (every team for admins and auditors)."),
+    retrieve=extend_schema(summary="Get a team"),
+)
+class TeamViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.TeamSerializer
+    filterset_class = filtersets.TeamFilterSet
+    ordering_fields = ["slug", "name"]
+    ordering = ["slug", "id"]
+    lookup_value_regex = ID
+
+    def get_queryset(self) -> QuerySet[Team]:
+        if getattr(self, "swagger_fake_view", False):
+            return Team.objects.none()
+        return selectors.teams_visible_to(user=self.request.user).prefetch_related("memberships__user")
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List capacity requests",
+        description="Requests of your teams (all of them for admins and auditors), newest first.",
+    ),
+    retrieve=extend_schema(summary="Get a capacity request"),
+)
+class CapacityRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.CapacityRequestSerializer
+    filterset_class = filtersets.CapacityRequestFilterSet
+    ordering_fields = ["created_at", "updated_at", "starts_at", "ends_at", "gpus", "state"]
+    ordering = ["-created_at", "-id"]
+    lookup_value_regex = ID
+
+    def get_queryset(self) -> QuerySet[CapacityRequest]:
+        if getattr(self, "swagger_fake_view", False):
+            return CapacityRequest.objects.none()
+        user = self.request.user
+        qs = (
+            selectors.approval_inbox(user=user)
+            if self.action == "inbox"
+            else selectors.capacity_request_list(user=user)
+        )
+        return qs.select_related("grant").prefetch_related("decisions__approver")
+
+    def _answer(self, req: CapacityRequest, code: int = status.HTTP_200_OK) -> Response:
+        fresh = selectors.capacity_request_list(user=self.request.user).select_related("grant")
+        fresh = fresh.prefetch_related("decisions__approver").get(pk=req.pk)
+        return Response(self.get_serializer(fresh).data, status=code)
+
+    @extend_schema(
+        summary="Request capacity",
+        description="Create a capacity request for one of your teams and submit it for approval (unless "
+        "`submit` is false). The portal picks the pool; requests within the auto-approval rule are approved "
+        "at once. Capacity, memory-fit and validity rules answer 400 with the field at fault.",
+        request=s.CapacityRequestCreateSerializer,
+        responses={201: s.CapacityRequestSerializer},
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @idempotent
+    def create(self, request: Request) -> Response:
+        data = _validated(s.CapacityRequestCreateSerializer, request)
+        req = services.capacity_request_create(requester=request.user, **data)
+        return self._answer(req, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Requests waiting for my decision",
+        description="Pending requests you may approve or reject: as a team lead, or as a platform admin. "
+        "Never your own.",
+        responses=s.CapacityRequestSerializer(many=True),
+    )
+    @action(detail=False, methods=["get"])
+    def inbox(self, request: Request) -> Response:
+        return self.list(request)
+
+    @extend_schema(
+        summary="Submit a draft",
+        request=None,
+        responses=s.CapacityRequestSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def submit(self, request: Request, pk: str) -> Response:
+        req = services.capacity_request_submit(capacity_request=self.get_object(), actor=request.user)
+        return self._answer(req)
+
+    @extend_schema(
+        summary="Approve",
+        description="Approve at the stage the request is in: team lead, then platform admin. Nobody "
+        "approves their own request (403). The final approval re-checks the pool's capacity (409 when it "
+        "no longer fits).",
+        request=s.DecisionInputSerializer,
+        responses=s.CapacityRequestSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def approve(self, request: Request, pk: str) -> Response:
+        data = _validated(s.DecisionInputSerializer, request)
+        req = services.capacity_request_approve(
+            capacity_request=self.get_object(), actor=request.user, comment=data["comment"]
+        )
+        return self._answer(req)
+
+    @extend_schema(
+        summary="Reject",
+        description="Reject with a comment the requester reads. Same rules as approving.",
+        request=s.RejectInputSerializer,
+        responses=s.CapacityRequestSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def reject(self, request: Request, pk: str) -> Response:
+        data = _validated(s.RejectInputSerializer, request)
+        req = services.capacity_request_reject(
+            capacity_request=self.get_object(), actor=request.user, comment=data["comment"]
+        )
+        return self._answer(req)
+
+    @extend_schema(
+        summary="Cancel",
+        description="Cancel a draft or pending request: the requester or a team lead. "
+        "An approved request is revoked instead (grants).",
+        request=None,
+        responses=s.CapacityRequestSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def cancel(self, request: Request, pk: str) -> Response:
+        req = services.capacity_request_cancel(capacity_request=self.get_object(), actor=request.user)
+        return self._answer(req)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List grants",
+        description="Grants of your teams (all for admins and auditors) with the reconciler's conditions.",
+    ),
+    retrieve=extend_schema(summary="Get a grant"),
+)
+class GrantViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.GrantSerializer
+    filterset_class = filtersets.GrantFilterSet
+    ordering_fields = ["created_at", "starts_at", "ends_at", "gpus", "namespace"]
+    ordering = ["-created_at", "-id"]
+    lookup_value_regex = ID
+
+    def get_queryset(self) -> QuerySet[Grant]:
+        if getattr(self, "swagger_fake_view", False):
+            return Grant.objects.none()
+        return selectors.grant_list(user=self.request.user)
+
+    @extend_schema(
+        summary="Revoke a grant",
+        description="Platform admins only: ends the grant now; the reconciler scales the cluster side down.",
+        request=s.RevokeInputSerializer,
+        responses=s.GrantSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def revoke(self, request: Request, pk: str) -> Response:
+        data = _validated(s.RevokeInputSerializer, request)
+        grant = services.grant_revoke(grant=self.get_object(), actor=request.user, reason=data["reason"])
+        return Response(self.get_serializer(self.get_queryset().get(pk=grant.pk)).data)
+
+    @extend_schema(
+        summary="Delete an ended grant's namespace",
+        description="Platform admins only, and only once the grant is revoked or expired: the reconciler "
+        "deletes the namespace and everything in it. Ending a grant keeps the namespace otherwise.",
+        request=None,
+        responses=s.GrantSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"], url_path="delete-namespace")
+    @idempotent
+    def delete_namespace(self, request: Request, pk: str) -> Response:
+        grant = services.grant_namespace_delete(grant=self.get_object(), actor=request.user)
+        return Response(self.get_serializer(self.get_queryset().get(pk=grant.pk)).data)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List serving deployments", description="Model servers in your teams' grants."
+    ),
+    retrieve=extend_schema(summary="Get a serving deployment"),
+)
+class ServingDeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.ServingDeploymentSerializer
+    filterset_class = filtersets.ServingDeploymentFilterSet
+    ordering_fields = ["created_at", "name", "replicas"]
+    ordering = ["-created_at", "-id"]
+    lookup_value_regex = ID
+
+    def get_queryset(self) -> QuerySet[ServingDeployment]:
+        if getattr(self, "swagger_fake_view", False):
+            return ServingDeployment.objects.none()
+        return selectors.serving_deployment_list(user=self.request.user).select_related("created_by")
+
+    def _answer(self, deployment: ServingDeployment, code: int = status.HTTP_200_OK) -> Response:
+        return Response(self.get_serializer(self.get_queryset().get(pk=deployment.pk)).data, status=code)
+
+    @extend_schema(
+        summary="Deploy a model server",
+        description="Run a model server in a grant's namespace. The portal adds the scheduling contract "
+        "(pool selector, tolerations, GPU limits, priority class, zone spread) and the reconciler applies "
+        "it; follow `conditions` and `ready_replicas`. Replicas x GPUs per replica must fit the grant.",
+        request=s.ServingDeploymentCreateSerializer,
+        responses={201: s.ServingDeploymentSerializer},
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @idempotent
+    def create(self, request: Request) -> Response:
+        data = _validated(s.ServingDeploymentCreateSerializer, request)
+        deployment = services.serving_deployment_create(actor=request.user, **data)
+        return self._answer(deployment, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Scale a serving deployment",
+        request=s.ScaleInputSerializer,
+        responses=s.ServingDeploymentSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def scale(self, request: Request, pk: str) -> Response:
+        data = _validated(s.ScaleInputSerializer, request)
+        deployment = services.serving_deployment_scale(
+            deployment=self.get_object(), actor=request.user, replicas=data["replicas"]
+        )
+        return self._answer(deployment)
+
+    @extend_schema(
+        summary="Delete a serving deployment",
+        description="Marks it deleted (`deleted_at`) and the reconciler removes it from the cluster; "
+        "the record stays for the history.",
+        responses={200: s.ServingDeploymentSerializer},
+    )
+    def destroy(self, request: Request, pk: str) -> Response:
+        deployment = services.serving_deployment_delete(deployment=self.get_object(), actor=request.user)
+        return self._answer(deployment)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Utilisation per pool",
+        description="Granted, free and batch GPUs of each pool, and how much of it each of your teams holds "
+        "(every team for admins and auditors). Figures come from the portal's grants.",
+        responses=s.PoolUtilisationSerializer(many=True),
+    )
+)
+class PoolUtilisationViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.PoolUtilisationSerializer
+    filterset_class = NodePoolFilterSet
+    ordering_fields = ["name", "cluster__name", "pool_class", "capacity_gpus"]
+    ordering = ["cluster__name", "name", "id"]
+
+    def get_queryset(self) -> QuerySet[NodePool]:
+        if getattr(self, "swagger_fake_view", False):
+            return NodePool.objects.none()
+        return node_pool_list(user=self.request.user)
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        pools = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        figures = selectors.pool_figures_bulk(pairs=[(pool, None) for pool in pools])
+        teams = defaultdict(list)
+        for row in selectors.granted_by_team_and_pool(user=request.user, pool_ids=[p.pk for p in pools]):
+            teams[row["pool_id"]].append(
+                {"team": row["team__slug"], "gpus": row["gpus"], "grants": row["grants"]}
+            )
+        rows = []
+        for pool in pools:
+            f = figures[(pool.pk, None)]
+            rows.append(
+                {
+                    "pool": pool.pk,
+                    "name": str(pool),
+                    "pool_class": pool.pool_class,
+                    "accelerator": pool.accelerator.slug,
+                    "capacity_gpus": f.capacity,
+                    "headroom_gpus": f.headroom,
+                    "grantable_gpus": f.grantable,
+                    "granted_gpus": f.granted,
+                    "free_gpus": f.free,
+                    "batch_granted_gpus": f.batch_granted,
+                    "batch_cap_gpus": f.batch_cap,
+                    "granted_percent": round(100 * f.granted / f.capacity, 1) if f.capacity else 0.0,
+                    "teams": teams[pool.pk],
+                }
+            )
+        return self.get_paginated_response(self.get_serializer(rows, many=True).data)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Utilisation per team",
+        description="GPUs each of your teams holds through active grants, per pool, with their hourly cost.",
+        responses=s.TeamUtilisationSerializer(many=True),
+    )
+)
+class TeamUtilisationViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.TeamUtilisationSerializer
+    filterset_class = filtersets.TeamFilterSet
+    ordering_fields = ["slug", "name"]
+    ordering = ["slug", "id"]
+
+    def get_queryset(self) -> QuerySet[Team]:
+        if getattr(self, "swagger_fake_view", False):
+            return Team.objects.none()
+        return selectors.teams_visible_to(user=self.request.user)
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        teams = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        pools = defaultdict(list)
+        for row in selectors.granted_by_team_and_pool(user=request.user, team_ids=[t.pk for t in teams]):
+            pools[row["team_id"]].append(
+                {
+                    "pool": row["pool_id"],
+                    "name": f"{row['pool__cluster__name']}/{row['pool__name']}",
+                    "accelerator": row["pool__accelerator__slug"],
+                    "gpus": row["gpus"],
+                    "grants": row["grants"],
+                    "hourly_cost": row["gpus"] * row["pool__accelerator__hourly_cost"],
+                }
+            )
+        rows = [
+            {
+                "team": team.slug,
+                "name": team.name,
+                "granted_gpus": sum(p["gpus"] for p in pools[team.pk]),
+                "grants": sum(p["grants"] for p in pools[team.pk]),
+                "hourly_cost": sum((p["hourly_cost"] for p in pools[team.pk]), Decimal(0)),
+                "pools": pools[team.pk],
+            }
+            for team in teams
+        ]
+        return self.get_paginated_response(self.get_serializer(rows, many=True).data)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List audit events", description="Platform admins and auditors only."),
+    retrieve=extend_schema(summary="Get an audit event"),
+)
+class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.AuditEventSerializer
+    filterset_class = filtersets.AuditEventFilterSet
+    permission_classes = [*viewsets.ReadOnlyModelViewSet.permission_classes, SeesEverything]
+    ordering_fields = ["created_at", "action"]
+    ordering = ["-created_at", "-id"]
+    lookup_value_regex = ID
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        if getattr(self, "swagger_fake_view", False):
+            return AuditEvent.objects.none()
+        return selectors.audit_event_list(user=self.request.user)

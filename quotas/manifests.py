@@ -1,0 +1,408 @@
+"""Pure builders of the objects that carry one grant into its cluster, and of serving deployments.
+
+Every builder takes plain values (a `GrantContract`, a `ServingSpec`) and returns a manifest dict;
+nothing here reads the database, settings or a cluster, so each is unit-tested on its own. Names are
+deterministic (a re-apply finds the same object) and everything carries the portal's ownership labels.
+`quotas.reconcile` computes the contract from a Grant and applies what these functions return.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pools.manifests import (
+    CONTRACT_ACTIVE,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    POLICY_NAME,
+    PORTAL_PREFIX,
+    ContractAnnotation,
+    Manifest,
+    managed_labels,
+)
+
+QUOTA_NAME = "gpu-grant"
+LIMIT_RANGE_NAME = "gpu-grant-defaults"
+ROLE_BINDING_NAME = "gpu-grant-team"
+ZONE_KEY = "topology.kubernetes.io/zone"
+HOSTNAME_KEY = "kubernetes.io/hostname"
+WHOLE_GPU = "nvidia.com/gpu"
+
+
+class Label:
+    TEAM = f"{PORTAL_PREFIX}/team"
+    POOL_CLASS = f"{PORTAL_PREFIX}/pool-class"
+    ACCELERATOR = f"{PORTAL_PREFIX}/accelerator"
+    POOL = f"{PORTAL_PREFIX}/pool"
+    GRANT = f"{PORTAL_PREFIX}/grant"
+    DEPLOYMENT = f"{PORTAL_PREFIX}/serving-deployment"
+
+
+@dataclass(frozen=True)
+class PodSecurity:
+    """Pod Security Admission levels of grant namespaces."""
+
+    enforce: str = "baseline"
+    warn: str = "restricted"
+    audit: str = "restricted"
+
+
+@dataclass(frozen=True)
+class GrantContract:
+    """Everything the cluster must enforce for one grant, as plain values."""
+
+    grant_id: int
+    namespace: str
+    team: str
+    group: str
+    pool_class: str
+    pool: str
+    pool_label_key: str
+    node_selector: dict[str, str]
+    accelerator: str
+    accelerator_type: str
+    product: str
+    resource: str
+    taint_key: str
+    taint_value: str
+    taint_effect: str
+    gpu_taint_key: str
+    priority_class_name: str
+    zones: tuple[str, ...]
+    # What the quota and the policy allow now: the grant's units while it holds them, 0 once it ended.
+    gpus: int
+    max_gpus_per_pod: int
+    pods: int
+    cpu: str
+    memory: str
+    default_request: dict[str, str]
+    default_limit: dict[str, str]
+    team_cluster_role: str = "edit"
+    state: str = CONTRACT_ACTIVE
+    pod_security: PodSecurity = field(default_factory=PodSecurity)
+
+    @property
+    def title(self) -> str:
+        """How every message names the grant."""
+        return f"{self.namespace} (grant {self.grant_id})"
+
+    @property
+    def active(self) -> bool:
+        return self.state == CONTRACT_ACTIVE
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return managed_labels(
+            **{
+                Label.TEAM: self.team,
+                Label.POOL_CLASS: self.pool_class,
+                Label.ACCELERATOR: self.accelerator,
+                Label.POOL: self.pool,
+                Label.GRANT: str(self.grant_id),
+            }
+        )
+
+    @property
+    def policy_binding_name(self) -> str:
+        return f"gpu-grant-{self.namespace}"
+
+
+def quota_key(resource: str) -> str:
+    # Extended resources can only be limited by their request in a ResourceQuota.
+    return f"requests.{resource}"
+
+
+def namespace(c: GrantContract) -> Manifest:
+    a = ContractAnnotation
+    pss = c.pod_security
+    labels = {
+        **c.labels,
+        "pod-security.kubernetes.io/enforce": pss.enforce,
+        "pod-security.kubernetes.io/enforce-version": "latest",
+        "pod-security.kubernetes.io/warn": pss.warn,
+        "pod-security.kubernetes.io/warn-version": "latest",
+        "pod-security.kubernetes.io/audit": pss.audit,
+        "pod-security.kubernetes.io/audit-version": "latest",
+    }
+    annotations = {
+        a.GRANT: c.title,
+        a.STATE: c.state,
+        a.RESOURCE: c.resource,
+        a.MAX_PER_POD: str(c.max_gpus_per_pod),
+        a.POOL_LABEL_KEY: c.pool_label_key,
+        a.POOL: c.node_selector.get(c.pool_label_key, c.pool),
+        a.ACCELERATOR_TYPE: c.accelerator_type,
+        a.PRODUCT: c.product,
+        a.TAINT_KEY: c.taint_key,
+        a.TAINT_VALUE: c.taint_value,
+        a.GPU_TAINT_KEY: c.gpu_taint_key,
+        a.PRIORITY_CLASS: c.priority_class_name,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": c.namespace, "labels": labels, "annotations": annotations},
+    }
+
+
+def resource_quota(c: GrantContract) -> Manifest:
+    """The grant's GPUs plus pods, CPU and memory, counted over every pod of the namespace.
+
+    Deliberately not scoped by PriorityClass: a scoped quota only counts pods of that class, so a pod
+    choosing another class would escape it. The class itself is enforced by the admission policy.
+    """
+    hard = {
+        quota_key(c.resource): str(c.gpus),
+        "pods": str(c.pods),
+        "requests.cpu": c.cpu,
+        "requests.memory": c.memory,
+        "limits.memory": c.memory,
+    }
+    if c.resource != WHOLE_GPU:
+        # A MIG grant must not fall back to whole GPUs.
+        hard[quota_key(WHOLE_GPU)] = "0"
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": QUOTA_NAME, "namespace": c.namespace, "labels": c.labels},
+        "spec": {"hard": hard},
+    }
+
+
+def limit_range(c: GrantContract) -> Manifest:
+    """Defaults for containers that name no CPU or memory: the quota counts them instead of refusing."""
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": {"name": LIMIT_RANGE_NAME, "namespace": c.namespace, "labels": c.labels},
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "defaultRequest": dict(c.default_request),
+                    "default": dict(c.default_limit),
+                }
+            ]
+        },
+    }
+
+
+def role_binding(c: GrantContract) -> Manifest:
+    """The team's group may run workloads here (`edit`): it cannot change the quota, the limit range,
+    role bindings or the namespace's contract annotations."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": ROLE_BINDING_NAME, "namespace": c.namespace, "labels": c.labels},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": c.team_cluster_role,
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": c.group}],
+    }
+
+
+def policy_binding(c: GrantContract) -> Manifest:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": c.policy_binding_name, "labels": c.labels},
+        "spec": {
+            "policyName": POLICY_NAME,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": c.namespace, MANAGED_BY_LABEL: MANAGED_BY}
+                }
+            },
+        },
+    }
+
+
+def policy_probe_pod(c: GrantContract) -> Manifest:
+    """A GPU pod that selects no pool, which the grant contract refuses. Only ever created as a dry
+    run: the apiserver refusing it proves the policy binding is in force."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu-grant-policy-probe", "namespace": c.namespace, "labels": c.labels},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": "policy-probe:dry-run",
+                    "resources": {"limits": {c.resource: "1"}},
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }
+
+
+def grant_objects(c: GrantContract) -> list[Manifest]:
+    """Every object of a grant, in apply order: the namespace first, the binding once the namespace
+    carries the contract annotations the policy reads."""
+    return [namespace(c), resource_quota(c), limit_range(c), role_binding(c), policy_binding(c)]
+
+
+# --- serving deployments ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    deployment_id: int
+    name: str
+    model_name: str
+    image: str
+    replicas: int
+    gpus_per_replica: int
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cpu_millis_per_gpu: int = 4000
+    memory_gib_per_gpu: int = 32
+    load_budget_seconds: int = 900
+    port: int = 8000
+    health_path: str = "/health"
+
+
+def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
+    """A model server carrying the whole scheduling contract of its grant.
+
+    Replicas are 0 once the grant has ended. Rolling updates replace pods one at a time without a
+    surge pod, because a surge pod would need GPUs beyond the grant's quota.
+    """
+    selector = {Label.DEPLOYMENT: str(s.deployment_id)}
+    labels = {
+        **c.labels,
+        **selector,
+        "app.kubernetes.io/name": s.name,
+        "app.kubernetes.io/component": "model-server",
+    }
+    period = 10
+    startup_failures = max(1, math.ceil(s.load_budget_seconds / period))
+    probe_target = {"httpGet": {"path": s.health_path, "port": "http"}}
+    spec: dict[str, Any] = {
+        "nodeSelector": dict(c.node_selector),
+        "tolerations": [
+            {"key": c.gpu_taint_key, "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+            {"key": c.taint_key, "operator": "Equal", "value": c.taint_value, "effect": c.taint_effect},
+        ],
+        "priorityClassName": c.priority_class_name,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "server",
+                "image": s.image,
+                "args": list(s.args),
+                "env": [
+                    {"name": "MODEL_NAME", "value": s.model_name},
+                    # The root filesystem is read-only: model downloads and caches go to the volume.
+                    {"name": "HF_HOME", "value": "/cache"},
+                    *({"name": k, "value": v} for k, v in s.env),
+                ],
+                "ports": [{"name": "http", "containerPort": s.port, "protocol": "TCP"}],
+                "resources": {
+                    "requests": {
+                        "cpu": f"{s.cpu_millis_per_gpu * s.gpus_per_replica}m",
+                        "memory": f"{s.memory_gib_per_gpu * s.gpus_per_replica}Gi",
+                    },
+                    "limits": {
+                        c.resource: str(s.gpus_per_replica),
+                        "memory": f"{s.memory_gib_per_gpu * s.gpus_per_replica}Gi",
+                    },
+                },
+                # Loading weights may take the whole budget; liveness and readiness wait for it.
+                "startupProbe": {
+                    **probe_target,
+                    "periodSeconds": period,
+                    "timeoutSeconds": 5,
+                    "failureThreshold": startup_failures,
+                },
+                "readinessProbe": {
+                    **probe_target,
+                    "periodSeconds": 5,
+                    "timeoutSeconds": 3,
+                    "failureThreshold": 3,
+                },
+                "livenessProbe": {
+                    **probe_target,
+                    "periodSeconds": 20,
+                    "timeoutSeconds": 5,
+                    "failureThreshold": 3,
+                },
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "privileged": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "volumeMounts": [
+                    {"name": "cache", "mountPath": "/cache"},
+                    # Mount points of emptyDir volumes, not temporary files of this process.
+                    {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+                    {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "cache", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            # Tensor-parallel NCCL traffic goes through shared memory; the container default is 64 MiB.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+        ],
+    }
+    replicas = s.replicas if c.active else 0
+    if replicas > 1:
+        spread: list[dict[str, Any]] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": ZONE_KEY,
+                "whenUnsatisfiable": "DoNotSchedule" if len(c.zones) > 1 else "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector},
+                "nodeAffinityPolicy": "Honor",
+                "nodeTaintsPolicy": "Honor",
+            },
+            {
+                "maxSkew": 1,
+                "topologyKey": HOSTNAME_KEY,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector},
+            },
+        ]
+        if len(c.zones) > 1:
+            # Without it a pool whose other zone has no free GPU yet would stack every replica in one.
+            spread[0]["minDomains"] = len(c.zones)
+        spec["topologySpreadConstraints"] = spread
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": s.name,
+            "namespace": c.namespace,
+            "labels": labels,
+            "annotations": {f"{PORTAL_PREFIX}/model": s.model_name},
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": s.load_budget_seconds,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {f"{PORTAL_PREFIX}/model": s.model_name}},
+                "spec": spec,
+            },
+        },
+    }

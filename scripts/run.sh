@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# `make run`: the whole portal in the foreground on embedded defaults. Ctrl-C stops everything.
+#
+#   CELERY_BROKER_URL   use this broker instead of starting a local Redis on 127.0.0.1:6390
+#   PORTAL_KUBECONFIG   register this cluster instead of starting the local testbed
+#   PORTAL_NO_TESTBED=1 start without any cluster (requests can be made; provisioning waits for a cluster)
+#   PORTAL_PORT         web port (default 8000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+PORT="${PORTAL_PORT:-8000}"
+mkdir -p var/log
+pids=()
+
+log() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
+
+cleanup() {
+  trap - INT TERM EXIT
+  log "stopping…"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+if [[ -z "${CELERY_BROKER_URL:-}" ]]; then
+  if ! command -v redis-server >/dev/null; then
+    log "redis-server is missing: installing Debian's redis-server"
+    bash scripts/services.sh redis-install
+  fi
+  export CELERY_BROKER_URL=redis://127.0.0.1:6390/0
+  if ! redis-cli -p 6390 ping >/dev/null 2>&1; then
+    log "starting Redis on 127.0.0.1:6390 (data in var/redis)"
+    mkdir -p var/redis
+    redis-server --port 6390 --bind 127.0.0.1 --dir var/redis --save 60 1 --logfile "$PWD/var/log/redis.log" &
+    pids+=($!)
+    for _ in $(seq 50); do redis-cli -p 6390 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+fi
+
+kubeconfig="${PORTAL_KUBECONFIG:-}"
+if [[ -z "$kubeconfig" && -z "${PORTAL_NO_TESTBED:-}" ]]; then
+  log "starting the local Kubernetes testbed (first run builds it from source: several minutes, progress below)"
+  make --no-print-directory testbed-up PYTHON="$PY"
+  kubeconfig=var/testbed/kubeconfig
+fi
+
+log "migrating the database"
+$PY manage.py migrate --no-input -v0
+if [[ -n "$kubeconfig" ]]; then
+  $PY manage.py seed_demo --kubeconfig "$kubeconfig"
+else
+  $PY manage.py seed_demo
+fi
+
+log "starting worker and beat (logs in var/log/)"
+.venv/bin/celery -A portal worker --loglevel INFO --concurrency 2 >var/log/worker.log 2>&1 &
+pids+=($!)
+.venv/bin/celery -A portal beat --loglevel INFO --schedule var/celerybeat-schedule >var/log/beat.log 2>&1 &
+pids+=($!)
+if [[ -n "$kubeconfig" ]]; then
+  log "starting the utilisation collector (log in var/log/collector.log)"
+  $PY manage.py collect_utilisation >var/log/collector.log 2>&1 &
+  pids+=($!)
+fi
+
+log "portal: http://127.0.0.1:$PORT/  (admin: http://127.0.0.1:$PORT/admin/)  Ctrl-C stops everything"
+$PY manage.py runserver "127.0.0.1:$PORT" &
+pids+=($!)
+wait -n "${pids[@]}"

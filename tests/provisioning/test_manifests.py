@@ -1,0 +1,337 @@
+"""The pure builders and comparison helpers: no database, no cluster."""
+
+import dataclasses
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pools import manifests as pm
+from pools.models import PoolClass
+from quotas import manifests as qm
+from quotas.reconcile import Condition, diff, merge_conditions
+
+
+def contract(**overrides: object) -> qm.GrantContract:
+    values: dict[str, object] = {
+        "grant_id": 7,
+        "namespace": "vision-interactive-r12",
+        "team": "vision",
+        "group": "team:vision",
+        "pool_class": PoolClass.INTERACTIVE.value,
+        "pool": "interactive-a100",
+        "pool_label_key": pm.POOL_LABEL_KEY,
+        "node_selector": {pm.POOL_LABEL_KEY: "interactive-a100"},
+        "accelerator": "a100-80gb",
+        "accelerator_type": "nvidia-a100",
+        "product": "NVIDIA-A100-SXM4-80GB",
+        "resource": "nvidia.com/gpu",
+        "taint_key": pm.POOL_LABEL_KEY,
+        "taint_value": "interactive-a100",
+        "taint_effect": "NoSchedule",
+        "gpu_taint_key": pm.GPU_TAINT_KEY,
+        "priority_class_name": "gpu-interactive-inference",
+        "zones": ("zone-a", "zone-b"),
+        "gpus": 4,
+        "max_gpus_per_pod": 4,
+        "pods": 24,
+        "cpu": "32",
+        "memory": "256Gi",
+        "default_request": {"cpu": "500m", "memory": "1Gi"},
+        "default_limit": {"memory": "4Gi"},
+    }
+    values.update(overrides)
+    return qm.GrantContract(**values)  # type: ignore[arg-type]
+
+
+def serving(**overrides: object) -> qm.ServingSpec:
+    values: dict[str, object] = {
+        "deployment_id": 3,
+        "name": "chat",
+        "model_name": "llama-3-8b",
+        "image": "registry.example.com/llm/vllm:v0.6.3",
+        "replicas": 2,
+        "gpus_per_replica": 1,
+        "args": ("--max-model-len", "8192"),
+        "env": (("VLLM_LOGGING_LEVEL", "INFO"),),
+        "load_budget_seconds": 600,
+    }
+    values.update(overrides)
+    return qm.ServingSpec(**values)  # type: ignore[arg-type]
+
+
+# --- per-grant objects ----------------------------------------------------------------------------
+
+
+def test_namespace_carries_ownership_labels_pod_security_and_the_contract() -> None:
+    ns = qm.namespace(contract())
+    assert ns["metadata"]["name"] == "vision-interactive-r12"
+    assert ns["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "gpu-capacity-portal",
+        "capacity.platform.example.com/team": "vision",
+        "capacity.platform.example.com/pool-class": "interactive-inference",
+        "capacity.platform.example.com/accelerator": "a100-80gb",
+        "capacity.platform.example.com/pool": "interactive-a100",
+        "capacity.platform.example.com/grant": "7",
+        "pod-security.kubernetes.io/enforce": "baseline",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/warn-version": "latest",
+        "pod-security.kubernetes.io/audit": "restricted",
+        "pod-security.kubernetes.io/audit-version": "latest",
+    }
+    a = pm.ContractAnnotation
+    annotations = ns["metadata"]["annotations"]
+    assert annotations[a.GRANT] == "vision-interactive-r12 (grant 7)"
+    assert annotations[a.STATE] == "active"
+    assert annotations[a.MAX_PER_POD] == "4"
+    assert annotations[a.POOL] == "interactive-a100"
+    assert annotations[a.TAINT_VALUE] == "interactive-a100"
+    assert annotations[a.PRIORITY_CLASS] == "gpu-interactive-inference"
+
+
+def test_every_contract_annotation_the_policy_reads_is_set_on_the_namespace() -> None:
+    policy = json.dumps(pm.grant_contract_policy())
+    read = set(re.findall(r"variables\.contract\['([^']+)'\]", policy))
+    declared = {v for k, v in vars(pm.ContractAnnotation).items() if not k.startswith("_")}
+    assert read == declared
+    assert read <= qm.namespace(contract())["metadata"]["annotations"].keys()
+
+
+def test_quota_holds_the_granted_gpus_and_the_defaults_unscoped() -> None:
+    quota = qm.resource_quota(contract())
+    assert quota["metadata"] == {
+        "name": "gpu-grant",
+        "namespace": "vision-interactive-r12",
+        "labels": contract().labels,
+    }
+    assert quota["spec"] == {
+        "hard": {
+            "requests.nvidia.com/gpu": "4",
+            "pods": "24",
+            "requests.cpu": "32",
+            "requests.memory": "256Gi",
+            "limits.memory": "256Gi",
+        }
+    }
+
+
+def test_mig_quota_limits_the_slice_and_closes_whole_gpus() -> None:
+    hard = qm.resource_quota(contract(resource="nvidia.com/mig-1g.10gb", gpus=3))["spec"]["hard"]
+    assert hard["requests.nvidia.com/mig-1g.10gb"] == "3"
+    assert hard["requests.nvidia.com/gpu"] == "0"
+
+
+def test_ended_contract_sets_gpu_quota_to_zero_and_says_why() -> None:
+    ended = contract(gpus=0, max_gpus_per_pod=0, state="revoked")
+    assert qm.resource_quota(ended)["spec"]["hard"]["requests.nvidia.com/gpu"] == "0"
+    assert qm.namespace(ended)["metadata"]["annotations"][pm.ContractAnnotation.STATE] == "revoked"
+
+
+def test_limit_range_defaults_containers_without_requests() -> None:
+    lr = qm.limit_range(contract())
+    assert lr["metadata"]["name"] == "gpu-grant-defaults"
+    assert lr["spec"]["limits"] == [
+        {
+            "type": "Container",
+            "defaultRequest": {"cpu": "500m", "memory": "1Gi"},
+            "default": {"memory": "4Gi"},
+        }
+    ]
+
+
+def test_role_binding_gives_the_team_group_the_edit_role() -> None:
+    rb = qm.role_binding(contract(group="oidc:vision-engineers"))
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"}
+    assert rb["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "oidc:vision-engineers"}
+    ]
+
+
+def test_policy_binding_binds_exactly_the_grant_namespace() -> None:
+    binding = qm.policy_binding(contract())
+    assert binding["metadata"]["name"] == "gpu-grant-vision-interactive-r12"
+    assert binding["spec"] == {
+        "policyName": pm.POLICY_NAME,
+        "validationActions": ["Deny"],
+        "matchResources": {
+            "namespaceSelector": {
+                "matchLabels": {
+                    "kubernetes.io/metadata.name": "vision-interactive-r12",
+                    "app.kubernetes.io/managed-by": "gpu-capacity-portal",
+                }
+            }
+        },
+    }
+
+
+def test_grant_objects_are_deterministic_and_namespace_first() -> None:
+    first, second = qm.grant_objects(contract()), qm.grant_objects(contract())
+    assert first == second
+    assert [m["kind"] for m in first] == [
+        "Namespace",
+        "ResourceQuota",
+        "LimitRange",
+        "RoleBinding",
+        "ValidatingAdmissionPolicyBinding",
+    ]
+    for manifest in first:
+        assert manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gpu-capacity-portal"
+        assert manifest["metadata"]["labels"]["capacity.platform.example.com/grant"] == "7"
+
+
+# --- cluster-wide objects -------------------------------------------------------------------------
+
+
+def test_priority_classes_put_interactive_first_and_never_let_batch_or_experiments_preempt() -> None:
+    classes = {
+        m["metadata"]["name"]: m
+        for m in pm.priority_classes({pm.default_priority_class_name(c): c for c in PoolClass.values})
+    }
+    value = {name: m["value"] for name, m in classes.items()}
+    assert (
+        value["gpu-interactive-inference"]
+        > value["gpu-embedding-reranking"]
+        > value["gpu-batch-inference"]
+        > value["gpu-experimentation"]
+        > 0
+    )
+    assert all(v < 1_000_000_000 for v in value.values())  # user classes stay below the system ones
+    assert classes["gpu-batch-inference"]["preemptionPolicy"] == "Never"
+    assert classes["gpu-experimentation"]["preemptionPolicy"] == "Never"
+    assert classes["gpu-interactive-inference"]["preemptionPolicy"] == "PreemptLowerPriority"
+    assert not any(m["globalDefault"] for m in classes.values())
+
+
+def test_policy_is_limited_to_portal_namespaces_and_fails_closed() -> None:
+    spec = pm.grant_contract_policy()["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["namespaceSelector"] == {
+        "matchLabels": {"app.kubernetes.io/managed-by": "gpu-capacity-portal"}
+    }
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods"]}
+    ]
+
+
+def test_every_policy_message_names_the_grant() -> None:
+    for validation in pm.grant_contract_policy()["spec"]["validations"]:
+        assert validation["messageExpression"].startswith(
+            f"'grant ' + variables.contract['{pm.ContractAnnotation.GRANT}']"
+        )
+
+
+# --- serving deployments --------------------------------------------------------------------------
+
+
+def test_serving_deployment_carries_the_scheduling_contract() -> None:
+    deployment = qm.serving_deployment(contract(), serving())
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {pm.POOL_LABEL_KEY: "interactive-a100"}
+    assert pod["tolerations"] == [
+        {"key": pm.GPU_TAINT_KEY, "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        {"key": pm.POOL_LABEL_KEY, "operator": "Equal", "value": "interactive-a100", "effect": "NoSchedule"},
+    ]
+    assert pod["priorityClassName"] == "gpu-interactive-inference"
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example.com/llm/vllm:v0.6.3"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["args"] == ["--max-model-len", "8192"]
+    assert {"name": "VLLM_LOGGING_LEVEL", "value": "INFO"} in container["env"]
+    assert deployment["spec"]["selector"]["matchLabels"] == {
+        "capacity.platform.example.com/serving-deployment": "3"
+    }
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_mig_serving_deployment_asks_for_the_slice() -> None:
+    c = contract(resource="nvidia.com/mig-1g.10gb")
+    container = qm.serving_deployment(c, serving(gpus_per_replica=2))["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "2"
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+
+
+def test_replicas_spread_across_the_pool_zones() -> None:
+    pod = qm.serving_deployment(contract(), serving(replicas=3))["spec"]["template"]["spec"]
+    zone, host = pod["topologySpreadConstraints"]
+    assert zone["topologyKey"] == "topology.kubernetes.io/zone"
+    assert zone["whenUnsatisfiable"] == "DoNotSchedule"
+    assert zone["minDomains"] == 2
+    assert zone["maxSkew"] == 1
+    assert zone["labelSelector"] == {"matchLabels": {"capacity.platform.example.com/serving-deployment": "3"}}
+    assert host["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_one_replica_or_one_zone_does_not_demand_spreading() -> None:
+    single = qm.serving_deployment(contract(), serving(replicas=1))["spec"]["template"]["spec"]
+    assert "topologySpreadConstraints" not in single
+    one_zone = qm.serving_deployment(contract(zones=("zone-a",)), serving(replicas=2))["spec"]["template"][
+        "spec"
+    ]
+    zone = one_zone["topologySpreadConstraints"][0]
+    assert zone["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert "minDomains" not in zone
+
+
+def test_probes_give_the_model_its_whole_load_budget() -> None:
+    container = qm.serving_deployment(contract(), serving(load_budget_seconds=605))["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 605
+    assert startup["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+
+
+def test_serving_pods_are_hardened() -> None:
+    pod = qm.serving_deployment(contract(), serving())["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["privileged"] is False
+
+
+def test_ended_grant_scales_serving_to_zero() -> None:
+    ended = dataclasses.replace(contract(), state="revoked", gpus=0, max_gpus_per_pod=0)
+    deployment = qm.serving_deployment(ended, serving(replicas=3))
+    assert deployment["spec"]["replicas"] == 0
+    assert "topologySpreadConstraints" not in deployment["spec"]["template"]["spec"]
+
+
+# --- comparing and conditions ---------------------------------------------------------------------
+
+
+def test_diff_names_changed_and_missing_fields_only() -> None:
+    desired = {
+        "spec": {"hard": {"requests.nvidia.com/gpu": "2", "requests.cpu": "16", "requests.memory": "128Gi"}}
+    }
+    live = {
+        "spec": {
+            "hard": {"requests.nvidia.com/gpu": "10", "requests.cpu": "16000m", "requests.memory": "128Gi"}
+        },
+        "status": {"used": {}},
+    }
+    assert diff(desired, live) == ["spec.hard.requests.nvidia.com/gpu: 10 -> 2"]
+    assert diff({"a": {"b": "x"}}, {}) == ["a.b: missing -> x"]
+    assert diff({"items": ["a", "b"]}, {"items": ["a"]}) == ["items: ['a'] -> ['a', 'b']"]
+    # Empty or false fields the apiserver drops are not drift.
+    assert diff({"args": [], "globalDefault": False, "emptyDir": {}}, {}) == []
+
+
+@pytest.mark.parametrize(("status", "moves"), [("True", False), ("False", True)])
+def test_conditions_keep_their_transition_time_while_the_status_holds(status: str, moves: bool) -> None:
+    then = datetime(2026, 1, 1, tzinfo=UTC)
+    first = merge_conditions([], [Condition("Ready", "True", "Provisioned", "ok")], now=then, generation=1)
+    later = then + timedelta(minutes=5)
+    second = merge_conditions(first, [Condition("Ready", status, "Why", "msg")], now=later, generation=2)
+    (ready,) = second
+    assert ready["lastTransitionTime"] == (later if moves else then).isoformat()
+    assert ready["reason"] == "Why"
+    assert ready["observedGeneration"] == 2

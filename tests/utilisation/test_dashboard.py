@@ -1,0 +1,218 @@
+"""The dashboard pages, their htmx partials, scoping per user, and /metrics."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from pools.models import ClusterUtilisation, CollectorState, PoolClass
+from tests import factories
+from tests.utilisation.conftest import publish_state
+
+pytestmark = pytest.mark.django_db
+
+
+def signed_in(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def htmx(target, current="http://testserver/utilisation/"):
+    return {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": target, "HTTP_HX_CURRENT_URL": current}
+
+
+def card(html, pool):
+    match = re.search(rf'<article class="pool-card[^"]*" data-pool="{pool}"[^>]*>', html)
+    assert match, f"no card for {pool}"
+    return dict(re.findall(r'data-(\w+)="([^"]*)"', match.group(0)))
+
+
+def test_dashboard_shows_live_pool_cards(world, published):
+    response = signed_in(world.alice).get(reverse("utilisation:dashboard"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert card(html, "interactive-a100") == {
+        "pool": "interactive-a100",
+        "free": "6",
+        "requested": "10",
+        "allocatable": "16",
+        "pending": "2",
+        "stranded": "6",
+        "largest": "4",
+    }
+    assert 'data-freshness="live"' in html
+    assert "Below the warm buffer: 6 free, 8 kept warm" in html
+    # Pools without figures yet say so instead of showing zeros.
+    assert "No figures yet." in html
+    assert 'hx-trigger="every 2s"' in html
+
+
+def test_the_live_region_is_the_same_view_as_a_partial(world, published):
+    response = signed_in(world.alice).get(reverse("utilisation:dashboard"), **htmx("utilisation-live"))
+    html = response.content.decode()
+    assert html.lstrip().startswith('<div id="utilisation-live"')
+    assert "<html" not in html
+
+
+def test_team_usage_is_scoped_to_the_users_teams(world, published):
+    alice = signed_in(world.alice).get(reverse("utilisation:dashboard")).content.decode()
+    assert 'data-team="vision"' in alice
+    assert 'data-team="nlp"' not in alice
+    admin = signed_in(world.admin).get(reverse("utilisation:dashboard")).content.decode()
+    assert 'data-team="vision"' in admin and 'data-team="nlp"' in admin
+
+
+def test_pool_page_shows_the_grid_and_only_the_users_pending_pods(world, published):
+    url = reverse("utilisation:pool", args=[world.interactive.pk])
+    html = signed_in(world.alice).get(url).content.decode()
+    assert html.count('class="gpu used"') == 10
+    assert html.count('class="gpu free"') == 6
+    assert 'data-pod="vision-interactive-r1/v-wait"' in html
+    assert "nlp-interactive-r2" not in html
+    assert "1 pending pod of other teams" in html
+    admin = signed_in(world.admin).get(url).content.decode()
+    assert 'data-pod="nlp-interactive-r2/n-wait"' in admin
+
+
+def test_pool_page_regions_are_partials_of_the_same_view(world, published):
+    url = reverse("utilisation:pool", args=[world.interactive.pk])
+    client = signed_in(world.alice)
+    live = client.get(url, **htmx("pool-live", "http://testserver" + url)).content.decode()
+    assert live.lstrip().startswith('<div id="pool-live"')
+    history = client.get(
+        url + "?range=24h", **htmx("pool-history", "http://testserver" + url)
+    ).content.decode()
+    assert history.lstrip().startswith('<section id="pool-history"')
+    assert "No history for this range yet" in history
+    assert client.get(url + "?range=2y").status_code == 400
+
+
+def test_polling_a_pool_that_went_away_stops_the_polling(world, published):
+    url = reverse("utilisation:pool", args=[world.interactive.pk])
+    world.interactive.enabled = False
+    world.interactive.save()
+    client = signed_in(world.alice)
+    assert client.get(url, **htmx("pool-live")).status_code == 286
+    assert client.get(url).status_code == 404
+
+
+def test_a_poll_after_the_session_ended_sends_the_page_to_login(world, published):
+    response = Client().get(reverse("utilisation:dashboard"), **htmx("utilisation-live"))
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == "/login/?next=/utilisation/"
+    assert Client().get(reverse("utilisation:dashboard")).status_code == 302
+
+
+def test_stale_cluster_and_silent_collector_are_marked(world, published):
+    cluster_id = world.interactive.cluster_id
+    since = timezone.now() - timedelta(seconds=40)
+    publish_state(cluster_id, CollectorState.STALE, stale_since=since, last_error="Unreachable: refused")
+    html = signed_in(world.admin).get(reverse("utilisation:dashboard")).content.decode()
+    assert 'data-freshness="stale"' in html
+    assert "The cluster has not answered since" in html
+    assert "Unreachable: refused" in html
+    # The figures stay, greyed out.
+    assert card(html, "interactive-a100")["free"] == "6"
+    assert "is-stale" in html
+    # Members do not see the cluster's error text.
+    assert (
+        "Unreachable: refused"
+        not in signed_in(world.alice).get(reverse("utilisation:dashboard")).content.decode()
+    )
+
+    ClusterUtilisation.objects.filter(cluster_id=cluster_id).update(
+        state=CollectorState.LIVE, heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    html = signed_in(world.alice).get(reverse("utilisation:dashboard")).content.decode()
+    assert 'data-freshness="silent"' in html
+    assert "The collector has not reported since" in html
+
+
+def test_cost_page_validates_the_period(world):
+    client = signed_in(world.alice)
+    assert client.get(reverse("utilisation:cost")).status_code == 200
+    response = client.get(reverse("utilisation:cost"), {"start": "2026-03-10", "end": "2026-03-01"})
+    assert response.status_code == 400
+    assert "The end must not be before the start." in response.content.decode()
+    response = client.get(reverse("utilisation:cost"), {"start": "2025-01-01", "end": "2025-12-31"})
+    assert "Choose at most 90 days" in response.content.decode()
+    response = client.get(reverse("utilisation:cost"), {"start": "yesterday", "end": ""})
+    assert response.status_code == 400
+    assert "Enter a valid date." in response.content.decode()
+
+
+def metric_samples(text):
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_parse_and_carry_the_pool_and_team_series(world, published):
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    samples = metric_samples(response.content.decode())
+    pool = (
+        ("accelerator", "a100-80gb"),
+        ("cluster", "local"),
+        ("pool", "interactive-a100"),
+        ("pool_class", "interactive-inference"),
+    )
+    assert samples[("gpu_portal_pool_gpus_allocatable", pool)] == 16
+    assert samples[("gpu_portal_pool_gpus_requested", pool)] == 10
+    assert samples[("gpu_portal_pool_gpus_free", pool)] == 6
+    assert samples[("gpu_portal_pool_gpus_stranded", pool)] == 6
+    assert samples[("gpu_portal_pool_largest_free_block_gpus", pool)] == 4
+    assert samples[("gpu_portal_pool_pending_pods", pool)] == 2
+    assert samples[("gpu_portal_pool_queue_wait_max_seconds", pool)] >= 120
+    assert samples[("gpu_portal_pool_headroom_short", pool)] == 1
+    assert samples[("gpu_portal_cluster_up", (("cluster", "local"),))] == 1
+    vision = (
+        ("cluster", "local"),
+        ("namespace", "vision-interactive-r1"),
+        ("pool", "interactive-a100"),
+        ("team", "vision"),
+    )
+    assert samples[("gpu_portal_namespace_gpus_requested", vision)] == 6
+    assert samples[("gpu_portal_namespace_gpus_granted", vision)] == 8
+    assert samples[("gpu_portal_namespace_gpus_pending", vision)] == 8
+
+
+def test_metrics_report_a_stale_cluster_as_down(world, published):
+    publish_state(world.interactive.cluster_id, CollectorState.STALE, stale_since=timezone.now())
+    samples = metric_samples(Client().get("/metrics").content.decode())
+    assert samples[("gpu_portal_cluster_up", (("cluster", "local"),))] == 0
+
+
+def test_metrics_token(world, published, settings):
+    settings.PORTAL_METRICS_TOKEN = "s3cret-scrape-token"
+    assert Client().get("/metrics").status_code == 401
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    response = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-scrape-token")
+    assert response.status_code == 200
+    assert "gpu_portal_pool_gpus_free" in response.content.decode()
+
+
+def test_the_polled_region_costs_the_same_queries_however_many_pools(world, published):
+    client = signed_in(world.alice)
+
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(reverse("utilisation:dashboard"), **htmx("utilisation-live")).status_code == 200
+        return len(captured)
+
+    before = queries()
+    for index in range(3):
+        pool = factories.pool(f"more-{index}", PoolClass.BATCH, world.h100, capacity=8)
+        published.pools[pool.pk] = published.pools[world.interactive.pk]
+    publish_state(world.interactive.cluster_id, CollectorState.LIVE, figures=published)
+    assert queries() == before

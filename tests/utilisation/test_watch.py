@@ -1,0 +1,244 @@
+"""The list+watch cache against a scripted source: relist on 410, reconnect with backoff, stale marking."""
+
+import queue
+import threading
+import time
+
+import pytest
+
+from pools.kube.errors import Expired, Unreachable
+from pools.kube.watch import Backoff, ResourceCache
+
+END = object()
+
+
+def obj(name, rv, **extra):
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": str(rv)}, **extra}
+
+
+class Stream:
+    """A watch stream fed by the test; blocks like a real one until fed or closed."""
+
+    def __init__(self):
+        self.events = queue.Queue()
+        self.closed = threading.Event()
+
+    def __iter__(self):
+        while not self.closed.is_set():
+            try:
+                item = self.events.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+        raise Unreachable("closed", reason="Unreachable")
+
+    def close(self):
+        self.closed.set()
+
+
+class FakeSource:
+    name = "fake/pods"
+
+    def __init__(self, pages):
+        self.pages = pages  # list of pages served by successive list calls (the last one repeats)
+        self.list_calls = []
+        self.watch_calls = []
+        self.streams = queue.Queue()  # what successive watch calls get: a Stream or an exception
+
+    def list(self, *, limit, continue_token):
+        self.list_calls.append(continue_token)
+        page = self.pages[0] if len(self.pages) == 1 else self.pages.pop(0)
+        if isinstance(page, Exception):
+            raise page
+        return page
+
+    def watch(self, *, resource_version, timeout_seconds):
+        self.watch_calls.append(resource_version)
+        item = self.streams.get(timeout=5)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def page(rv, *names, cont=None):
+    return {"items": [obj(n, rv) for n in names], "metadata": {"resourceVersion": str(rv), "continue": cont}}
+
+
+def wait_for(check, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def run_cache():
+    caches = []
+
+    def start(source, **options):
+        options.setdefault("backoff", Backoff(base=0.01, maximum=0.05))
+        cache = ResourceCache(source, **options)
+        cache.start()
+        caches.append(cache)
+        return cache
+
+    yield start
+    for cache in caches:
+        cache.stop()
+
+
+def names(cache):
+    return sorted(o["metadata"]["name"] for o in cache.snapshot())
+
+
+def test_lists_then_applies_watch_events(run_cache):
+    source = FakeSource([page(10, "a", "b")])
+    stream = Stream()
+    source.streams.put(stream)
+    changes = []
+    cache = run_cache(source, on_change=lambda: changes.append(1))
+    wait_for(lambda: cache.status().synced)
+    assert names(cache) == ["a", "b"]
+    stream.events.put({"type": "ADDED", "object": obj("c", 11)})
+    stream.events.put({"type": "MODIFIED", "object": obj("a", 12, spec={"x": 1})})
+    stream.events.put({"type": "DELETED", "object": obj("b", 13)})
+    stream.events.put({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "20"}}})
+    wait_for(lambda: cache.status().resource_version == "20")
+    assert names(cache) == ["a", "c"]
+    assert next(o for o in cache.snapshot() if o["metadata"]["name"] == "a")["spec"] == {"x": 1}
+    assert source.watch_calls == ["10"]
+    assert cache.status().lists == 1
+    assert changes  # readers were woken
+
+
+def test_a_410_in_the_stream_makes_it_list_again_and_stay_correct(run_cache):
+    # Between the two lists "a" was deleted and "d" created while the watch could not follow.
+    source = FakeSource([page(10, "a", "b"), page(50, "b", "d")])
+    first, second = Stream(), Stream()
+    source.streams.put(first)
+    source.streams.put(second)
+    cache = run_cache(source)
+    wait_for(lambda: cache.status().synced)
+    first.events.put({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}})
+    wait_for(lambda: cache.status().lists == 2)
+    wait_for(lambda: len(source.watch_calls) == 2)
+    assert names(cache) == ["b", "d"]
+    assert source.watch_calls == ["10", "50"]
+    assert not cache.status().stale  # a 410 is routine, not an outage
+
+
+def test_a_410_answer_to_the_watch_request_makes_it_list_again(run_cache):
+    source = FakeSource([page(10, "a"), page(30, "z")])
+    source.streams.put(Expired("too old resource version: 10 (30)", reason="Expired", status=410))
+    source.streams.put(Stream())
+    cache = run_cache(source)
+    wait_for(lambda: cache.status().lists == 2)
+    assert names(cache) == ["z"]
+    wait_for(lambda: source.watch_calls == ["10", "30"])
+
+
+def test_an_expired_continue_token_restarts_the_list(run_cache):
+    source = FakeSource(
+        [
+            page(10, "a", cont="t1"),
+            Expired("continue token expired", reason="Expired", status=410),
+            page(12, "a", cont="t2"),
+            page(12, "b"),
+        ]
+    )
+    source.streams.put(Stream())
+    cache = run_cache(source)
+    wait_for(lambda: cache.status().synced)
+    assert source.list_calls == [None, "t1", None, "t2"]
+    assert names(cache) == ["a", "b"]
+    assert cache.status().resource_version == "12"
+
+
+def test_an_unreachable_cluster_marks_the_cache_stale_and_it_recovers_by_itself(run_cache):
+    source = FakeSource([page(10, "a")])
+    first = Stream()
+    source.streams.put(first)
+    cache = run_cache(source)
+    wait_for(lambda: cache.status().synced)
+    # The connection breaks, and the next two attempts fail.
+    source.streams.put(
+        Unreachable("Cluster fake is unreachable: the connection was refused.", reason="Unreachable")
+    )
+    source.streams.put(
+        Unreachable("Cluster fake is unreachable: the connection was refused.", reason="Unreachable")
+    )
+    first.events.put(
+        Unreachable("Cluster fake is unreachable: the connection broke off.", reason="Unreachable")
+    )
+    wait_for(lambda: cache.status().stale)
+    status = cache.status()
+    assert "unreachable" in status.last_error
+    assert status.stale_since is not None
+    assert names(cache) == ["a"]  # the last known objects stay
+    recovered = Stream()
+    source.streams.put(recovered)
+    wait_for(lambda: not cache.status().stale)
+    # It resumed the watch where it was instead of listing again.
+    assert source.watch_calls == ["10", "10", "10", "10"]
+    assert cache.status().lists == 1
+    recovered.events.put({"type": "ADDED", "object": obj("b", 11)})
+    wait_for(lambda: names(cache) == ["a", "b"])
+
+
+def test_other_errors_in_the_stream_are_typed(run_cache):
+    source = FakeSource([page(10, "a")])
+    first = Stream()
+    source.streams.put(first)
+    cache = run_cache(source)
+    wait_for(lambda: cache.status().synced)
+    source.streams.put(Stream())
+    first.events.put(
+        {
+            "type": "ERROR",
+            "object": {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd"},
+        }
+    )
+    wait_for(lambda: len(source.watch_calls) == 2)
+    assert cache.status().lists == 1
+    wait_for(lambda: not cache.status().stale)
+
+
+def test_transform_trims_cached_objects(run_cache):
+    source = FakeSource([page(10, "a")])
+    source.streams.put(Stream())
+    cache = run_cache(source, transform=lambda o: {"metadata": {"name": o["metadata"]["name"]}})
+    wait_for(lambda: cache.status().synced)
+    assert cache.snapshot() == [{"metadata": {"name": "a"}}]
+
+
+def test_stop_interrupts_a_blocked_watch():
+    source = FakeSource([page(10, "a")])
+    source.streams.put(Stream())
+    cache = ResourceCache(source)
+    cache.start()
+    wait_for(lambda: cache.status().synced)
+    cache.stop(timeout=2)
+    assert not cache._thread.is_alive()
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_its_ceiling():
+    backoff = Backoff(base=1.0, maximum=8.0)
+    delays = [backoff.next() for _ in range(6)]
+    for delay, ceiling in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    backoff.reset()
+    assert backoff.next() <= 1.0
+
+
+def test_an_unexpected_failure_marks_it_stale_and_it_starts_over(run_cache):
+    source = FakeSource([RuntimeError("bug"), page(10, "a")])
+    source.streams.put(Stream())
+    cache = run_cache(source)
+    wait_for(lambda: cache.status().synced)
+    assert names(cache) == ["a"]
+    assert not cache.status().stale
+    assert source.list_calls == [None, None]
