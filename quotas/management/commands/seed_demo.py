@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
+from pools.tasks import cluster_policies_apply
 from portal.models import User
 from quotas.models import Membership, Team
 
@@ -99,6 +100,9 @@ class Command(BaseCommand):
             )
         cluster.zones = sorted(zones)
         cluster.save()
+        if options["kubeconfig"]:
+            # PriorityClasses and the contract policy, as registering the cluster would apply them.
+            transaction.on_commit(lambda: cluster_policies_apply.delay(cluster.pk), robust=True)
 
         vision, _ = Team.objects.update_or_create(slug="vision", defaults={"name": "Vision"})
         nlp, _ = Team.objects.update_or_create(slug="nlp", defaults={"name": "NLP"})
