@@ -11,6 +11,7 @@ COPY . .
 # collectstatic needs settings that production would refuse to start without; they are build-time only.
 RUN PORTAL_SECRET_KEY=build PORTAL_ALLOWED_HOSTS=build DATABASE_URL=postgres://build/build \
     PORTAL_CREDENTIALS_KEYS=ECeU29ZqdPsixSZ-80aiWQ9wB5XP6aQPx8NI6zX5hOs= CELERY_BROKER_URL=redis://build \
+    PORTAL_METRICS_TOKEN=build \
     python manage.py collectstatic --no-input -v0 && chown -R portal /app/var
 
 USER portal

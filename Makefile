@@ -12,7 +12,7 @@ TEST_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:$(TEST_PG_PORT)/portal \
 	DJANGO_SETTINGS_MODULE=portal.settings.test
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit lint fmt services services-down check-deploy clean
+.PHONY: help venv run test lint fmt services services-down check-deploy clean bench
 
 help:
 	@echo "make run      start the portal (web, worker, beat) on embedded defaults at http://127.0.0.1:8000"
@@ -49,7 +49,8 @@ check-deploy: venv
 	PORTAL_SECRET_KEY=$$(head -c 48 /dev/urandom | base64) PORTAL_ALLOWED_HOSTS=portal.example.com \
 	DATABASE_URL=postgres://postgres@127.0.0.1:$(TEST_PG_PORT)/portal CELERY_BROKER_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/0 \
 	PORTAL_CREDENTIALS_KEYS=$$($(PYTHON) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
-	DJANGO_SETTINGS_MODULE=portal.settings.production $(PYTHON) manage.py check --deploy --fail-level WARNING
+	PORTAL_METRICS_TOKEN=check-deploy DJANGO_SETTINGS_MODULE=portal.settings.production \
+	$(PYTHON) manage.py check --deploy --fail-level WARNING
 
 # Tests marked `cluster` run against a dedicated local testbed cluster (built from source on first
 # use, reused after). PORTAL_TEST_KUBECONFIG=/path/to/kubeconfig runs them against your own cluster.
@@ -63,5 +64,16 @@ test: venv services lint check-deploy $(if $(PORTAL_TEST_KUBECONFIG),,testbed-bu
 
 clean:
 	rm -rf var/staticfiles .pytest_cache
+
+# Benchmarks on dedicated testbed clusters (started and stopped by the run), the bench database and
+# Redis db 12; writes docs/benchmarks.md and docs/benchmarks.json. BENCH_ARGS="--quick" for smaller sizes,
+# "--only collector,api" for some sections. The API section drives wrk, installed with apt-get if missing.
+BENCH_ARGS ?=
+
+bench: venv services testbed-build
+	@command -v wrk >/dev/null || { echo "apt-get install wrk"; export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk >/dev/null; }; }
+	$(PYTHON) -m bench.run $(BENCH_ARGS)
 
 include scripts/testbed/testbed.mk

@@ -230,6 +230,15 @@ def cluster_register(
                 if not value
             }
         )
+    if not kubeconfig and str(api_url).lower().startswith("http://"):
+        raise ValidationError(
+            {
+                "api_url": ValidationError(
+                    "Use an https:// address: the token would travel in clear text over http.",
+                    code="insecure",
+                )
+            }
+        )
     if kubeconfig:
         # The kubeconfig's own server is the one the client talks to, so it is the one on record.
         try:

@@ -14,6 +14,11 @@ class User(AbstractUser):
     def sees_everything(self) -> bool:
         return self.is_platform_admin or self.is_auditor or self.is_superuser
 
+    @property
+    def is_read_only(self) -> bool:
+        """Auditors read everything and change nothing, whatever teams they also belong to."""
+        return self.is_auditor and not (self.is_platform_admin or self.is_superuser)
+
 
 class AuditEvent(models.Model):
     """One row per state change, written in the same transaction as the change itself."""

@@ -66,8 +66,7 @@ def writer_required(view: View) -> View:
     @login_required
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        user = request.user
-        if user.is_auditor and not (user.is_platform_admin or user.is_superuser):
+        if request.user.is_read_only:
             return refusal(request, READ_ONLY_REFUSAL)
         return view(request, *args, **kwargs)
 

@@ -15,6 +15,9 @@ from portal.ui import PortalForm
 from quotas import rules, selectors
 from quotas.models import Precision
 
+# The same bounds as the API's serializers: far above any real pool, low enough for every column.
+MAX_UNITS = 100_000
+MAX_REPLICAS = 10_000
 DATETIME_WIDGET = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 
 
@@ -76,9 +79,15 @@ class CapacityRequestForm(PortalForm):
     )
     model_precision = forms.ChoiceField(choices=[("", "—"), *Precision.choices], required=False)
     gpus_per_replica = forms.IntegerField(
-        label="GPUs per model replica", min_value=1, initial=1, help_text="How many GPUs one replica spans."
+        label="GPUs per model replica",
+        min_value=1,
+        max_value=MAX_UNITS,
+        initial=1,
+        help_text="How many GPUs one replica spans.",
     )
-    gpus = forms.IntegerField(label="GPUs", min_value=1, initial=1, help_text="Accelerator units in total.")
+    gpus = forms.IntegerField(
+        label="GPUs", min_value=1, max_value=MAX_UNITS, initial=1, help_text="Accelerator units in total."
+    )
     starts_at = forms.DateTimeField(label="Start (UTC)", widget=DATETIME_WIDGET)
     ends_at = forms.DateTimeField(label="End (UTC)", widget=DATETIME_WIDGET)
     purpose = forms.CharField(
@@ -161,7 +170,8 @@ class CapacityRequestForm(PortalForm):
         source = self.data if self.is_bound else self.initial
         raw = field.widget.value_from_datadict(source, self.files, self.add_prefix(name))
         try:
-            value = field.to_python(raw)
+            # clean(), not to_python(): the bounds keep absurd numbers out of the cost arithmetic.
+            value = field.clean(raw)
         except forms.ValidationError:
             return None
         if isinstance(value, Decimal | int) and value <= 0:
@@ -177,8 +187,12 @@ class ServingDeploymentForm(PortalForm):
         label="Model", max_length=200, help_text="e.g. meta-llama/Llama-3.1-8B-Instruct"
     )
     image = forms.CharField(max_length=300)
-    replicas = forms.IntegerField(min_value=1, initial=1, help_text="Spread across zones when more than one.")
-    gpus_per_replica = forms.IntegerField(label="GPUs per replica", min_value=1, initial=1)
+    replicas = forms.IntegerField(
+        min_value=1, max_value=MAX_REPLICAS, initial=1, help_text="Spread across zones when more than one."
+    )
+    gpus_per_replica = forms.IntegerField(
+        label="GPUs per replica", min_value=1, max_value=MAX_REPLICAS, initial=1
+    )
     args = forms.CharField(
         label="Arguments",
         required=False,

@@ -25,11 +25,11 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from kubernetes.utils import parse_quantity
 
 from pools import manifests as cluster_manifests
 from pools.kube import ops
 from pools.kube.errors import Invalid, KubeError, PermanentKubeError, TemporaryKubeError
+from pools.kube.ops import parse_quantity
 from pools.manifests import CONTRACT_ACTIVE, POLICY_NAME, POOL_LABEL_KEY, Manifest
 from pools.models import Cluster, NodePool
 from pools.services import cluster_policy_objects

@@ -57,6 +57,7 @@ GOOD = {
     "DATABASE_URL": "postgres://portal@db.example.com/portal",
     "PORTAL_CREDENTIALS_KEYS": "ECeU29ZqdPsixSZ-80aiWQ9wB5XP6aQPx8NI6zX5hOs=",
     "CELERY_BROKER_URL": "redis://redis.example.com:6379/0",
+    "PORTAL_METRICS_TOKEN": "metrics-bearer-token",
 }
 
 

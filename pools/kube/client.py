@@ -57,9 +57,7 @@ RETRY = Retry(
 # Inline credentials only. `exec` and `auth-provider` would run a program on the portal's host and
 # the file-path variants would read the portal host's files (and send them to the cluster).
 _USER_KEYS = frozenset({"token", "client-certificate-data", "client-key-data"})
-_CLUSTER_KEYS = frozenset(
-    {"server", "certificate-authority-data", "insecure-skip-tls-verify", "tls-server-name", "extensions"}
-)
+_CLUSTER_KEYS = frozenset({"server", "certificate-authority-data", "tls-server-name", "extensions"})
 
 
 def _parse(text: str) -> dict[str, Any]:
@@ -104,9 +102,13 @@ def kubeconfig_check(text: str) -> dict[str, Any]:
     """
     doc = _parse(text)
     cluster, user = _current(doc)
-    if not str(cluster.get("server", "")).startswith(("https://", "http://")):
+    # Credentials only ever travel over verified TLS: plain http or skipped verification would hand
+    # the bearer token to anyone on the path.
+    if not str(cluster.get("server", "")).startswith("https://"):
         raise InvalidKubeconfig(
-            "The kubeconfig's cluster has no server address (https://...).", reason="InvalidKubeconfig"
+            "The kubeconfig's cluster needs an https:// server address; "
+            "plain http would expose the credentials.",
+            reason="InvalidKubeconfig",
         )
     for section, entry, allowed in (("user", user, _USER_KEYS), ("cluster", cluster, _CLUSTER_KEYS)):
         refused = sorted(set(entry) - allowed)

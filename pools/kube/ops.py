@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kubernetes import client as k8s
 
+# Re-exported: comparing quantities ("500m", "64Gi") is cluster arithmetic the reconciler needs too.
+from kubernetes.utils import parse_quantity as parse_quantity
+
 from pools.kube.client import Connection, connect
 from pools.kube.errors import NotFound, PermanentKubeError, translated
 

@@ -26,6 +26,18 @@ class TokenAllowsMethod(permissions.BasePermission):
         return True
 
 
+class AuditorsReadOnly(permissions.BasePermission):
+    """The same rule as the browser: an auditor changes nothing, even in a team they belong to."""
+
+    message = "Auditors can read everything but change nothing."
+    code = "read_only_user"
+
+    def has_permission(self, request: Request, view: "APIView") -> bool:
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        return not (request.user and request.user.is_authenticated and request.user.is_read_only)
+
+
 class SeesEverything(permissions.BasePermission):
     """Platform admins and auditors: the audit log is theirs."""
 

@@ -25,6 +25,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("PORTAL_DB_CONN_MAX_AGE", default=60)
 PORTAL_CREDENTIALS_KEYS = [k for k in _required("PORTAL_CREDENTIALS_KEYS").split(",") if k]
 CELERY_BROKER_URL = _required("CELERY_BROKER_URL")
+# /metrics names teams and namespaces: in production it always wants a bearer token.
+PORTAL_METRICS_TOKEN = _required("PORTAL_METRICS_TOKEN")
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("PORTAL_SSL_REDIRECT", default=True)

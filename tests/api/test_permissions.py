@@ -7,7 +7,7 @@ from rest_framework.test import APIClient
 
 from portal.api.services import api_token_issue
 from portal.models import AuditEvent
-from quotas.models import CapacityRequest
+from quotas.models import CapacityRequest, Membership
 from quotas.states import RequestState
 from tests import factories
 from tests.api.conftest import VisionObjects, request_body
@@ -142,12 +142,12 @@ def test_auditor_reads_everything_and_changes_nothing(api: Api, vision_objects: 
     assert_error(
         auditor.post(f"/api/v1/capacity-requests/{vision_objects.pending.pk}/approve/", {}, format="json"),
         403,
-        "permission_denied",
+        "read_only_user",
     )
     assert_error(
         auditor.post(f"/api/v1/grants/{vision_objects.grant.pk}/revoke/", {"reason": "audit"}, format="json"),
         403,
-        "permission_denied",
+        "read_only_user",
     )
 
 
@@ -163,14 +163,19 @@ def test_audit_log_is_for_admins_and_auditors_only(
 
 def test_only_admins_register_or_sync_clusters(api: Api, world: World) -> None:
     cluster = world.interactive.cluster
-    for username in ["alice", "bob", "auditor"]:
+    # Auditors are refused earlier, by the read-only rule that covers every write.
+    for username, code in [
+        ("alice", "permission_denied"),
+        ("bob", "permission_denied"),
+        ("auditor", "read_only_user"),
+    ]:
         body = assert_error(
             api(username).post("/api/v1/clusters/", {"name": "x", "kubeconfig": "x"}, format="json"),
             403,
-            "permission_denied",
+            code,
         )
-        assert "admin" in body["message"]
-        assert_error(api(username).post(f"/api/v1/clusters/{cluster.pk}/sync/"), 403, "permission_denied")
+        assert "admin" in body["message"] or "Auditors" in body["message"]
+        assert_error(api(username).post(f"/api/v1/clusters/{cluster.pk}/sync/"), 403, code)
 
 
 def test_cluster_details_are_for_admins(api: Api, world: World) -> None:
@@ -194,3 +199,21 @@ def test_disabled_pools_are_hidden_from_members(api: Api, world: World) -> None:
     assert world.embedding.pk not in ids("alice")
     assert world.embedding.pk in ids("admin")
     assert_error(api("alice").get(f"/api/v1/pools/{world.embedding.pk}/"), 404, "not_found")
+
+
+def test_auditor_in_a_team_still_changes_nothing(
+    api: Api, vision_objects: VisionObjects, world: World
+) -> None:
+    """Team roles do not lift the auditor's read-only rule: not for requests, not for approvals."""
+    Membership.objects.create(team=world.vision, user=world.auditor, role=Membership.Role.LEAD)
+    auditor = api("auditor")
+    created = auditor.post("/api/v1/capacity-requests/", request_body(world), format="json")
+    approved = auditor.post(
+        f"/api/v1/capacity-requests/{vision_objects.pending.pk}/approve/", {}, format="json"
+    )
+    for response in (created, approved):
+        assert_error(response, 403, "read_only_user")
+        assert response.json()["message"] == "Auditors can read everything but change nothing."
+    assert CapacityRequest.objects.count() == 2
+    vision_objects.pending.refresh_from_db()
+    assert vision_objects.pending.state == RequestState.PENDING_LEAD

@@ -92,6 +92,6 @@ def test_other_teams_cannot_touch_deployments(api: Api, vision_objects: VisionOb
         "not_found",
     )
     assert_error(api("carol").delete(f"/api/v1/serving-deployments/{dep}/"), 404, "not_found")
-    assert_error(api("auditor").delete(f"/api/v1/serving-deployments/{dep}/"), 403, "permission_denied")
+    assert_error(api("auditor").delete(f"/api/v1/serving-deployments/{dep}/"), 403, "read_only_user")
     vision_objects.deployment.refresh_from_db()
     assert vision_objects.deployment.deleted_at is None and vision_objects.deployment.replicas == 1

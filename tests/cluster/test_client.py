@@ -314,3 +314,24 @@ def test_credential_change_makes_a_new_connection(server):
     cluster.token = "two"
     assert client.connect(cluster) is not first
     client.forget(cluster)
+
+
+@pytest.mark.parametrize(
+    ("cluster_entry", "expected"),
+    [
+        ('{server: "http://127.0.0.1:6443"}', "needs an https:// server address"),
+        (
+            '{server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}',
+            "cluster uses insecure-skip-tls-verify",
+        ),
+    ],
+    ids=["plain-http", "skip-tls-verify"],
+)
+def test_kubeconfigs_that_would_send_the_token_unprotected_are_refused(cluster_entry, expected):
+    text = KUBECONFIG.replace("USER", f"{{token: {SECRET}}}").replace(
+        '{server: "https://127.0.0.1:6443"}', cluster_entry
+    )
+    with pytest.raises(InvalidKubeconfig) as caught:
+        client.connect(Cluster(name="k", kubeconfig=text))
+    assert expected in caught.value.message
+    assert SECRET not in "".join(traceback.format_exception(caught.value))

@@ -232,3 +232,14 @@ def test_a_stored_bad_token_stays_out_of_errors_logs_and_admin_pages(
     assert cluster.last_error in pages[0].content.decode()  # the error is shown, the token is not
     assert not [page for page in pages if secret in page.content.decode()]
     assert secret not in caplog.text
+
+
+def test_register_refuses_a_plain_http_url(db, platform_admin):
+    with pytest.raises(ValidationError) as caught:
+        services.cluster_register(
+            name="plain", api_url="http://127.0.0.1:6443", token="t0ken", actor=platform_admin
+        )
+    assert caught.value.message_dict["api_url"] == [
+        "Use an https:// address: the token would travel in clear text over http."
+    ]
+    assert not Cluster.objects.filter(name="plain").exists()

@@ -164,3 +164,18 @@ def test_someone_without_a_team_is_told_how_to_join(world, login):
     response = login(loner).get("/requests/new/")
     assert response.status_code == 403
     assert "You are not a member of any team yet" in response.content.decode()
+
+
+def test_absurd_numbers_are_form_errors_not_server_errors(world, login, valid):
+    alice = login(world.alice)
+    huge = {**valid, "gpus": str(10**30), "model_parameters_billion": str(10**30), "model_precision": "bf16"}
+    summary = alice.get("/requests/new/", huge, **htmx("wizard-summary"))
+    assert summary.status_code == 200
+    assert "Does not fit" not in summary.content.decode()  # nothing computed from unparseable input
+    response = alice.post("/requests/new/", huge, **htmx())
+    assert response.status_code == 422
+    assert "Ensure this value is less than or equal to 100000." in error_for(response, "gpus")
+    assert "Ensure that there are no more than 7 digits in total." in error_for(
+        response, "model_parameters_billion"
+    )
+    assert not CapacityRequest.objects.exists()
