@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
 
+from pools.forms import SecretTextarea
 from pools.models import Accelerator, Cluster, NodePool
 
 
@@ -14,7 +15,9 @@ class ClusterForm(forms.ModelForm):
     # Secrets are write-only: the widgets never render the stored value back into the page.
     api_url = forms.URLField(assume_scheme="https", required=False, max_length=300)
     kubeconfig = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 6}), required=False, help_text="Write-only."
+        widget=SecretTextarea(attrs={"rows": 6, "autocomplete": "off", "spellcheck": "false"}),
+        required=False,
+        help_text="Write-only.",
     )
     token = forms.CharField(
         widget=forms.PasswordInput(render_value=False), required=False, help_text="Write-only."

@@ -83,6 +83,14 @@ class GrantAdmin(admin.ModelAdmin):
     list_select_related = ["team", "pool", "pool__cluster", "request"]
     readonly_fields = ["conditions", "generation", "observed_generation", "reconciled_at"]
 
+    # Grants change only through the services (revoke, shrink, namespace deletion): they audit the
+    # change, bump the generation and queue the reconcile, which a saved admin form would skip.
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
 
 @admin.register(ServingDeployment)
 class ServingDeploymentAdmin(admin.ModelAdmin):
@@ -90,3 +98,10 @@ class ServingDeploymentAdmin(admin.ModelAdmin):
     list_filter = ["team"]
     search_fields = ["name", "model_name", "image"]
     list_select_related = ["team", "grant", "grant__pool", "grant__pool__accelerator"]
+
+    # Serving deployments change only through the services (budget check, audit, reconcile).
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False

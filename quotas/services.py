@@ -263,6 +263,7 @@ def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -
         raise PermissionDenied("Only the requester can submit a draft.")
     check_transition(req.state, S.PENDING_LEAD)
 
+    _check_window(req)
     rule = settings.PORTAL_AUTO_APPROVAL.get(req.pool_class)
     if rules.within_auto_approval(gpus=req.gpus, starts_at=req.starts_at, ends_at=req.ends_at, rule=rule):
         refusal = _preflight_refusal(req) or _lock_and_check_capacity(req)
@@ -325,6 +326,17 @@ def _approve_final(req: CapacityRequest, *, actor: User | None, stage: str, comm
     return grant
 
 
+def _check_window(req: CapacityRequest) -> None:
+    # A request can wait in a queue past its own window; granting it then would hand out GPUs for a
+    # period that is already over.
+    if req.ends_at <= timezone.now():
+        raise ValidationError(
+            f"Request #{req.pk}'s window ended at {req.ends_at:%Y-%m-%d %H:%M} UTC; it can no longer be "
+            "approved. Ask for a new window instead.",
+            code="window_ended",
+        )
+
+
 def _check_decider(req: CapacityRequest, actor: User) -> str:
     """Return the stage `actor` may decide, or raise PermissionDenied saying why not."""
     if actor.pk == req.requester_id:
@@ -336,6 +348,13 @@ def _check_decider(req: CapacityRequest, actor: User) -> str:
     if req.state == S.PENDING_PLATFORM:
         if not actor.is_platform_admin:
             raise PermissionDenied("Only a platform admin can decide at the platform stage.")
+        if req.decisions.filter(stage=ApprovalDecision.Stage.LEAD, approver=actor).exists():
+            # Two stages mean two people: a lead who is also a platform admin cannot wave their own
+            # lead approval through.
+            raise PermissionDenied(
+                "You made the team-lead decision on this request; a different person must approve at "
+                "the platform stage."
+            )
         return ApprovalDecision.Stage.PLATFORM
     raise ValidationError(
         f"Request #{req.pk} is {req.get_state_display().lower()}; only pending requests can be decided.",
@@ -349,6 +368,7 @@ def capacity_request_approve(
 ) -> CapacityRequest:
     req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
     stage = _check_decider(req, actor)
+    _check_window(req)
     if stage == ApprovalDecision.Stage.LEAD:
         ApprovalDecision.objects.create(
             request=req,
@@ -442,9 +462,40 @@ def grant_expire(*, grant: Grant) -> Grant:
     return grant
 
 
-def grants_expire_due(*, now: datetime | None = None) -> list[int]:
-    """Expire every holding grant whose window has ended. Each grant in its own transaction."""
+@transaction.atomic
+def capacity_request_expire(*, capacity_request: CapacityRequest, now: datetime) -> bool:
+    """pending -> expired once the request's window has ended undecided. False if it changed meanwhile."""
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    if req.state not in PENDING_STATES or req.ends_at > now:
+        return False
+    _transition(
+        req,
+        to=S.EXPIRED,
+        actor=None,
+        action="capacity_request.expired",
+        message=f"Its window ended at {req.ends_at:%Y-%m-%d %H:%M} UTC before it was decided",
+    )
+    return True
+
+
+def capacity_requests_expire_due(*, now: datetime | None = None) -> list[int]:
+    """Expire every pending request whose window has ended. Each request in its own transaction."""
     now = now or timezone.now()
+    due = CapacityRequest.objects.filter(ends_at__lte=now, state__in=PENDING_STATES).values_list(
+        "pk", flat=True
+    )
+    return [
+        pk for pk in list(due) if capacity_request_expire(capacity_request=CapacityRequest(pk=pk), now=now)
+    ]
+
+
+def grants_expire_due(*, now: datetime | None = None) -> list[int]:
+    """Expire every holding grant whose window has ended, each in its own transaction; return their ids.
+
+    Pending requests whose window ended undecided expire in the same periodic run.
+    """
+    now = now or timezone.now()
+    capacity_requests_expire_due(now=now)
     due = list(
         Grant.objects.filter(ends_at__lte=now, request__state__in=HOLDING_STATES).values_list("pk", flat=True)
     )
@@ -456,6 +507,63 @@ def grants_expire_due(*, now: datetime | None = None) -> list[int]:
             continue  # changed state since we looked: someone revoked it meanwhile
         expired.append(pk)
     return expired
+
+
+@transaction.atomic
+def grant_shrink(*, grant: Grant, actor: User, gpus: int) -> Grant:
+    """Lower a running grant's GPUs; the reconciler lowers the quota and the per-pod maximum."""
+    if not actor.is_platform_admin:
+        raise PermissionDenied("Only a platform admin can shrink a grant.")
+    grant = (
+        Grant.objects.select_for_update()
+        .select_related("request", "team", "pool__accelerator")
+        .get(pk=grant.pk)
+    )
+    if grant.request.state not in HOLDING_STATES:
+        raise ValidationError(
+            f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; only a running grant "
+            "can be shrunk.",
+            code="invalid_transition",
+        )
+    if not 1 <= gpus < grant.gpus:
+        hint = "revoke it to take every GPU away" if gpus < 1 else "a grant only grows through a new request"
+        bounds = (
+            f"Shrink to between 1 and {grant.gpus - 1} GPUs (it holds {grant.gpus})"
+            if grant.gpus > 1
+            else f"Grant {grant.namespace} holds 1 GPU, the least a grant can hold"
+        )
+        raise ValidationError({"gpus": [f"{bounds}; {hint}."]})
+    live = [
+        d
+        for d in ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True).order_by("name")
+        if d.replicas * d.gpus_per_replica
+    ]
+    used = sum(d.replicas * d.gpus_per_replica for d in live)
+    if used > gpus:
+        names = ", ".join(f"{d.name} ({d.replicas} x {d.gpus_per_replica})" for d in live)
+        raise ValidationError(
+            {
+                "gpus": [
+                    f"Serving deployments of {grant.namespace} need {used} GPUs: {names}. Scale them down "
+                    f"or delete them before shrinking the grant to {gpus}."
+                ]
+            }
+        )
+    before = {"gpus": grant.gpus}
+    grant.gpus = gpus
+    grant.generation += 1
+    grant.save(update_fields=["gpus", "generation"])
+    audit_event_record(
+        actor=actor,
+        action="grant.shrunk",
+        obj=grant,
+        team=grant.team,
+        before=before,
+        after={"gpus": gpus},
+        message=f"Grant {grant.namespace} shrunk from {before['gpus']} to {gpus} GPUs.",
+    )
+    _queue_reconcile(grant)
+    return grant
 
 
 # --- provisioning: state moves made by the reconciler (quotas.reconcile) -------------------------

@@ -24,12 +24,15 @@ S = RequestState
 # stage, or straight in APPROVED when the auto-approval rule applies.
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.DRAFT: frozenset({S.PENDING_LEAD, S.PENDING_PLATFORM, S.APPROVED, S.CANCELLED}),
-    S.PENDING_LEAD: frozenset({S.PENDING_PLATFORM, S.REJECTED, S.CANCELLED}),
-    S.PENDING_PLATFORM: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED}),
+    # A request still pending when its window ends expires undecided.
+    S.PENDING_LEAD: frozenset({S.PENDING_PLATFORM, S.REJECTED, S.CANCELLED, S.EXPIRED}),
+    S.PENDING_PLATFORM: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED, S.EXPIRED}),
     S.APPROVED: frozenset({S.PROVISIONING, S.ACTIVE, S.FAILED, S.REVOKED, S.EXPIRED}),
     S.PROVISIONING: frozenset({S.ACTIVE, S.FAILED, S.REVOKED, S.EXPIRED}),
-    S.ACTIVE: frozenset({S.PROVISIONING, S.FAILED, S.REVOKED, S.EXPIRED}),
-    S.FAILED: frozenset({S.PROVISIONING, S.ACTIVE, S.REVOKED, S.EXPIRED}),
+    # Re-applying a grant (drift, retries, a shrink) keeps it active or failed: the reconciler only
+    # reports the outcome, it never moves a grant back to provisioning.
+    S.ACTIVE: frozenset({S.FAILED, S.REVOKED, S.EXPIRED}),
+    S.FAILED: frozenset({S.ACTIVE, S.REVOKED, S.EXPIRED}),
     S.REJECTED: frozenset(),
     S.CANCELLED: frozenset(),
     S.EXPIRED: frozenset(),

@@ -232,6 +232,11 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         **live,
         **_decision_context(user, req),
         "can_revoke": user.is_platform_admin and live["grant"] is not None and req.state in HOLDING_STATES,
+        # Shrinking needs at least 2 GPUs to leave 1.
+        "can_shrink": user.is_platform_admin
+        and live["grant"] is not None
+        and req.state in HOLDING_STATES
+        and live["grant"].gpus > 1,
         "reason_form": ReasonForm(),
     }
     return render(request, "quotas/request_detail.html", context)
@@ -315,6 +320,26 @@ def grant_revoke(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, error_text(exc))
     else:
         messages.success(request, f"Grant {grant.namespace} revoked; its quota is being removed.")
+    return redirect("quotas:request_detail", pk=grant.request_id)
+
+
+@writer_required
+@require_POST
+def grant_shrink(request: HttpRequest, pk: int) -> HttpResponse:
+    grant: Grant = get_object_or_404(selectors.grant_list(user=request.user), pk=pk)
+    try:
+        gpus = int(request.POST.get("gpus", ""))
+    except ValueError:
+        messages.error(request, "Give the new GPU count as a whole number.")
+        return redirect("quotas:request_detail", pk=grant.request_id)
+    try:
+        services.grant_shrink(grant=grant, actor=request.user, gpus=gpus)
+    except (ValidationError, PermissionDenied) as exc:
+        messages.error(request, error_text(exc))
+    else:
+        messages.success(
+            request, f"Grant {grant.namespace} shrunk to {gpus} GPUs; its quota is being lowered."
+        )
     return redirect("quotas:request_detail", pk=grant.request_id)
 
 

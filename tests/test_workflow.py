@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, connections
+from django.urls import reverse
 from django.utils import timezone
 
 from pools.models import PoolClass
@@ -129,13 +130,74 @@ def test_nobody_approves_their_own_request(world: World) -> None:
 
 
 def test_lead_cannot_approve_own_request_at_lead_stage(world: World) -> None:
-    other_lead = factories.member(world.vision, "dora", Membership.Role.LEAD)
-    # With two leads, a member's request waits for a lead; bob cannot approve a request he made himself.
     req = factories.request(world.alice, world.vision, world.a100, gpus=2)
-    with pytest.raises(PermissionDenied):
+    assert req.state == S.PENDING_LEAD
+    # Alice becomes a lead while her request waits: the lead-stage role check now passes for her,
+    # so only the self-approval rule stands between her and her own request.
+    services.membership_set(team=world.vision, user=world.alice, role=Membership.Role.LEAD, actor=world.admin)
+    with pytest.raises(PermissionDenied, match="own request"):
         services.capacity_request_approve(capacity_request=req, actor=world.alice)
-    services.capacity_request_approve(capacity_request=req, actor=other_lead)
+    with pytest.raises(PermissionDenied, match="own request"):
+        services.capacity_request_reject(capacity_request=req, actor=world.alice, comment="no")
+    req.refresh_from_db()
+    assert req.state == S.PENDING_LEAD
+    services.capacity_request_approve(capacity_request=req, actor=world.bob)
     assert req.state == S.PENDING_PLATFORM
+
+
+def test_the_lead_approver_cannot_also_approve_at_the_platform_stage(world: World) -> None:
+    lead_admin = factories.member(world.vision, "ada", Membership.Role.LEAD, is_platform_admin=True)
+    req = factories.request(world.alice, world.vision, world.a100, gpus=2)
+    services.capacity_request_approve(capacity_request=req, actor=lead_admin)
+    assert req.state == S.PENDING_PLATFORM
+    with pytest.raises(PermissionDenied, match="a different person must approve at the platform stage"):
+        services.capacity_request_approve(capacity_request=req, actor=lead_admin)
+    req.refresh_from_db()
+    assert req.state == S.PENDING_PLATFORM
+    assert not Grant.objects.filter(request=req).exists()
+    services.capacity_request_approve(capacity_request=req, actor=world.admin)
+    assert req.state == S.APPROVED
+
+
+def _end_window(req: CapacityRequest, ago: timedelta = timedelta(minutes=1)) -> None:
+    now = timezone.now()
+    CapacityRequest.objects.filter(pk=req.pk).update(starts_at=now - timedelta(days=2), ends_at=now - ago)
+
+
+@pytest.mark.parametrize("stage", [S.PENDING_LEAD, S.PENDING_PLATFORM])
+def test_approval_is_refused_once_the_window_has_ended(world: World, stage: str) -> None:
+    req = factories.request(world.alice, world.vision, world.a100, gpus=2)
+    approver = world.bob
+    if stage == S.PENDING_PLATFORM:
+        services.capacity_request_approve(capacity_request=req, actor=world.bob)
+        approver = world.admin
+    _end_window(req)
+    with pytest.raises(ValidationError) as exc:
+        services.capacity_request_approve(capacity_request=req, actor=approver)
+    assert exc.value.code == "window_ended"
+    assert "window ended" in exc.value.messages[0] and "can no longer be approved" in exc.value.messages[0]
+    req.refresh_from_db()
+    assert req.state == stage
+    assert not Grant.objects.filter(request=req).exists()
+
+
+def test_a_draft_whose_window_ended_is_not_auto_approved(world: World) -> None:
+    now = timezone.now()
+    draft = factories.request(
+        world.alice,
+        world.vision,
+        world.mig,
+        gpus=2,
+        pool_class=PoolClass.EXPERIMENTATION,
+        starts_at=now,
+        ends_at=now + timedelta(days=1),
+        submit=False,
+    )
+    _end_window(draft)
+    with pytest.raises(ValidationError) as exc:
+        services.capacity_request_submit(capacity_request=draft, actor=world.alice)
+    assert exc.value.code == "window_ended"
+    assert not Grant.objects.filter(request=draft).exists()
 
 
 def test_member_and_other_team_lead_cannot_approve(world: World) -> None:
@@ -331,6 +393,122 @@ def test_expiry_task_expires_only_grants_past_their_end(world: World) -> None:
     assert grants_expire_due.apply().get() == []
 
 
+def test_expiry_task_expires_pending_requests_whose_window_ended(world: World) -> None:
+    at_lead = factories.request(world.alice, world.vision, world.a100, gpus=2)
+    at_platform = factories.request(world.bob, world.vision, world.a100, gpus=2)
+    still_open = factories.request(world.alice, world.vision, world.a100, gpus=2)
+    _end_window(at_lead)
+    _end_window(at_platform)
+    assert grants_expire_due.apply().get() == []
+    states = dict(CapacityRequest.objects.values_list("pk", "state"))
+    assert states == {at_lead.pk: S.EXPIRED, at_platform.pk: S.EXPIRED, still_open.pk: S.PENDING_LEAD}
+    events = AuditEvent.objects.filter(action="capacity_request.expired").order_by("object_id")
+    assert [(e.object_id, e.actor, e.before["state"], e.after["state"]) for e in events] == [
+        (str(at_lead.pk), None, S.PENDING_LEAD, S.EXPIRED),
+        (str(at_platform.pk), None, S.PENDING_PLATFORM, S.EXPIRED),
+    ]
+    grants_expire_due.apply().get()
+    assert AuditEvent.objects.filter(action="capacity_request.expired").count() == 2
+
+
+# --- shrink -----------------------------------------------------------------------------------
+
+IMAGE = "registry.example.com/llm/vllm:v0.6.3"
+
+
+def test_only_platform_admins_shrink(world: World) -> None:
+    grant = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world).grant
+    for actor in (world.alice, world.bob, world.auditor):
+        with pytest.raises(PermissionDenied, match="Only a platform admin can shrink"):
+            services.grant_shrink(grant=grant, actor=actor, gpus=4)
+    grant.refresh_from_db()
+    assert (grant.gpus, grant.generation) == (8, 1)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "wanted"),
+    [(0, "between 1 and 7"), (-1, "revoke it"), (8, "between 1 and 7"), (9, "new request")],
+)
+def test_shrink_bounds_are_field_errors(world: World, gpus: int, wanted: str) -> None:
+    grant = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world).grant
+    with pytest.raises(ValidationError) as exc:
+        services.grant_shrink(grant=grant, actor=world.admin, gpus=gpus)
+    assert wanted in exc.value.message_dict["gpus"][0]
+    grant.refresh_from_db()
+    assert grant.gpus == 8
+
+
+def test_shrink_refuses_below_what_live_deployments_need_and_names_them(world: World) -> None:
+    grant = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world).grant
+    for name, replicas in (("chat", 2), ("embed", 1), ("gone", 1)):
+        services.serving_deployment_create(
+            grant=grant,
+            actor=world.alice,
+            name=name,
+            model_name="m",
+            image=IMAGE,
+            replicas=replicas,
+            gpus_per_replica=2,
+        )
+    services.serving_deployment_delete(deployment=grant.deployments.get(name="gone"), actor=world.alice)
+    with pytest.raises(ValidationError) as exc:
+        services.grant_shrink(grant=grant, actor=world.admin, gpus=5)
+    message = exc.value.message_dict["gpus"][0]
+    assert "need 6 GPUs: chat (2 x 2), embed (1 x 2)" in message
+    assert "gone" not in message
+    grant.refresh_from_db()
+    assert (grant.gpus, grant.generation) == (8, 1)
+    # Deleted deployments do not count: 6 is exactly what the live ones use.
+    services.grant_shrink(grant=grant, actor=world.admin, gpus=6)
+    grant.refresh_from_db()
+    assert grant.gpus == 6
+
+
+def test_shrink_lowers_the_grant_audits_it_and_frees_capacity(
+    world: World, django_capture_on_commit_callbacks
+) -> None:
+    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=24), world)
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.grant_shrink(grant=req.grant, actor=world.admin, gpus=20)
+    grant = Grant.objects.get(pk=req.grant.pk)
+    assert (grant.gpus, grant.generation) == (20, 2)
+    assert len(callbacks) == 1  # the reconcile, queued once the shrink is committed
+    event = AuditEvent.objects.get(action="grant.shrunk", object_id=str(grant.pk))
+    assert (event.actor, event.before, event.after) == (world.admin, {"gpus": 24}, {"gpus": 20})
+    assert event.team == world.vision
+    # The pool had 0 left; the 4 given back can be granted again.
+    assert (
+        approve_fully(factories.request(world.carol, world.nlp, world.a100, gpus=4), world).state
+        == S.APPROVED
+    )
+
+
+def test_an_ended_grant_cannot_be_shrunk(world: World) -> None:
+    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world)
+    services.grant_revoke(grant=req.grant, actor=world.admin, reason="done")
+    with pytest.raises(ValidationError, match="only a running grant can be shrunk"):
+        services.grant_shrink(grant=req.grant, actor=world.admin, gpus=4)
+
+
+def test_admins_shrink_from_the_request_page(world: World, client) -> None:
+    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world)
+    url = reverse("quotas:grant_shrink", args=[req.grant.pk])
+    client.force_login(world.alice)
+    page = client.get(reverse("quotas:request_detail", args=[req.pk])).content.decode()
+    assert url not in page
+    client.post(url, {"gpus": "4"})
+    assert Grant.objects.get(pk=req.grant.pk).gpus == 8
+
+    client.force_login(world.admin)
+    page = client.get(reverse("quotas:request_detail", args=[req.pk])).content.decode()
+    assert f'action="{url}"' in page
+    response = client.post(url, {"gpus": "12"}, follow=True)
+    assert "Shrink to between 1 and 7 GPUs" in response.content.decode()
+    response = client.post(url, {"gpus": "4"}, follow=True)
+    assert "shrunk to 4 GPUs" in response.content.decode()
+    assert Grant.objects.get(pk=req.grant.pk).gpus == 4
+
+
 def test_revoke_frees_capacity_and_only_admins_revoke(world: World) -> None:
     req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=24), world)
     with pytest.raises(PermissionDenied):
@@ -375,3 +553,40 @@ def test_audit_outside_a_transaction_is_refused() -> None:
     with pytest.raises(RuntimeError, match="inside the transaction"):
         audit_event_record(actor=None, action="team.touched", obj=team)
     assert not AuditEvent.objects.exists()
+
+
+# --- Django admin -----------------------------------------------------------------------------
+
+
+def test_grant_and_deployment_admin_pages_are_read_only(world: World, client) -> None:
+    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world)
+    deployment = services.serving_deployment_create(
+        grant=req.grant, actor=world.alice, name="chat", model_name="m", image=IMAGE
+    )
+    superuser = factories.user("root", is_platform_admin=True, is_staff=True, is_superuser=True)
+    client.force_login(superuser)
+    for obj, model in ((req.grant, "grant"), (deployment, "servingdeployment")):
+        change = reverse(f"admin:quotas_{model}_change", args=[obj.pk])
+        page = client.get(change)
+        assert page.status_code == 200
+        assert 'name="_save"' not in page.content.decode()
+        assert client.post(change, {"gpus": "1", "replicas": "9"}).status_code == 403
+        assert client.get(reverse(f"admin:quotas_{model}_add")).status_code == 403
+    grant = Grant.objects.get(pk=req.grant.pk)
+    assert (grant.gpus, grant.generation) == (8, 1)
+    deployment.refresh_from_db()
+    assert deployment.replicas == 1
+
+
+def test_cluster_admin_form_never_echoes_a_pasted_kubeconfig(world: World, client) -> None:
+    superuser = factories.user("root", is_platform_admin=True, is_staff=True, is_superuser=True)
+    client.force_login(superuser)
+    secret = "apiVersion: v1\nusers:\n- user:\n    token: sup3r-s3cret-t0ken\n"
+    # An invalid name makes the admin re-render the form with what was posted.
+    response = client.post(
+        reverse("admin:pools_cluster_add"), {"name": "", "kubeconfig": secret, "zones": "[]"}
+    )
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "errorlist" in page
+    assert "sup3r-s3cret-t0ken" not in page

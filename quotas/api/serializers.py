@@ -189,6 +189,13 @@ class RevokeInputSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=5000, help_text="Why; the team reads it")
 
 
+class ShrinkInputSerializer(serializers.Serializer):
+    # Bounds against the grant's current size are the service's to check (field error on "gpus").
+    gpus = serializers.IntegerField(
+        min_value=1, max_value=100_000, help_text="The grant's new, lower GPU count"
+    )
+
+
 # --- serving deployments --------------------------------------------------------------------------
 
 

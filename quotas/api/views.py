@@ -204,6 +204,22 @@ class GrantViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(self.get_serializer(self.get_queryset().get(pk=grant.pk)).data)
 
     @extend_schema(
+        summary="Shrink a grant",
+        description="Platform admins only: lowers a running grant's GPUs (at least 1, fewer than now, and "
+        "no fewer than its live serving deployments use); the reconciler lowers the quota and the per-pod "
+        "limit.",
+        request=s.ShrinkInputSerializer,
+        responses=s.GrantSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def shrink(self, request: Request, pk: str) -> Response:
+        data = _validated(s.ShrinkInputSerializer, request)
+        grant = services.grant_shrink(grant=self.get_object(), actor=request.user, gpus=data["gpus"])
+        return Response(self.get_serializer(self.get_queryset().get(pk=grant.pk)).data)
+
+    @extend_schema(
         summary="Delete an ended grant's namespace",
         description="Platform admins only, and only once the grant is revoked or expired: the reconciler "
         "deletes the namespace and everything in it. Ending a grant keeps the namespace otherwise.",
