@@ -14,6 +14,12 @@ class AcceleratorAdmin(admin.ModelAdmin):
 class ClusterForm(forms.ModelForm):
     # Secrets are write-only: the widgets never render the stored value back into the page.
     api_url = forms.URLField(assume_scheme="https", required=False, max_length=300)
+    prometheus_url = forms.URLField(
+        assume_scheme="http",
+        required=False,
+        max_length=300,
+        help_text=Cluster._meta.get_field("prometheus_url").help_text,
+    )
     kubeconfig = forms.CharField(
         widget=SecretTextarea(attrs={"rows": 6, "autocomplete": "off", "spellcheck": "false"}),
         required=False,
@@ -25,7 +31,17 @@ class ClusterForm(forms.ModelForm):
 
     class Meta:
         model = Cluster
-        fields = ["name", "api_url", "kubeconfig", "token", "ca_data", "zones", "enabled"]
+        fields = [
+            "name",
+            "api_url",
+            "kubeconfig",
+            "token",
+            "ca_data",
+            "zones",
+            "enabled",
+            "prometheus_url",
+            "prometheus_node_label",
+        ]
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)

@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 from portal.fields import EncryptedTextField
@@ -59,6 +59,17 @@ class Cluster(models.Model):
     server_version = models.CharField(max_length=40, blank=True)
     last_synced_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    prometheus_url = models.URLField(
+        max_length=300,
+        blank=True,
+        help_text="Optional Prometheus scraping DCGM and vLLM in this cluster, e.g. http://prometheus:9090",
+    )
+    prometheus_node_label = models.CharField(
+        max_length=100,
+        default="Hostname",
+        validators=[RegexValidator(r"^[a-zA-Z_][a-zA-Z0-9_]*$", "Not a Prometheus label name.")],
+        help_text="Label of the DCGM series holding the Kubernetes node name",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.db.models import Min, Q, Sum
 
+from pools import prometheus
 from pools.models import (
     LABEL_PREFIX,
     Cluster,
@@ -222,6 +223,75 @@ def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
         namespaces=namespaces,
         non_gpu_pods=detail.get("non_gpu_pods", []) if user.sees_everything else [],
     )
+
+
+def pool_prometheus_get(*, detail: PoolDetail) -> prometheus.PoolPrometheus | None:
+    """The pool's DCGM figures and its namespaces' vLLM figures from the cluster's Prometheus, or
+    None when the cluster has none. Namespaces are those of `detail`, already scoped to the user."""
+    pool = detail.view.pool
+    if not pool.cluster.prometheus_url:
+        return None
+    return prometheus.pool_prometheus(
+        url=pool.cluster.prometheus_url,
+        node_label=pool.cluster.prometheus_node_label,
+        nodes=[node["name"] for node in detail.nodes],
+        gpus_by_namespace={n["namespace"]: n["gpus"] for n in detail.namespaces if n.get("gpus")},
+        hourly_cost=pool.accelerator.hourly_cost,
+    )
+
+
+@dataclass
+class ServingCostRow:
+    cluster: str
+    pool: str
+    team: str
+    serving: prometheus.NamespaceServing
+
+
+@dataclass
+class ServingCost:
+    rows: list[ServingCostRow] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)  # cluster -> why Prometheus did not answer
+
+
+def serving_cost_list(*, user: User) -> ServingCost:
+    """Cost per generated token now, per namespace using GPUs on a cluster with a Prometheus data
+    source; only the user's teams' namespaces (everything for admins and auditors)."""
+    visible = _visible_namespaces(user)
+    live = (
+        PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True)
+        .exclude(pool__cluster__prometheus_url="")
+        .select_related("pool", "pool__cluster", "pool__accelerator")
+        .order_by("pool__cluster__name", "pool__name")
+    )
+    namespaces = dict(live.values_list("pk", "detail__namespaces"))
+    result = ServingCost()
+    for figures in live.defer("detail"):
+        cluster = figures.pool.cluster
+        if cluster.name in result.unavailable:
+            continue  # one timeout per cluster is enough
+        usage = {
+            n["namespace"]: n
+            for n in namespaces.get(figures.pk) or []
+            if n.get("gpus") and (visible is None or n["namespace"] in visible)
+        }
+        if not usage:
+            continue
+        try:
+            serving = prometheus.namespace_serving(
+                prometheus.Client(cluster.prometheus_url),
+                gpus_by_namespace={ns: n["gpus"] for ns, n in usage.items()},
+                hourly_cost=figures.pool.accelerator.hourly_cost,
+            )
+        except prometheus.PrometheusError as exc:
+            result.unavailable[cluster.name] = exc.reason
+            continue
+        result.rows += [
+            ServingCostRow(cluster.name, figures.pool.name, usage[row.namespace].get("team", ""), row)
+            for row in serving
+            if row.tokens_per_second is not None
+        ]
+    return result
 
 
 @dataclass

@@ -160,6 +160,11 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     target = request.htmx.target if request.htmx else None
     if target == "pool-live":
         return render(request, "utilisation/partials/pool_live.html", context)
+    # Prometheus is asked only for its own region, which polls as slowly as the history.
+    if target in (None, "pool-prometheus"):
+        context["prom"] = selectors.pool_prometheus_get(detail=detail)
+    if target == "pool-prometheus":
+        return render(request, "utilisation/partials/pool_prometheus.html", context)
     context["history"] = _history_charts(pk, HISTORY_RANGES[history_range])
     if target == "pool-history":
         return render(request, "utilisation/partials/pool_history.html", context)
@@ -209,6 +214,7 @@ def cost(request: HttpRequest) -> HttpResponse:
         status = 400
     deployments = selectors.serving_load_times(user=request.user)
     context |= {
+        "serving_cost": selectors.serving_cost_list(user=request.user),
         "deployments": deployments,
         "load_chart": charts.bar_chart(
             [(f"{d.grant.namespace}/{d.name}", d.load_seconds or 0, None, "load") for d in deployments],

@@ -78,6 +78,11 @@ ensure_chromium() {
   command -v chromium >/dev/null || apt_install chromium
 }
 
+ensure_prometheus() {
+  # The Prometheus data-source tests run Debian's server against a fixture exporter.
+  [[ -x /usr/bin/prometheus ]] || apt_install prometheus
+}
+
 stop_all() {
   local bin; bin="$(pg_bin)"
   if [[ -n "$bin" && -f "$STATE_DIR/pg/postmaster.pid" ]]; then
@@ -88,12 +93,13 @@ stop_all() {
 }
 
 case "${1:-up}" in
-  up) start_postgres; start_redis; ensure_chromium
+  up) start_postgres; start_redis; ensure_chromium; ensure_prometheus
       echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/portal"
       echo "CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0" ;;
   redis) start_redis ;;
   redis-install) command -v redis-server >/dev/null || apt_install redis-server ;;
   chromium) ensure_chromium ;;
+  prometheus) ensure_prometheus ;;
   down) stop_all ;;
-  *) echo "usage: $0 [up|down|redis|chromium]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|down|redis|chromium|prometheus]" >&2; exit 2 ;;
 esac

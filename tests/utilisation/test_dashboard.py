@@ -216,3 +216,72 @@ def test_the_polled_region_costs_the_same_queries_however_many_pools(world, publ
         published.pools[pool.pk] = published.pools[world.interactive.pk]
     publish_state(world.interactive.cluster_id, CollectorState.LIVE, figures=published)
     assert queries() == before
+
+
+def test_cost_page_shows_gpu_hours_cost_and_load_times_worked_out_by_hand(world):
+    from decimal import Decimal
+
+    from pools.models import PoolSnapshot, SnapshotResolution, TeamUsageSnapshot
+    from quotas.models import ServingDeployment
+    from tests.utilisation.conftest import make_grant
+
+    world.h100.hourly_cost = Decimal("4.000")
+    world.h100.save()
+    now = timezone.now()
+    today = now.date()
+
+    def usage(pool, team, gpu_seconds, ago):
+        # The collector writes a pool sample with every team sample; reads find the tiers by them.
+        raw = {"pool": pool, "resolution": SnapshotResolution.RAW, "at": now - ago, "seconds": 15}
+        PoolSnapshot.objects.get_or_create(**raw)
+        TeamUsageSnapshot.objects.create(team=team, gpu_seconds=gpu_seconds, **raw)
+
+    # vision on the A100 pool (2.5 an hour): 4 GPU-hours + 0.5 GPU-hours = 4.5 h -> 11.25.
+    usage(world.interactive, world.vision, 4 * 3600, timedelta(minutes=10))
+    usage(world.interactive, world.vision, 1800, timedelta(hours=2))
+    # vision on the H100 pool (4.0 an hour): 0.25 h -> 1.00. Total 4.75 h, 12.25.
+    usage(world.batch, world.vision, 900, timedelta(minutes=5))
+    # Ten days ago: outside the period.
+    usage(world.interactive, world.vision, 100 * 3600, timedelta(days=10))
+    # nlp: 2 h on the H100 pool -> 8.00; only admins and nlp see it.
+    usage(world.batch, world.nlp, 7200, timedelta(minutes=10))
+    grant = make_grant(world.vision, world.interactive, 8, "vision-serving-r1")
+    ServingDeployment.objects.create(
+        grant=grant,
+        team=world.vision,
+        name="llama",
+        model_name="meta-llama/Llama-3.1-8B-Instruct",
+        image="vllm/vllm-openai:v0.6.3",
+        replicas=2,
+        gpus_per_replica=1,
+        created_by=world.alice,
+        ready_at=now,
+        load_seconds=95,
+    )
+    period = {"start": (today - timedelta(days=6)).isoformat(), "end": today.isoformat()}
+
+    def team_section(html, team):
+        match = re.search(rf'<tbody data-team="{team}">(.*?)</tbody>', html, re.S)
+        assert match, f"no cost rows for {team}"
+        return match.group(1)
+
+    def cells(section):
+        return [
+            re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", section, re.S)
+        ]
+
+    alice = signed_in(world.alice).get(reverse("utilisation:cost"), period)
+    assert alice.status_code == 200
+    html = alice.content.decode()
+    vision = team_section(html, "vision")
+    assert cells(vision) == [
+        ["vision", "local / batch-h100", "NVIDIA H100 80GB", "0.25", "4.000", "1.00"],
+        ["vision", "local / interactive-a100", "NVIDIA A100 80GB", "4.50", "2.500", "11.25"],
+    ]
+    assert '<td class="gpu-hours">4.75</td>' in vision
+    assert '<td class="cost-total">12.25</td>' in vision
+    assert 'data-team="nlp"' not in html
+    # 95 s of model load time.
+    assert re.search(r"<td>vision-serving-r1/llama</td>.*?<td>2 . 1</td><td>1m 35s</td>", html, re.S)
+    admin = signed_in(world.admin).get(reverse("utilisation:cost"), period).content.decode()
+    assert '<td class="cost-total">8.00</td>' in team_section(admin, "nlp")
