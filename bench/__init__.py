@@ -1,0 +1,1 @@
+"""`make bench`: figures measured side by side with baselines, written to docs/benchmarks.md and .json."""

@@ -1,0 +1,152 @@
+"""Concurrent approvals on PostgreSQL: throughput with the capacity checks and row locks, and the invariant.
+
+Every approval of the final stage locks its pool row, so approvals of one pool serialise by design; the
+figure is how many the database sustains while honouring that. Half the pools are oversubscribed so that
+refusals are part of the load, and the run fails loudly if any pool ends above its grantable capacity.
+"""
+
+import multiprocessing as mp
+import time
+from datetime import timedelta
+from typing import Any
+
+from bench.common import Series, django_setup, reset_database
+
+PROCESSES = 4
+POOLS = 4
+
+
+def _prepare(n_requests: int) -> list[int]:
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from pools.models import Accelerator, Cluster, NodePool, PoolClass
+    from portal.models import User
+    from quotas import services
+    from quotas.models import Membership, Team
+
+    reset_database()
+    acc = Accelerator.objects.create(
+        slug="a100-80gb",
+        name="A100 80GB",
+        product="NVIDIA-A100-SXM4-80GB",
+        type_label="nvidia-a100",
+        memory_gib=80,
+    )
+    cluster = Cluster.objects.create(name="bench")
+    per_pool = n_requests // POOLS
+    for i in range(POOLS):
+        NodePool.objects.create(
+            cluster=cluster,
+            name=f"pool-{i}",
+            pool_class=PoolClass.INTERACTIVE,
+            accelerator=acc,
+            priority_class_name="gpu-interactive-inference",
+            # Requests are 1 GPU each: 80% of each pool's requests fit, the rest must be refused.
+            capacity_gpus=int(per_pool * 0.8) + 2,
+            headroom_gpus=2,
+        )
+    team = Team.objects.create(slug="bench", name="Bench")
+    lead = User.objects.create_user("lead", password="x")
+    Membership.objects.create(team=team, user=lead, role=Membership.Role.LEAD)
+    User.objects.create_user("admin", password="x", is_platform_admin=True)
+    now = timezone.now()
+    ids = []
+    # Submitting picks the roomiest pool; disable that choice's side effects by creating drafts that all
+    # fit at creation time (nothing is granted yet), spread evenly over the pools.
+    with override_settings(PORTAL_PREFLIGHT=False):
+        for i in range(n_requests):
+            req = services.capacity_request_create(
+                requester=lead,
+                team=team,
+                pool_class=PoolClass.INTERACTIVE,
+                accelerator=acc,
+                gpus=1,
+                starts_at=now,
+                ends_at=now + timedelta(days=1),
+                purpose="bench",
+                submit=False,
+            )
+            req.pool = NodePool.objects.get(name=f"pool-{i % POOLS}")
+            req.save(update_fields=["pool"])
+            services.capacity_request_submit(capacity_request=req, actor=lead)
+            ids.append(req.pk)
+    return ids
+
+
+def _worker(ids: list[int], start_at: float, out: "mp.Queue[tuple[int, int]]") -> None:
+    django_setup()
+    from django.core.exceptions import ValidationError
+    from django.test import override_settings
+
+    from portal.models import User
+    from quotas import services
+    from quotas.models import CapacityRequest
+
+    admin = User.objects.get(username="admin")
+    approved = refused = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    with override_settings(PORTAL_PREFLIGHT=False):
+        for pk in ids:
+            try:
+                services.capacity_request_approve(capacity_request=CapacityRequest(pk=pk), actor=admin)
+                approved += 1
+            except ValidationError:
+                refused += 1
+    out.put((approved, refused))
+
+
+def run_once(n_requests: int) -> dict[str, Any]:
+    from django.db import connections
+    from django.db.models import Sum
+
+    from pools.models import NodePool
+    from quotas.models import Grant
+
+    ids = _prepare(n_requests)
+    connections.close_all()
+    ctx = mp.get_context("fork")
+    out: mp.Queue[tuple[int, int]] = ctx.Queue()
+    start_at = time.time() + 1.0
+    procs = [ctx.Process(target=_worker, args=(ids[i::PROCESSES], start_at, out)) for i in range(PROCESSES)]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    elapsed = time.time() - start_at
+    for p in procs:
+        p.join()
+    approved = sum(r[0] for r in results)
+    refused = sum(r[1] for r in results)
+    violations = []
+    for pool in NodePool.objects.all():
+        granted = Grant.objects.filter(pool=pool).aggregate(s=Sum("gpus"))["s"] or 0
+        if granted > pool.grantable_gpus:
+            violations.append(f"{pool.name}: {granted} > {pool.grantable_gpus}")
+    if violations:
+        raise AssertionError(f"capacity exceeded: {violations}")
+    from portal.celery import app
+
+    app.control.purge()  # the reconcile tasks approvals queued: no worker consumes the bench broker
+    return {"decisions": approved + refused, "approved": approved, "refused": refused, "seconds": elapsed}
+
+
+def run(sizes: tuple[int, ...] = (200, 1000), repeats: int = 3) -> dict[str, Any]:
+    django_setup()
+    out: dict[str, Any] = {"processes": PROCESSES, "pools": POOLS, "sizes": {}}
+    for n in sizes:
+        rate = Series(f"approvals/s with {n} requests", "decisions/s")
+        runs = []
+        for _ in range(repeats):
+            r = run_once(n)
+            runs.append(r)
+            rate.values.append(r["decisions"] / r["seconds"])
+            print(f"[bench approvals] n={n}: {r}", flush=True)
+        out["sizes"][n] = {"rate": rate.summary(), "runs": runs, "capacity_violations": 0}
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(sizes=(200,), repeats=1), indent=2, default=str))

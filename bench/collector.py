@@ -1,0 +1,408 @@
+"""The utilisation collector at scale: `manage.py collect_utilisation` as a subprocess against a testbed
+with N extra GPU nodes and 10 pods per node.
+
+Pods are created straight onto the bench nodes (spec.nodeName set, so the scheduler is skipped and
+kwok marks them Running), each requesting one GPU; with 10 pods on an 8-GPU node some nodes are
+over-requested, which kwok does not refuse and the figures count as they are. Figures:
+- first complete view: from starting the collector process (Python and Django start-up included) until
+  the bench pool's published `gpus_requested` equals the number of pods and the cluster is `live`;
+- keeping up: create/delete churn (two creates per delete, so the expected count moves) at rising target
+  rates; after each step, the lag until the published figures equal the truth. The pod watch events
+  of each step are counted on a watch of our own (the stream the collector consumes); a step is kept up
+  with when the figures caught up within LAG_OK seconds, and the figure is the highest event rate of
+  such a step (the load generator, sharing the cores, may fall short of its target rate);
+- resident memory: VmRSS and VmHWM of the collector process;
+- fragment latency: sequential HTMX GETs of the dashboard's live overview (pool cards) and of the bench
+  pool's live region (node grid) from gunicorn on the bench database, while pods churn.
+"""
+
+import http.client
+import itertools
+import os
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Series,
+    django_setup,
+    log,
+    percentile,
+    process,
+    reset_database,
+    testbed_cluster,
+    testbed_module,
+    wait_for,
+)
+
+CLUSTER_NAME = "gpu-portal-bench"
+NAMESPACE = "bench-pods"
+PODS_PER_NODE = 10
+CREATE_THREADS = 8
+LAG_OK = 3.0
+STEP_SECONDS = 10.0
+WEB_PORT = 18765
+PREFIX = "accelerator.platform.example.com"
+
+
+def _pod(name: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "bench"}},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "bench:none",
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}},
+                }
+            ],
+        },
+    }
+
+
+class Pods:
+    """Creates and deletes bench pods through the testbed's keep-alive API client."""
+
+    def __init__(self, n_nodes: int) -> None:
+        self.api = testbed_module().Api.for_cluster(CLUSTER_NAME)
+        self.n_nodes = n_nodes
+        self.counter = itertools.count()
+        self.live: deque[str] = deque()
+        self.lock = threading.Lock()
+
+    def namespace(self) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        self.api.apply(f"/api/v1/namespaces/{NAMESPACE}", body)
+
+    def create(self) -> None:
+        i = next(self.counter)
+        name = f"p{i:06d}"
+        self.api.request(
+            "POST", f"/api/v1/namespaces/{NAMESPACE}/pods", _pod(name, f"bench-h100-{i % self.n_nodes:05d}")
+        )
+        with self.lock:
+            self.live.append(name)
+
+    def delete_oldest(self) -> None:
+        with self.lock:
+            if not self.live:
+                return
+            name = self.live.popleft()
+        self.api.request(
+            "DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}", {"gracePeriodSeconds": 0}, ok=(200, 202)
+        )
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.live)
+
+    def fill(self, total: int) -> float:
+        """Create pods until `total` exist; returns pods created per second."""
+        missing = total - self.count
+        start = time.perf_counter()
+        with ThreadPoolExecutor(CREATE_THREADS) as pool:
+            list(pool.map(lambda _: self.create(), range(missing)))
+        return missing / (time.perf_counter() - start) if missing else 0.0
+
+
+class EventCounter(threading.Thread):
+    """Counts the pod watch events of the bench namespace, the same stream the collector consumes."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.api = testbed_module().Api.for_cluster(CLUSTER_NAME)
+        self.events = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        version = self.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods?limit=1")["metadata"]["resourceVersion"]
+        conn = self.api._connection()
+        path = f"/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={version}&timeoutSeconds=3600"
+        conn.request("GET", path, headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        while not self.stop.is_set():
+            line = resp.readline()
+            if not line:
+                break
+            self.events += 1
+
+
+def _published(pool_id: int) -> tuple[str | None, int | None]:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT cu.state, pu.gpus_requested FROM pools_clusterutilisation cu "
+            "JOIN pools_nodepool np ON np.cluster_id = cu.cluster_id "
+            "LEFT JOIN pools_poolutilisation pu ON pu.pool_id = np.id WHERE np.id = %s",
+            [pool_id],
+        )
+        row = cur.fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def _rss(pid: int) -> dict[str, float]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def _prepare(kubeconfig: str) -> int:
+    from django.core.management import call_command
+
+    from pools.models import Accelerator, Cluster, NodePool, PoolClass
+
+    reset_database()
+    call_command("seed_demo", kubeconfig=Path(kubeconfig), verbosity=0)
+    cluster = Cluster.objects.get(name="local")
+    pool = NodePool.objects.create(
+        cluster=cluster,
+        name="bench-h100",
+        pool_class=PoolClass.BATCH,
+        accelerator=Accelerator.objects.get(slug="h100-80gb"),
+        node_selector={f"{PREFIX}/pool": "bench-h100"},
+        taint_key=f"{PREFIX}/pool",
+        taint_value="bench-h100",
+        taint_effect="NoSchedule",
+        priority_class_name="gpu-batch-inference",
+        zones=["zone-a", "zone-b"],
+        capacity_gpus=8,
+    )
+    return pool.pk
+
+
+def _collector(workdir: str, tag: str) -> Any:
+    return process(
+        [sys.executable, "manage.py", "collect_utilisation", "--cluster", "local", "--interval", "15"],
+        os.path.join(workdir, f"collector-{tag}.log"),
+    )
+
+
+def _forget_figures() -> None:
+    """Drop what an earlier collector published, so that only this one's figures can end the wait."""
+    from pools.models import ClusterUtilisation, PoolUtilisation
+
+    PoolUtilisation.objects.all().delete()
+    ClusterUtilisation.objects.all().delete()
+
+
+def _first_view(pool_id: int, pods: Pods, workdir: str, tag: str) -> dict[str, float]:
+    expected = pods.count
+    _forget_figures()
+    start = time.perf_counter()
+    with _collector(workdir, tag) as proc:
+        wait_for(
+            "the collector's first complete view",
+            lambda: _published(pool_id) == ("live", expected) or proc.poll() is not None,
+            timeout=300,
+            interval=0.05,
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"the collector exited; see {workdir}/collector-{tag}.log")
+        seconds = time.perf_counter() - start
+        time.sleep(2)
+        return {"seconds": seconds, **_rss(proc.pid)}
+
+
+class Fragments(threading.Thread):
+    """Sequential dashboard polls, like one browser tab per fragment, recording latencies."""
+
+    def __init__(self, cookie: str, pool_id: int) -> None:
+        super().__init__(daemon=True)
+        self.cookie = cookie
+        self.targets = {
+            "overview": ("/utilisation/", "utilisation-live"),
+            "pool": (f"/utilisation/pools/{pool_id}/", "pool-live"),
+        }
+        self.samples: dict[str, list[float]] = {k: [] for k in self.targets}
+        self.errors = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=30)
+        while not self.stop.is_set():
+            for key, (path, target) in self.targets.items():
+                headers = {
+                    "Cookie": self.cookie,
+                    "HX-Request": "true",
+                    "HX-Target": target,
+                    "HX-Current-URL": f"http://127.0.0.1{path}",
+                }
+                start = time.perf_counter()
+                try:
+                    conn.request("GET", path, headers=headers)
+                    resp = conn.getresponse()
+                    resp.read()
+                    ok = resp.status == 200
+                except (OSError, http.client.HTTPException):
+                    conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=30)
+                    ok = False
+                if ok:
+                    self.samples[key].append((time.perf_counter() - start) * 1000)
+                else:
+                    self.errors += 1
+            self.stop.wait(0.2)
+
+
+def _session_cookie() -> str:
+    from django.conf import settings
+    from django.test import Client
+
+    from portal.models import User
+
+    client = Client()
+    client.force_login(User.objects.get(username="admin"))
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+def _churn(pool_id: int, pods: Pods, rates: list[int]) -> list[dict[str, Any]]:
+    steps = []
+    counter = EventCounter()
+    counter.start()
+    time.sleep(1)
+    for rate in rates:
+        ops = int(rate * STEP_SECONDS)
+        events_before = counter.events
+        start = time.perf_counter()
+        done = 0
+        with ThreadPoolExecutor(CREATE_THREADS) as pool:
+            futures = []
+            for i in range(ops):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                futures.append(pool.submit(pods.delete_oldest if i % 3 == 2 else pods.create))
+            for f in futures:
+                f.result()
+                done += 1
+        elapsed = time.perf_counter() - start
+        events = counter.events - events_before
+        expected = pods.count
+        end = time.perf_counter()
+        try:
+            wait_for(
+                "the figures to catch up",
+                lambda: _published(pool_id)[1] == expected,  # noqa: B023 - called within the iteration
+                timeout=60,
+                interval=0.05,
+            )
+            lag = time.perf_counter() - end
+        except TimeoutError:
+            lag = float("inf")
+        achieved = done / elapsed
+        step = {
+            "target_ops_per_s": rate,
+            "achieved_ops_per_s": achieved,
+            "watch_events_per_s": events / elapsed,
+            "lag_seconds": lag,
+            # The collector kept up with what was offered, whether or not the generator reached its target.
+            "kept_up": lag <= LAG_OK,
+        }
+        steps.append(step)
+        log("collector", f"churn {step}")
+    counter.stop.set()
+    return steps
+
+
+def run(
+    sizes: tuple[int, ...] = (100, 1000),
+    repeats: int = 3,
+    rates: tuple[int, ...] = (50, 100, 200, 400),
+    workdir: str = "var/bench",
+) -> dict[str, Any]:
+    django_setup()
+    os.makedirs(workdir, exist_ok=True)
+    out: dict[str, Any] = {
+        "pods_per_node": PODS_PER_NODE,
+        "step_seconds": STEP_SECONDS,
+        "lag_ok_seconds": LAG_OK,
+        "web": "gunicorn portal.wsgi, 2 sync workers, portal.settings.test, bench database",
+        "sizes": {},
+    }
+    with testbed_cluster(CLUSTER_NAME, extra_nodes=sizes[0]) as kubeconfig:
+        pool_id = _prepare(kubeconfig)
+        pods = Pods(sizes[0])
+        pods.namespace()
+        for n_nodes in sizes:
+            testbed_module().up(name=CLUSTER_NAME, extra_nodes=n_nodes)
+            # New pods spread over all nodes; those of the smaller size stay where they are.
+            pods.n_nodes = n_nodes
+            create_rate = pods.fill(n_nodes * PODS_PER_NODE)
+            log("collector", f"{n_nodes} nodes, {pods.count} pods ({create_rate:.0f} pods/s created)")
+            first, rss, hwm = (
+                Series(f"first view, {n_nodes} nodes", "s"),
+                Series("RSS", "MiB"),
+                Series("HWM", "MiB"),
+            )
+            for r in range(repeats):
+                view = _first_view(pool_id, pods, workdir, f"{n_nodes}-{r}")
+                first.values.append(view["seconds"])
+                rss.values.append(view["VmRSS"])
+                hwm.values.append(view["VmHWM"])
+                log("collector", f"{n_nodes} nodes: first view {view}")
+            result: dict[str, Any] = {
+                "pods": pods.count,
+                "pod_create_per_s": create_rate,
+                "first_view": first.summary(),
+                "rss_mib": rss.summary(),
+                "peak_rss_mib": hwm.summary(),
+            }
+            web_args = [
+                sys.executable, "-m", "gunicorn", "portal.wsgi:application",
+                "--bind", f"127.0.0.1:{WEB_PORT}", "--workers", "2", "--log-level", "warning",
+            ]  # fmt: skip
+            with (
+                _collector(workdir, f"{n_nodes}-churn") as proc,
+                process(web_args, os.path.join(workdir, f"web-{n_nodes}.log")),
+            ):
+                wait_for("the collector", lambda: _published(pool_id) == ("live", pods.count), timeout=300)
+                wait_for("gunicorn", _web_up, timeout=60)
+                fragments = Fragments(_session_cookie(), pool_id)
+                fragments.start()
+                steps = _churn(pool_id, pods, list(rates))
+                fragments.stop.set()
+                fragments.join()
+                result["churn"] = steps
+                result["sustained_ops_per_s"] = max(
+                    (s["achieved_ops_per_s"] for s in steps if s["kept_up"]), default=0.0
+                )
+                result["sustained_events_per_s"] = max(
+                    (s["watch_events_per_s"] for s in steps if s["kept_up"]), default=0.0
+                )
+                result["rss_after_churn_mib"] = _rss(proc.pid)
+                result["fragments"] = {
+                    k: {"requests": len(v), "p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95)}
+                    for k, v in fragments.samples.items()
+                }
+                result["fragment_errors"] = fragments.errors
+            log("collector", f"{n_nodes} nodes: {result}")
+            out["sizes"][n_nodes] = result
+    return out
+
+
+def _web_up() -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=2)
+        conn.request("GET", "/accounts/login/")
+        return conn.getresponse().status < 500
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(sizes=(50,), repeats=1, rates=(50, 100)), indent=2, default=str))
