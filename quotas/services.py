@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from pools.models import Accelerator, NodePool, PoolClass
@@ -533,11 +534,7 @@ def grant_shrink(*, grant: Grant, actor: User, gpus: int) -> Grant:
             else f"Grant {grant.namespace} holds 1 GPU, the least a grant can hold"
         )
         raise ValidationError({"gpus": [f"{bounds}; {hint}."]})
-    live = [
-        d
-        for d in ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True).order_by("name")
-        if d.replicas * d.gpus_per_replica
-    ]
+    live = [d for d in _live_deployments(grant).order_by("name") if d.replicas * d.gpus_per_replica]
     used = sum(d.replicas * d.gpus_per_replica for d in live)
     if used > gpus:
         names = ", ".join(f"{d.name} ({d.replicas} x {d.gpus_per_replica})" for d in live)
@@ -673,10 +670,15 @@ def _check_operator(grant: Grant, actor: User) -> None:
         raise PermissionDenied(f"Only members of team {grant.team.slug} can manage its serving deployments.")
 
 
+def _live_deployments(grant: Grant) -> QuerySet[ServingDeployment]:
+    """The grant's serving deployments that still hold (or may hold) its GPUs."""
+    return ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True)
+
+
 def _gpu_budget_error(
     grant: Grant, *, replicas: int, gpus_per_replica: int, exclude: int | None
 ) -> str | None:
-    others = ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True).exclude(pk=exclude)
+    others = _live_deployments(grant).exclude(pk=exclude)
     used = sum(d.replicas * d.gpus_per_replica for d in others)
     wanted = replicas * gpus_per_replica
     if used + wanted <= grant.gpus:

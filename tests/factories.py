@@ -90,3 +90,20 @@ def request(requester: User, team: Team, acc: Accelerator, gpus: int = 4, **fiel
     }
     kwargs.update(fields)
     return services.capacity_request_create(**kwargs)
+
+
+def experiment(
+    requester: User, team: Team, acc: Accelerator, *, gpus: int = 2, days: float = 1, **fields: Any
+) -> CapacityRequest:
+    """An experimentation request starting now: the class the default auto-approval rule covers."""
+    now = timezone.now()
+    return request(
+        requester,
+        team,
+        acc,
+        gpus=gpus,
+        pool_class=PoolClass.EXPERIMENTATION,
+        starts_at=now,
+        ends_at=now + timedelta(days=days),
+        **fields,
+    )

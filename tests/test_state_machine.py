@@ -2,9 +2,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from django.utils import timezone
 
-from pools.models import PoolClass
 from portal.models import AuditEvent
 from quotas import services
 from quotas.models import CapacityRequest, Grant
@@ -59,17 +57,7 @@ SETUP: dict[str, Callable[[World], CapacityRequest]] = {
 
 
 def _auto_approved_draft(w: World) -> CapacityRequest:
-    now = timezone.now()
-    return factories.request(
-        w.alice,
-        w.vision,
-        w.mig,
-        gpus=2,
-        pool_class=PoolClass.EXPERIMENTATION,
-        starts_at=now,
-        ends_at=now + timedelta(days=1),
-        submit=False,
-    )
+    return factories.experiment(w.alice, w.vision, w.mig, gpus=2, days=1, submit=False)
 
 
 def _expire(req: CapacityRequest, w: World) -> None:

@@ -60,16 +60,7 @@ def test_team_without_another_lead_goes_to_platform(world: World) -> None:
 
 
 def test_small_experiment_is_auto_approved(world: World) -> None:
-    now = timezone.now()
-    req = factories.request(
-        world.alice,
-        world.vision,
-        world.mig,
-        gpus=2,
-        pool_class=PoolClass.EXPERIMENTATION,
-        starts_at=now,
-        ends_at=now + timedelta(days=7),
-    )
+    req = factories.experiment(world.alice, world.vision, world.mig, gpus=2, days=7)
     assert req.state == S.APPROVED
     decision = req.decisions.get()
     assert (decision.stage, decision.approver) == (ApprovalDecision.Stage.AUTO, None)
@@ -78,16 +69,7 @@ def test_small_experiment_is_auto_approved(world: World) -> None:
 
 @pytest.mark.parametrize(("gpus", "days"), [(3, 7), (2, 8)])
 def test_experiment_beyond_the_rule_needs_humans(world: World, gpus: int, days: int) -> None:
-    now = timezone.now()
-    req = factories.request(
-        world.alice,
-        world.vision,
-        world.mig,
-        gpus=gpus,
-        pool_class=PoolClass.EXPERIMENTATION,
-        starts_at=now,
-        ends_at=now + timedelta(days=days),
-    )
+    req = factories.experiment(world.alice, world.vision, world.mig, gpus=gpus, days=days)
     assert req.state == S.PENDING_LEAD
 
 
@@ -97,17 +79,7 @@ def test_auto_approval_falls_back_to_humans_when_capacity_is_short(world: World)
     # Creation checks capacity too, so make room first, then take it away before submitting.
     world.experimentation.capacity_gpus = 4
     world.experimentation.save()
-    now = timezone.now()
-    draft = factories.request(
-        world.alice,
-        world.vision,
-        world.mig,
-        gpus=2,
-        pool_class=PoolClass.EXPERIMENTATION,
-        starts_at=now,
-        ends_at=now + timedelta(days=1),
-        submit=False,
-    )
+    draft = factories.experiment(world.alice, world.vision, world.mig, gpus=2, days=1, submit=False)
     world.experimentation.capacity_gpus = 1
     world.experimentation.save()
     services.capacity_request_submit(capacity_request=draft, actor=world.alice)
@@ -182,17 +154,7 @@ def test_approval_is_refused_once_the_window_has_ended(world: World, stage: str)
 
 
 def test_a_draft_whose_window_ended_is_not_auto_approved(world: World) -> None:
-    now = timezone.now()
-    draft = factories.request(
-        world.alice,
-        world.vision,
-        world.mig,
-        gpus=2,
-        pool_class=PoolClass.EXPERIMENTATION,
-        starts_at=now,
-        ends_at=now + timedelta(days=1),
-        submit=False,
-    )
+    draft = factories.experiment(world.alice, world.vision, world.mig, gpus=2, days=1, submit=False)
     _end_window(draft)
     with pytest.raises(ValidationError) as exc:
         services.capacity_request_submit(capacity_request=draft, actor=world.alice)
