@@ -259,6 +259,20 @@ class AuditNote:
     after: dict[str, Any] | None = None
 
 
+def _write_audits(obj: Grant | ServingDeployment, audits: list[AuditNote]) -> None:
+    """The reconciler's audit rows: no actor, in the caller's transaction with the state they explain."""
+    for note in audits:
+        audit_event_record(
+            actor=None,
+            action=note.action,
+            obj=obj,
+            team=obj.team,
+            before=note.before,
+            after=note.after,
+            message=note.message,
+        )
+
+
 @dataclass
 class Outcome:
     conditions: list[Condition]
@@ -484,16 +498,7 @@ def _record_grant(
     if generation is not None and generation > grant.observed_generation:
         grant.observed_generation = generation
     grant.save(update_fields=["conditions", "reconciled_at", "observed_generation"])
-    for note in audits:
-        audit_event_record(
-            actor=None,
-            action=note.action,
-            obj=grant,
-            team=grant.team,
-            before=note.before,
-            after=note.after,
-            message=note.message,
-        )
+    _write_audits(grant, audits)
     if state_move is not None:
         state_move(grant)
     return grant
@@ -711,16 +716,7 @@ def _record_deployment(
                 ),
             ]
     deployment.save(update_fields=fields)
-    for note in audits:
-        audit_event_record(
-            actor=None,
-            action=note.action,
-            obj=deployment,
-            team=deployment.team,
-            before=note.before,
-            after=note.after,
-            message=note.message,
-        )
+    _write_audits(deployment, audits)
     return deployment
 
 

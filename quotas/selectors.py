@@ -82,28 +82,16 @@ def audit_event_list(*, user: User) -> QuerySet[AuditEvent]:
 
 
 def pool_figures(*, pool: NodePool, team_id: int | None = None) -> PoolFigures:
-    holding = Grant.objects.filter(pool=pool, request__state__in=HOLDING_STATES)
-    sums = holding.aggregate(
-        granted=Sum("gpus"),
-        batch=Sum("gpus", filter=Q(request__pool_class=PoolClass.BATCH)),
-        team=Sum("gpus", filter=Q(team_id=team_id or 0)),
-    )
-    return PoolFigures(
-        capacity=pool.capacity_gpus,
-        headroom=pool.headroom_gpus,
-        granted=sums["granted"] or 0,
-        batch_granted=sums["batch"] or 0,
-        batch_fraction=pool.batch_fraction,
-        team_granted=sums["team"] or 0,
-        max_per_team=pool.max_gpus_per_team,
-    )
+    return pool_figures_bulk(pairs=[(pool, team_id)])[(pool.pk, team_id)]
 
 
 def accelerators_for_class(*, pool_class: str) -> list[tuple[Accelerator, int]]:
     """Accelerators offered for a pool class, each with the free units of its roomiest pool."""
     best: dict[int, tuple[Accelerator, int]] = {}
-    for pool in pools_offering(pool_class=pool_class):
-        free = pool_figures(pool=pool).free
+    pools = list(pools_offering(pool_class=pool_class))
+    figures = pool_figures_bulk(pairs=[(pool, None) for pool in pools])
+    for pool in pools:
+        free = figures[(pool.pk, None)].free
         if pool.accelerator_id not in best or best[pool.accelerator_id][1] < free:
             best[pool.accelerator_id] = (pool.accelerator, free)
     return sorted(best.values(), key=lambda item: item[0].name)

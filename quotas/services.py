@@ -22,7 +22,7 @@ from portal.models import User
 from portal.services import audit_event_record
 from quotas import rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, ServingDeployment, Team
-from quotas.selectors import is_team_lead, pool_figures
+from quotas.selectors import is_team_lead, pool_figures, pool_figures_bulk
 from quotas.states import HOLDING_STATES, PENDING_STATES, TERMINAL_STATES, RequestState, check_transition
 
 S = RequestState
@@ -183,8 +183,9 @@ def _validate_request(
         )
     # Prefer a pool of the request's own class (batch only borrows), then the one with most room.
     scored = []
+    figures_by_pool = pool_figures_bulk(pairs=[(pool, team.pk) for pool in candidates])
     for pool in candidates:
-        figures = pool_figures(pool=pool, team_id=team.pk)
+        figures = figures_by_pool[(pool.pk, team.pk)]
         refusal = rules.capacity_refusal(
             figures, gpus=gpus, pool_name=str(pool), is_batch=pool_class == PoolClass.BATCH
         )

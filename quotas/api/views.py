@@ -189,6 +189,9 @@ class GrantViewSet(viewsets.ReadOnlyModelViewSet):
             return Grant.objects.none()
         return selectors.grant_list(user=self.request.user)
 
+    def _answer(self, grant: Grant) -> Response:
+        return Response(self.get_serializer(self.get_queryset().get(pk=grant.pk)).data)
+
     @extend_schema(
         summary="Revoke a grant",
         description="Platform admins only: ends the grant now; the reconciler scales the cluster side down.",
@@ -201,7 +204,7 @@ class GrantViewSet(viewsets.ReadOnlyModelViewSet):
     def revoke(self, request: Request, pk: str) -> Response:
         data = _validated(s.RevokeInputSerializer, request)
         grant = services.grant_revoke(grant=self.get_object(), actor=request.user, reason=data["reason"])
-        return Response(self.get_serializer(self.get_queryset().get(pk=grant.pk)).data)
+        return self._answer(grant)
 
     @extend_schema(
         summary="Shrink a grant",
@@ -217,7 +220,7 @@ class GrantViewSet(viewsets.ReadOnlyModelViewSet):
     def shrink(self, request: Request, pk: str) -> Response:
         data = _validated(s.ShrinkInputSerializer, request)
         grant = services.grant_shrink(grant=self.get_object(), actor=request.user, gpus=data["gpus"])
-        return Response(self.get_serializer(self.get_queryset().get(pk=grant.pk)).data)
+        return self._answer(grant)
 
     @extend_schema(
         summary="Delete an ended grant's namespace",
@@ -231,7 +234,7 @@ class GrantViewSet(viewsets.ReadOnlyModelViewSet):
     @idempotent
     def delete_namespace(self, request: Request, pk: str) -> Response:
         grant = services.grant_namespace_delete(grant=self.get_object(), actor=request.user)
-        return Response(self.get_serializer(self.get_queryset().get(pk=grant.pk)).data)
+        return self._answer(grant)
 
 
 @extend_schema_view(
