@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pools.kube.discovery import (
+    GPU_RESOURCE,
+    MIG_RESOURCE_PREFIX,
     POOL_LABEL,
     TAINT_EFFECTS,
     has_taint,
@@ -38,7 +40,7 @@ RULES = {
     SELECTOR_MATCHES_NOTHING: "Pool selector matches no node",
     MIXED_ACCELERATORS: "Pool mixes accelerator types",
 }
-GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
+GPU_RESOURCE_PREFIXES = (GPU_RESOURCE, MIG_RESOURCE_PREFIX)
 FINISHED_PHASES = ("Succeeded", "Failed")
 
 Obj = dict[str, Any]

@@ -10,20 +10,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pools.manifests import GPU_PRODUCT_LABEL_KEY
 from pools.models import LABEL_PREFIX, PoolClass
+
+# Re-exported for the conformance report and the inventory: one spelling of each resource and label.
+from pools.utilisation import GPU_RESOURCE as GPU_RESOURCE
+from pools.utilisation import MIG_RESOURCE_PREFIX as MIG_RESOURCE_PREFIX
+from pools.utilisation import ZONE_LABEL as ZONE_LABEL
 
 POOL_LABEL = f"{LABEL_PREFIX}/pool"
 POOL_CLASS_LABEL = f"{LABEL_PREFIX}/pool-class"
 TYPE_LABEL = f"{LABEL_PREFIX}/type"
 MEMORY_LABEL = f"{LABEL_PREFIX}/memory"
 MIG_PROFILE_LABEL = f"{LABEL_PREFIX}/mig-profile"
-ZONE_LABEL = "topology.kubernetes.io/zone"
 # Set by NVIDIA GPU Feature Discovery.
-PRODUCT_LABEL = "nvidia.com/gpu.product"
+PRODUCT_LABEL = GPU_PRODUCT_LABEL_KEY
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
-GPU_RESOURCE = "nvidia.com/gpu"
-MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 
 Node = dict[str, Any]

@@ -53,12 +53,6 @@ class BoundedDateTimeField(serializers.DateTimeField):
             raise serializers.ValidationError(str(exc)) from None
 
 
-class UserRefSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = User
-        fields = ["id", "username"]
-
-
 class MembershipRefSerializer(serializers.Serializer):
     team = serializers.CharField(source="team.slug")
     role = serializers.CharField()
