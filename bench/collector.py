@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.common import (
     Series,
+    bench_env,
     django_setup,
     log,
     percentile,
@@ -329,7 +330,10 @@ def run(
         "pods_per_node": PODS_PER_NODE,
         "step_seconds": STEP_SECONDS,
         "lag_ok_seconds": LAG_OK,
-        "web": "gunicorn portal.wsgi, 2 sync workers, portal.settings.test, bench database",
+        "web": (
+            "gunicorn portal.wsgi, 2 sync workers, portal.settings.test with persistent database "
+            "connections, bench database"
+        ),
         "sizes": {},
     }
     with testbed_cluster(CLUSTER_NAME, extra_nodes=sizes[0]) as kubeconfig:
@@ -366,7 +370,11 @@ def run(
             ]  # fmt: skip
             with (
                 _collector(workdir, f"{n_nodes}-churn") as proc,
-                process(web_args, os.path.join(workdir, f"web-{n_nodes}.log")),
+                process(
+                    web_args,
+                    os.path.join(workdir, f"web-{n_nodes}.log"),
+                    bench_env(PORTAL_DB_CONN_MAX_AGE="60"),
+                ),
             ):
                 wait_for("the collector", lambda: _published(pool_id) == ("live", pods.count), timeout=300)
                 wait_for("gunicorn", _web_up, timeout=60)

@@ -1,11 +1,12 @@
 """Provisioning throughput: approve N requests at once and time until every grant is Active, against
 kubectl applying the same manifests one object at a time and as one directory, on the same cluster.
 
-What the portal does beyond the baselines, per grant: it re-applies the two cluster-wide objects
-(PriorityClass, ValidatingAdmissionPolicy), reads every object before applying it (to name drift),
-waits until the quota controller reports the new quota, proves the policy binding is enforced with a
-dry-run pod, and records conditions, the state move and audit rows in PostgreSQL. kubectl only
-applies. Each run uses a fresh team slug and fresh baseline namespace names, so every object is new.
+What the portal does beyond the baselines: the approvals themselves (with the cluster pre-flight)
+count; per grant the worker applies the grant's 4 objects (the 3 cluster-wide ones it shares with every
+grant at most once a minute per worker), waits until the quota controller reports the new quota, proves
+the policy is enforced in the new namespace with a dry-run pod, and records conditions, the state move
+and audit rows in PostgreSQL. kubectl only applies. Each run uses a fresh team slug and fresh baseline
+namespace names, so every object is new.
 """
 
 import dataclasses

@@ -24,6 +24,10 @@ ACCELERATOR_TYPE_LABEL_KEY = f"{LABEL_PREFIX}/type"
 GPU_PRODUCT_LABEL_KEY = "nvidia.com/gpu.product"
 GPU_TAINT_KEY = f"{LABEL_PREFIX}/gpu"
 
+# Every grant namespace carries this label (the value is the grant's id); the one policy binding
+# selects namespaces by it, so a namespace is under the contract the moment it exists.
+GRANT_LABEL = f"{PORTAL_PREFIX}/grant"
+
 POLICY_NAME = "gpu-capacity-portal-grant-contract"
 
 
@@ -111,7 +115,7 @@ def _cel_quote(text: str) -> str:
 
 
 def grant_contract_policy() -> Manifest:
-    """The ValidatingAdmissionPolicy every grant namespace is bound to (one binding per grant).
+    """The ValidatingAdmissionPolicy every grant namespace is bound to (by `grant_contract_binding`).
 
     It checks pods on creation (and on updates that change tolerations, the only scheduling field a
     pending pod can still change): a pod asking for GPUs must ask only for the granted resource, no
@@ -317,5 +321,30 @@ def grant_contract_policy() -> Manifest:
             ],
             "variables": variables,
             "validations": validations,
+        },
+    }
+
+
+def grant_contract_binding() -> Manifest:
+    """The one binding of the grant contract policy: every portal namespace that belongs to a grant.
+
+    One binding per cluster rather than one per grant: the apiserver loads new bindings on a refresh
+    loop (about a second), whereas a namespace that matches an existing binding is under the policy as
+    soon as it exists, so a new grant is enforced at once. The policy reads each namespace's own
+    contract from its annotations, so one binding serves every grant.
+    """
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": POLICY_NAME, "labels": managed_labels()},
+        "spec": {
+            "policyName": POLICY_NAME,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {
+                    "matchLabels": managed_labels(),
+                    "matchExpressions": [{"key": GRANT_LABEL, "operator": "Exists"}],
+                }
+            },
         },
     }

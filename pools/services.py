@@ -61,11 +61,7 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     *_each(("get", "create", "patch"), _APPLIED),
     *_each(
         ("delete",),
-        (
-            ("namespaces", ""),
-            ("deployments", "apps"),
-            ("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
-        ),
+        (("namespaces", ""), ("deployments", "apps")),
     ),
     # The policy probe creates a dry-run pod; team RoleBindings grant the `edit` ClusterRole.
     *_each(("create",), (("pods", ""),)),
@@ -490,11 +486,15 @@ def cluster_policy_objects(cluster: Cluster) -> list[Manifest]:
     names = {manifests.default_priority_class_name(c): str(c) for c in PoolClass.values}
     for pool in cluster.pools.all():
         names.setdefault(pool.priority_class_name, pool.pool_class)
-    return [*manifests.priority_classes(names), manifests.grant_contract_policy()]
+    return [
+        *manifests.priority_classes(names),
+        manifests.grant_contract_policy(),
+        manifests.grant_contract_binding(),
+    ]
 
 
 def cluster_policies_apply(*, cluster: Cluster) -> list[str]:
-    """Apply the cluster-wide objects (PriorityClasses, the grant contract policy).
+    """Apply the cluster-wide objects (PriorityClasses, the grant contract policy and its binding).
 
     Registration and every inventory sync queue it, so the periodic sync also heals drift in them.
     Returns what was applied, as "Kind/name".

@@ -12,9 +12,7 @@ from typing import Any
 
 from pools.manifests import (
     CONTRACT_ACTIVE,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    POLICY_NAME,
+    GRANT_LABEL,
     PORTAL_PREFIX,
     ContractAnnotation,
     Manifest,
@@ -34,7 +32,7 @@ class Label:
     POOL_CLASS = f"{PORTAL_PREFIX}/pool-class"
     ACCELERATOR = f"{PORTAL_PREFIX}/accelerator"
     POOL = f"{PORTAL_PREFIX}/pool"
-    GRANT = f"{PORTAL_PREFIX}/grant"
+    GRANT = GRANT_LABEL
     DEPLOYMENT = f"{PORTAL_PREFIX}/serving-deployment"
 
 
@@ -101,10 +99,6 @@ class GrantContract:
                 Label.GRANT: str(self.grant_id),
             }
         )
-
-    @property
-    def policy_binding_name(self) -> str:
-        return f"gpu-grant-{self.namespace}"
 
 
 def quota_key(resource: str) -> str:
@@ -203,23 +197,6 @@ def role_binding(c: GrantContract) -> Manifest:
     }
 
 
-def policy_binding(c: GrantContract) -> Manifest:
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": c.policy_binding_name, "labels": c.labels},
-        "spec": {
-            "policyName": POLICY_NAME,
-            "validationActions": ["Deny"],
-            "matchResources": {
-                "namespaceSelector": {
-                    "matchLabels": {"kubernetes.io/metadata.name": c.namespace, MANAGED_BY_LABEL: MANAGED_BY}
-                }
-            },
-        },
-    }
-
-
 def policy_probe_pod(c: GrantContract) -> Manifest:
     """A GPU pod that selects no pool, which the grant contract refuses. Only ever created as a dry
     run: the apiserver refusing it proves the policy binding is in force."""
@@ -242,9 +219,9 @@ def policy_probe_pod(c: GrantContract) -> Manifest:
 
 
 def grant_objects(c: GrantContract) -> list[Manifest]:
-    """Every object of a grant, in apply order: the namespace first, the binding once the namespace
-    carries the contract annotations the policy reads."""
-    return [namespace(c), resource_quota(c), limit_range(c), role_binding(c), policy_binding(c)]
+    """Every object of a grant, in apply order, the namespace first. The namespace's labels put it
+    under the cluster-wide policy binding, its annotations are the contract the policy reads."""
+    return [namespace(c), resource_quota(c), limit_range(c), role_binding(c)]
 
 
 # --- serving deployments ----------------------------------------------------------------------------

@@ -11,6 +11,8 @@ cluster's reason and re-raised for the task to retry with backoff; a permanent o
 is recorded with the apiserver's message and fails the grant until a later resync succeeds.
 """
 
+import dataclasses
+import json
 import logging
 import re
 import time
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 # How long a reconcile waits for the quota controller to report a new quota's limits and for the
 # apiserver to start enforcing a new policy binding, before it records "not yet" and polls later.
 ENFORCEMENT_WAIT_SECONDS = 5.0
+# Both usually converge within a few hundred milliseconds: poll quickly at first, then back off.
+ENFORCEMENT_FIRST_POLL_SECONDS = 0.05
 # Polling interval while something converges on its own (a quota not yet observed, replicas loading).
 POLL_SECONDS = 5.0
 SWEEP_BATCH = 500
@@ -194,19 +198,48 @@ class Applied:
         return f"{_title(self.manifest)}: " + "; ".join(self.changes)
 
 
-def converge(cluster: Cluster, desired: list[Manifest]) -> list[Applied]:
-    """Read, compare and server-side apply each manifest in order."""
+def converge(cluster: Cluster, desired: list[Manifest], *, compare: bool) -> list[Applied]:
+    """Server-side apply each manifest in order; with `compare`, read it first and name what differed.
+
+    Reading costs a GET per object, so callers compare only when the answer is used: drift of a
+    generation applied before, or what an ended grant still held. A first apply has nothing to compare.
+    """
     results = []
     for manifest in desired:
         meta = manifest["metadata"]
-        before = ops.get(
-            cluster, manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace")
-        )
-        changes = ["missing"] if before is None else diff(_comparable(manifest), before)
+        before, changes = None, []
+        if compare:
+            before = ops.get(
+                cluster, manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace")
+            )
+            changes = ["missing"] if before is None else diff(_comparable(manifest), before)
         # Applied even when nothing differs: dropping a field from the manifest only removes it from
         # the live object through an apply.
         live = ops.apply(cluster, manifest)
         results.append(Applied(manifest, before, live, changes))
+    return results
+
+
+# The cluster-wide objects a grant needs (its PriorityClass, the contract policy and its binding) are
+# shared by every grant of the cluster: a worker applies each at most once per this many seconds (per
+# cluster and content) rather than once per grant. Their drift is still healed: a compare pass always
+# applies them, and so does every inventory sync (pools.services.cluster_policies_apply).
+CLUSTER_WIDE_REAPPLY_SECONDS = 60.0
+_cluster_wide_applied: dict[tuple[int, str], tuple[float, Applied]] = {}
+
+
+def converge_cluster_wide(cluster: Cluster, desired: list[Manifest], *, compare: bool) -> list[Applied]:
+    results = []
+    now = time.monotonic()
+    for manifest in desired:
+        key = (cluster.pk, json.dumps(manifest, sort_keys=True))
+        seen = _cluster_wide_applied.get(key)
+        if compare or seen is None or now - seen[0] > CLUSTER_WIDE_REAPPLY_SECONDS:
+            (applied,) = converge(cluster, [manifest], compare=compare)
+            _cluster_wide_applied[key] = (now, dataclasses.replace(applied, before=None, changes=[]))
+            results.append(applied)
+        else:
+            results.append(seen[1])
     return results
 
 
@@ -313,6 +346,7 @@ def _await_enforcement(
     enforces the policy binding; returns the live quota and the policy's refusal of the probe."""
     deadline = time.monotonic() + ENFORCEMENT_WAIT_SECONDS
     refusal = None
+    pause = ENFORCEMENT_FIRST_POLL_SECONDS
     while True:
         if not _quota_observed(contract, quota):
             quota = ops.get(cluster, "v1", "ResourceQuota", manifests.QUOTA_NAME, contract.namespace) or quota
@@ -320,7 +354,8 @@ def _await_enforcement(
             refusal = _policy_refusal(cluster, contract)
         if (_quota_observed(contract, quota) and refusal is not None) or time.monotonic() >= deadline:
             return quota, refusal
-        time.sleep(0.5)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _quota_condition(contract: manifests.GrantContract, quota: dict[str, Any]) -> Condition:
@@ -363,8 +398,8 @@ def _policy_condition(
         "PolicyBound",
         "True",
         "Enforced",
-        f"Policy {POLICY_NAME} is bound to namespace {contract.namespace} by {contract.policy_binding_name} "
-        "and refuses a dry-run pod that breaks the contract.",
+        f"Policy {POLICY_NAME} applies to namespace {contract.namespace} through its binding and refuses "
+        "a dry-run pod that breaks the contract.",
     )
 
 
@@ -375,8 +410,12 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
         for m in cluster_policy_objects(cluster)
         if m["kind"] == "PriorityClass" and m["metadata"]["name"] == contract.priority_class_name
     )
-    desired = [priority, cluster_manifests.grant_contract_policy(), *manifests.grant_objects(contract)]
-    results = converge(cluster, desired)
+    shared = [priority, cluster_manifests.grant_contract_policy(), cluster_manifests.grant_contract_binding()]
+    compare = grant.observed_generation >= generation or not contract.active
+    results = [
+        *converge_cluster_wide(cluster, shared, compare=compare),
+        *converge(cluster, manifests.grant_objects(contract), compare=compare),
+    ]
     applied = {_title(r.manifest): r for r in results}
     quota_applied = applied[_title(manifests.resource_quota(contract))]
     quota, refusal = _await_enforcement(cluster, contract, quota_applied.live)
@@ -455,11 +494,9 @@ def _grant_remove(cluster: Cluster, grant: Grant) -> Outcome:
     """A platform admin deleted the namespace of an ended grant: keep it (and its binding) deleted."""
     contract = grant_contract(grant)
     gone = []
-    binding = manifests.policy_binding(contract)
-    for manifest in (binding, manifests.namespace(contract)):
-        meta = manifest["metadata"]
-        if ops.delete(cluster, manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace")):
-            gone.append(_title(manifest))
+    manifest = manifests.namespace(contract)
+    if ops.delete(cluster, manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]):
+        gone.append(_title(manifest))
     ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True).update(
         deleted_at=timezone.now(), ready_replicas=0
     )
@@ -758,7 +795,11 @@ def serving_deployment_reconcile(*, deployment_id: int) -> float | None:
             # Past the budget the sweeper keeps trying at its own pace: the deployment's generation lags.
             return POLL_SECONDS if timezone.now() - deployment.created_at < budget else None
         contract = grant_contract(grant)
-        (result,) = converge(cluster, [manifests.serving_deployment(contract, serving_spec(deployment))])
+        (result,) = converge(
+            cluster,
+            [manifests.serving_deployment(contract, serving_spec(deployment))],
+            compare=deployment.observed_generation >= generation or not contract.active,
+        )
         status = _serving_status(cluster, deployment, contract, result.live)
     except TemporaryKubeError as exc:
         _record_deployment(deployment_id, generation=None, conditions=_error_conditions(exc), audits=[])

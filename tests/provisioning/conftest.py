@@ -34,7 +34,6 @@ from tests.testbed import Testbed
 # session part tells this run's objects from those of a concurrent run on the same cluster.
 TEAM_PREFIX = "prv"
 SESSION_PREFIX = f"{TEAM_PREFIX}{secrets.token_hex(2)}"
-BINDING_API = "admissionregistration.k8s.io/v1"
 
 
 def _database_url() -> str:
@@ -103,14 +102,10 @@ def wait_for(workers: Workers) -> Callable[..., Any]:
 
 def _delete_grant_objects(admin: Cluster, namespaces: list[str]) -> None:
     for name in namespaces:
-        for api_version, kind, obj, ns in (
-            (BINDING_API, "ValidatingAdmissionPolicyBinding", f"gpu-grant-{name}", None),
-            ("v1", "Namespace", name, None),
-        ):
-            try:
-                ops.delete(admin, api_version, kind, obj, ns)
-            except KubeError:
-                continue
+        try:
+            ops.delete(admin, "v1", "Namespace", name)
+        except KubeError:
+            continue
 
 
 @pytest.fixture(scope="package")
@@ -122,16 +117,11 @@ def _leftovers(testbed: Testbed) -> Iterator[None]:
     def sweep(prefix: str, older_than: timedelta | None) -> None:
         selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
         now = datetime.now(UTC)
-        found = [
-            *ops.list_objects(testbed.admin, "v1", "Namespace", label_selector=selector),
-            *ops.list_objects(
-                testbed.admin, BINDING_API, "ValidatingAdmissionPolicyBinding", label_selector=selector
-            ),
-        ]
+        found = ops.list_objects(testbed.admin, "v1", "Namespace", label_selector=selector)
         names = {
-            obj["metadata"]["name"].removeprefix("gpu-grant-")
+            obj["metadata"]["name"]
             for obj in found
-            if obj["metadata"]["name"].removeprefix("gpu-grant-").startswith(prefix)
+            if obj["metadata"]["name"].startswith(prefix)
             and (
                 older_than is None
                 or now - datetime.fromisoformat(obj["metadata"]["creationTimestamp"]) > older_than

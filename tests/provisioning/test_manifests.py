@@ -149,21 +149,23 @@ def test_role_binding_gives_the_team_group_the_edit_role() -> None:
     ]
 
 
-def test_policy_binding_binds_exactly_the_grant_namespace() -> None:
-    binding = qm.policy_binding(contract())
-    assert binding["metadata"]["name"] == "gpu-grant-vision-interactive-r12"
+def test_one_policy_binding_selects_every_grant_namespace_and_nothing_else() -> None:
+    binding = pm.grant_contract_binding()
+    assert binding["metadata"]["name"] == pm.POLICY_NAME
     assert binding["spec"] == {
         "policyName": pm.POLICY_NAME,
         "validationActions": ["Deny"],
         "matchResources": {
             "namespaceSelector": {
-                "matchLabels": {
-                    "kubernetes.io/metadata.name": "vision-interactive-r12",
-                    "app.kubernetes.io/managed-by": "gpu-capacity-portal",
-                }
+                "matchLabels": {"app.kubernetes.io/managed-by": "gpu-capacity-portal"},
+                "matchExpressions": [{"key": "capacity.platform.example.com/grant", "operator": "Exists"}],
             }
         },
     }
+    # The grant namespace carries both labels the binding selects on.
+    labels = qm.namespace(contract())["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "gpu-capacity-portal"
+    assert labels["capacity.platform.example.com/grant"] == "7"
 
 
 def test_grant_objects_are_deterministic_and_namespace_first() -> None:
@@ -174,7 +176,6 @@ def test_grant_objects_are_deterministic_and_namespace_first() -> None:
         "ResourceQuota",
         "LimitRange",
         "RoleBinding",
-        "ValidatingAdmissionPolicyBinding",
     ]
     for manifest in first:
         assert manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gpu-capacity-portal"

@@ -107,17 +107,16 @@ def test_approval_applies_exactly_the_specified_objects(org: Org, worker, wait_f
     assert binding["subjects"] == [
         {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": f"team:{org.team.slug}"}
     ]
+    # The one cluster-wide binding selects the namespace through its labels.
     policy_binding = org.read(
-        "ValidatingAdmissionPolicyBinding", f"gpu-grant-{ns}", api_version="admissionregistration.k8s.io/v1"
+        "ValidatingAdmissionPolicyBinding", POLICY_NAME, api_version="admissionregistration.k8s.io/v1"
     )
     assert policy_binding["spec"]["policyName"] == POLICY_NAME
     assert policy_binding["spec"]["validationActions"] == ["Deny"]
-    assert policy_binding["spec"]["matchResources"]["namespaceSelector"] == {
-        "matchLabels": {
-            "kubernetes.io/metadata.name": ns,
-            "app.kubernetes.io/managed-by": "gpu-capacity-portal",
-        }
-    }
+    selector = policy_binding["spec"]["matchResources"]["namespaceSelector"]
+    namespace_labels = org.read("Namespace", ns)["metadata"]["labels"]
+    assert all(namespace_labels.get(k) == v for k, v in selector["matchLabels"].items())
+    assert all(e["key"] in namespace_labels for e in selector["matchExpressions"])
     priority = org.read("PriorityClass", "gpu-interactive-inference", api_version="scheduling.k8s.io/v1")
     assert (priority["value"], priority["preemptionPolicy"]) == (100000, "PreemptLowerPriority")
 

@@ -53,13 +53,7 @@ def _test_database_url() -> str:
 
 
 def _delete_grant_objects(testbed: testbed_support.Testbed, namespaces: list[str]) -> None:
-    for api_version, kind, name in [
-        *(
-            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding", f"gpu-grant-{ns}")
-            for ns in namespaces
-        ),
-        *(("v1", "Namespace", ns) for ns in namespaces),
-    ]:
+    for api_version, kind, name in [("v1", "Namespace", ns) for ns in namespaces]:
         try:
             ops.delete(testbed.admin, api_version, kind, name)
         except KubeError:
