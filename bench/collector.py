@@ -331,7 +331,7 @@ def run(
         "step_seconds": STEP_SECONDS,
         "lag_ok_seconds": LAG_OK,
         "web": (
-            "gunicorn portal.wsgi, 2 sync workers, portal.settings.test with persistent database "
+            "gunicorn portal.wsgi, 3 sync workers, portal.settings.test with persistent database "
             "connections, bench database"
         ),
         "sizes": {},
@@ -366,7 +366,7 @@ def run(
             }
             web_args = [
                 sys.executable, "-m", "gunicorn", "portal.wsgi:application",
-                "--bind", f"127.0.0.1:{WEB_PORT}", "--workers", "2", "--log-level", "warning",
+                "--bind", f"127.0.0.1:{WEB_PORT}", "--workers", "3", "--log-level", "warning",
             ]  # fmt: skip
             with (
                 _collector(workdir, f"{n_nodes}-churn") as proc,

@@ -98,7 +98,7 @@ def _targets(sections: Json) -> list[str]:
             ", ".join(f"{k} {_num(v, 0)} ms" for k, v in p95.items()),
             worst < 100,
             "the web server shares 2 cores with the apiserver, etcd, kwok, the collector and the churn "
-            "generator; the pool fragment renders one cell per node",
+            "generator, which run flat out during the churn steps",
         )
     else:
         rows += _target("Collector", col.get("error", "not run"), None)
@@ -106,13 +106,16 @@ def _targets(sections: Json) -> list[str]:
     if (big := _largest(api)) is not None:
         n, r = big
         lst, crt = r["list"]["p95_ms"]["median"], r["create"]["p95_ms"]["median"]
+        list_rps = r["list"]["rps"]["median"]
         rows += _target(
             f"API list p95 < 100 ms ({int(n):,} rows, concurrency 10)",
             f"{_num(lst, 0)} ms",
             lst < 100,
-            f"{r['queries_per_request']['list']} queries, but one list costs "
-            f"{_num(r.get('in_process_ms', {}).get('list'), 0)} ms alone (in process); with 10 in flight "
-            "on 2 shared cores requests queue behind each other",
+            f"{r['queries_per_request']['list']} queries, but one page of 50 costs "
+            f"{_num(r.get('in_process_ms', {}).get('list'), 0)} ms alone (in process: ORM rows, "
+            f"prefetches and DRF serialisation); the server peaks at {_num(list_rps, 0)} requests/s on "
+            f"2 cores shared with PostgreSQL and wrk, so 10 in flight wait about "
+            f"{_num(10 / list_rps * 1000, 0)} ms each (10 / throughput)",
         )
         rows += _target(
             f"API create p95 < 200 ms ({int(n):,} rows, concurrency 10)",
@@ -121,7 +124,8 @@ def _targets(sections: Json) -> list[str]:
             f"{r['queries_per_request']['create']} queries per create, "
             f"{_num(r.get('in_process_ms', {}).get('create'), 0)} ms alone (validation, pool row lock for "
             "the capacity check, audit rows); creates of one pool serialise on its row lock, and 10 in "
-            "flight queue on 2 shared cores",
+            f"flight at {_num(r['create']['rps']['median'], 0)} requests/s wait about "
+            f"{_num(10 / r['create']['rps']['median'] * 1000, 0)} ms each",
         )
     else:
         rows += _target("API", api.get("error", "not run"), None)
