@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 # Wide history ranges are averaged into at most this many columns.
 MAX_COLUMNS = 240
 # Nodes drawn in a pool's GPU grid; the rest are counted.
-GRID_MAX_NODES = 200
+GRID_MAX_NODES = 100
+# Node names longer than this are cut in the grid's label column (the full name is in the tooltip).
+LABEL_CHARS = 28
 
 
 @dataclass(frozen=True)
@@ -199,9 +202,10 @@ class GridRow:
     text_y: int
     label: str
     cells: list[Cell]
-    # The row's squares as SVG markup: a 200-node grid has 1,600 of them, which the template engine
-    # takes ~90 ms to loop over and Python joins in ~2 ms (the grid is polled every few seconds).
-    rects: SafeString
+    # The row as SVG markup, built here rather than in the template: a 100-node grid has 800
+    # squares, which the template engine takes ~45 ms to loop over and Python joins in ~1 ms (the
+    # grid is polled every few seconds).
+    svg: SafeString
 
 
 @dataclass
@@ -231,7 +235,8 @@ def node_grid(nodes: Sequence[dict[str, Any]], *, cell: int = 12, label_width: i
                 css = "free" if schedulable else "down"
             cells.append(Cell(x=label_width + unit * pitch, y=index * pitch, css=css))
         state = "" if schedulable else (" (cordoned)" if node.get("cordoned") else " (not ready)")
-        label = f"{node.get('name', '')}{state}"
+        name, zone = node.get("name", ""), node.get("zone", "")
+        label = f"{name}{state}"
         # Safe without escaping: every value is an int or one of the four literal class names above.
         rects = mark_safe(  # noqa: S308
             "".join(
@@ -239,16 +244,15 @@ def node_grid(nodes: Sequence[dict[str, Any]], *, cell: int = 12, label_width: i
                 for c in cells
             )
         )
+        text_y = index * pitch + cell - 2
+        title = escape(f"{label} ({zone})" if zone else label)
+        short = escape(label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…")
+        svg = mark_safe(  # noqa: S308 - the texts are escaped above, the rest are ints
+            f'<g data-node="{escape(name)}"><title>{title}</title>'
+            f'<text class="node-label" x="0" y="{text_y}">{short}</text>{rects}</g>\n'
+        )
         rows.append(
-            GridRow(
-                name=node.get("name", ""),
-                zone=node.get("zone", ""),
-                y=index * pitch,
-                text_y=index * pitch + cell - 2,
-                label=label,
-                cells=cells,
-                rects=rects,
-            )
+            GridRow(name=name, zone=zone, y=index * pitch, text_y=text_y, label=label, cells=cells, svg=svg)
         )
     return NodeGrid(
         width=label_width + max(widest, 1) * pitch,
