@@ -3,6 +3,7 @@ from decimal import Decimal
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from pools.utilisation import GPU_RESOURCE, MIG_RESOURCE_PREFIX
 from portal.fields import EncryptedTextField
 
 LABEL_PREFIX = "accelerator.platform.example.com"
@@ -44,7 +45,7 @@ class Accelerator(models.Model):
     @property
     def resource_name(self) -> str:
         """The extended resource the device plugin advertises for this unit."""
-        return f"nvidia.com/mig-{self.mig_profile}" if self.mig_profile else "nvidia.com/gpu"
+        return f"{MIG_RESOURCE_PREFIX}{self.mig_profile}" if self.mig_profile else GPU_RESOURCE
 
 
 class Cluster(models.Model):

@@ -18,13 +18,12 @@ from pools.manifests import (
     Manifest,
     managed_labels,
 )
+from pools.utilisation import GPU_RESOURCE, ZONE_LABEL
 
 QUOTA_NAME = "gpu-grant"
 LIMIT_RANGE_NAME = "gpu-grant-defaults"
 ROLE_BINDING_NAME = "gpu-grant-team"
-ZONE_KEY = "topology.kubernetes.io/zone"
 HOSTNAME_KEY = "kubernetes.io/hostname"
-WHOLE_GPU = "nvidia.com/gpu"
 
 
 class Label:
@@ -152,9 +151,9 @@ def resource_quota(c: GrantContract) -> Manifest:
         "requests.memory": c.memory,
         "limits.memory": c.memory,
     }
-    if c.resource != WHOLE_GPU:
+    if c.resource != GPU_RESOURCE:
         # A MIG grant must not fall back to whole GPUs.
-        hard[quota_key(WHOLE_GPU)] = "0"
+        hard[quota_key(GPU_RESOURCE)] = "0"
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
@@ -345,7 +344,7 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
         spread: list[dict[str, Any]] = [
             {
                 "maxSkew": 1,
-                "topologyKey": ZONE_KEY,
+                "topologyKey": ZONE_LABEL,
                 "whenUnsatisfiable": "DoNotSchedule" if len(c.zones) > 1 else "ScheduleAnyway",
                 "labelSelector": {"matchLabels": selector},
                 "nodeAffinityPolicy": "Honor",

@@ -13,6 +13,10 @@ from quotas.rules import PoolFigures
 from quotas.states import HOLDING_STATES, RequestState
 
 
+def is_team_member(*, user: User, team_id: int) -> bool:
+    return Membership.objects.filter(user=user, team_id=team_id).exists()
+
+
 def is_team_lead(*, user: User, team_id: int) -> bool:
     return Membership.objects.filter(user=user, team_id=team_id, role=Membership.Role.LEAD).exists()
 

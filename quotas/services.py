@@ -22,7 +22,7 @@ from portal.models import User
 from portal.services import audit_event_record
 from quotas import rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, ServingDeployment, Team
-from quotas.selectors import is_team_lead, pool_figures, pool_figures_bulk
+from quotas.selectors import is_team_lead, is_team_member, pool_figures, pool_figures_bulk
 from quotas.states import HOLDING_STATES, PENDING_STATES, TERMINAL_STATES, RequestState, check_transition
 
 S = RequestState
@@ -134,7 +134,7 @@ def _validate_request(
 ) -> NodePool:
     """Check a request against every rule that does not depend on other pending requests; pick its pool."""
     errors: dict[str, list[str]] = {}
-    if not Membership.objects.filter(team=team, user=requester).exists():
+    if not is_team_member(user=requester, team_id=team.pk):
         raise PermissionDenied(f"You are not a member of team {team.slug}.")
     if pool_class not in PoolClass.values:
         errors.setdefault("pool_class", []).append(f"Unknown pool class {pool_class!r}.")
@@ -667,7 +667,7 @@ def _image_errors(image: str) -> list[str]:
 
 
 def _check_operator(grant: Grant, actor: User) -> None:
-    if not (actor.is_platform_admin or Membership.objects.filter(team_id=grant.team_id, user=actor).exists()):
+    if not (actor.is_platform_admin or is_team_member(user=actor, team_id=grant.team_id)):
         raise PermissionDenied(f"Only members of team {grant.team.slug} can manage its serving deployments.")
 
 

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pools.kube.discovery import (
-    GPU_RESOURCE,
-    MIG_RESOURCE_PREFIX,
     POOL_LABEL,
     TAINT_EFFECTS,
     has_taint,
@@ -29,6 +27,7 @@ from pools.kube.discovery import (
     node_pool,
     node_taints,
 )
+from pools.utilisation import pod_gpu_requests
 
 MISSING_POOL_TAINT = "gpu-node-missing-pool-taint"
 NON_GPU_POD = "non-gpu-pod-on-gpu-node"
@@ -40,7 +39,6 @@ RULES = {
     SELECTOR_MATCHES_NOTHING: "Pool selector matches no node",
     MIXED_ACCELERATORS: "Pool mixes accelerator types",
 }
-GPU_RESOURCE_PREFIXES = (GPU_RESOURCE, MIG_RESOURCE_PREFIX)
 FINISHED_PHASES = ("Succeeded", "Failed")
 
 Obj = dict[str, Any]
@@ -101,13 +99,9 @@ class Allowlist:
 
 
 def requests_gpu(pod: Obj) -> bool:
-    spec = pod.get("spec") or {}
-    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
-        resources = container.get("resources") or {}
-        for section in ("requests", "limits"):
-            if any(name.startswith(GPU_RESOURCE_PREFIXES) for name in resources.get(section) or {}):
-                return True
-    return False
+    """Whether the scheduler reserves a GPU for `pod`: counted exactly as the utilisation figures
+    count it, so the report and the dashboard agree on which pods are GPU pods (a request of 0 is none)."""
+    return bool(pod_gpu_requests(pod))
 
 
 def _pod_key(pod: Obj) -> str:

@@ -129,10 +129,15 @@ def test_non_gpu_pod_on_gpu_node_and_the_allowlist():
     ]
     mig = pod("slice", node)
     mig["spec"]["containers"][0]["resources"] = {"requests": {"nvidia.com/mig-1g.10gb": "1"}}
-    findings = report(nodes, [*pods, mig], records_for(nodes))
+    # Naming the GPU resource with a request of 0 reserves no GPU: the dashboard counts it as a
+    # non-GPU pod too.
+    zero = pod("zero", node)
+    zero["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "0"}}
+    findings = report(nodes, [*pods, mig, zero], records_for(nodes))
     assert [(f.rule, f.pod) for f in findings] == [
         (NON_GPU_POD, "kube-system/coredns"),
         (NON_GPU_POD, "team-a/web"),
+        (NON_GPU_POD, "team-a/zero"),
     ]
     assert all(f.node == node for f in findings)
 
