@@ -21,6 +21,7 @@ from pools.kube.discovery import POOL_LABEL, AcceleratorSpec, DiscoveredPool, In
 from pools.kube.errors import InvalidKubeconfig, KubeError, TLSError, Unauthorized, Unreachable
 from pools.manifests import Manifest
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
+from pools.utilisation import node_ready, quantity
 from portal.models import User
 from portal.services import audit_event_record
 from quotas.states import HOLDING_STATES
@@ -504,3 +505,64 @@ def cluster_policies_apply(*, cluster: Cluster) -> list[str]:
         ops.apply(cluster, manifest)
         applied.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
     return applied
+
+
+# --- pre-flight at approval: a read of the cluster, no write ------------------------------------
+
+
+def _node_schedulable(node: dict[str, Any]) -> bool:
+    return node_ready(node) and not (node.get("spec") or {}).get("unschedulable")
+
+
+def _names(nodes: list[dict[str, Any]], limit: int = 5) -> str:
+    names = sorted(n["metadata"]["name"] for n in nodes)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def pool_preflight_refusal(*, pool: NodePool) -> str | None:
+    """Why work granted on `pool` could not run on its cluster now, or None.
+
+    The seed's failure mode "node selectors that match no node group": the pool's selector must
+    match Ready nodes, every one of them must carry the pool's taint (or other workloads could land
+    there), and they must advertise the accelerator's resource.
+    """
+    cluster = pool.cluster
+    selector = ",".join(f"{k}={v}" for k, v in sorted(pool.node_selector.items()))
+    if not selector:
+        return f"Pool {pool} has no node selector, so its workloads could land on any node."
+    try:
+        nodes = ops.list_objects(cluster, "v1", "Node", label_selector=selector)
+    except KubeError as exc:
+        return f"Cannot check pool {pool} on cluster {cluster.name}: {exc.message}"
+    if not nodes:
+        return (
+            f"Pool {pool}: no node of cluster {cluster.name} matches its selector {selector}, so "
+            "granted workloads would stay Pending. Fix the pool's node selector or add nodes first."
+        )
+    ready = [n for n in nodes if _node_schedulable(n)]
+    if not ready:
+        return f"Pool {pool}: none of the {len(nodes)} nodes matching {selector} is Ready and schedulable."
+    taint = pool.taint
+
+    def tainted(node: dict[str, Any]) -> bool:
+        return any(
+            t.get("key") == taint["key"]
+            and (t.get("value") or "") == taint["value"]
+            and t.get("effect") == taint["effect"]
+            for t in (node.get("spec") or {}).get("taints") or []
+        )
+
+    untainted = [n for n in ready if not tainted(n)]
+    if untainted:
+        return (
+            f"Pool {pool}: Ready nodes {_names(untainted)} lack the pool taint "
+            f"{taint['key']}={taint['value']}:{taint['effect']}, so any workload could land on them. "
+            "Taint them before granting the pool."
+        )
+    resource = pool.accelerator.resource_name
+    if not any(
+        quantity(((n.get("status") or {}).get("allocatable") or {}).get(resource, "0")) > 0 for n in ready
+    ):
+        return f"Pool {pool}: no Ready node advertises {resource}; is the device plugin running?"
+    return None

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from pools.models import Accelerator, NodePool, PoolClass
 from pools.selectors import pools_offering
+from pools.services import pool_preflight_refusal
 from portal.models import User
 from portal.services import audit_event_record
 from quotas import rules
@@ -78,9 +79,6 @@ def _preflight_refusal(req: CapacityRequest) -> str | None:
     """Why the request's pool cannot be provisioned on its cluster now (settings.PORTAL_PREFLIGHT)."""
     if not settings.PORTAL_PREFLIGHT:
         return None
-    # Imported here: the reconciler imports this module for the grant state moves.
-    from quotas.reconcile import pool_preflight_refusal
-
     pool = NodePool.objects.select_related("cluster", "accelerator").get(pk=req.pool_id)
     return pool_preflight_refusal(pool=pool)
 

@@ -12,10 +12,10 @@ from django.utils import timezone
 from pools.kube import ops
 from pools.manifests import POOL_LABEL_KEY
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
+from pools.services import pool_preflight_refusal
 from portal.models import AuditEvent
 from quotas import services
 from quotas.models import Grant
-from quotas.reconcile import pool_preflight_refusal
 from quotas.states import RequestState
 from tests import factories
 from tests.provisioning.conftest import Org
