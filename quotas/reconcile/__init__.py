@@ -3,8 +3,8 @@
 Every reconcile reads what the database wants, builds the manifests with the pure builders
 (`pools.manifests`, `quotas.manifests`), server-side applies everything with the portal's one field
 manager (reading each live object first when it looks for drift), reads back what the cluster says
-and records it as status conditions plus the observed generation. Nothing depends on what an earlier run did, so a run
-may be repeated, interrupted or duplicated at any point: the next one converges.
+and records it as status conditions plus the observed generation. Nothing depends on what an earlier
+run did, so a run may be repeated, interrupted or duplicated at any point: the next one converges.
 
 Cluster errors: a temporary one (unreachable, throttled, 5xx) is recorded as Ready=False with the
 cluster's reason and re-raised for the task to retry with backoff; a permanent one (forbidden, invalid)

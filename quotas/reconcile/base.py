@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from pools import manifests as cluster_manifests
 from pools.kube import ops
@@ -265,6 +266,21 @@ class AuditNote:
     message: str
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+
+
+def observe(
+    obj: Grant | ServingDeployment, conditions: list[Condition], *, generation: int | None
+) -> list[str]:
+    """Merge a reconcile's conditions into `obj` (locked by the caller), stamp the time and advance the
+    observed generation; returns the fields to save. `generation` None: an error, nothing observed."""
+    now = timezone.now()
+    obj.conditions = merge_conditions(
+        obj.conditions, conditions, now=now, generation=generation or obj.observed_generation
+    )
+    obj.reconciled_at = now
+    if generation is not None and generation > obj.observed_generation:
+        obj.observed_generation = generation
+    return ["conditions", "reconciled_at", "observed_generation"]
 
 
 def write_audits(obj: Grant | ServingDeployment, audits: list[AuditNote]) -> None:

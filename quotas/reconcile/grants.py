@@ -25,7 +25,7 @@ from quotas.reconcile.base import (
     converge_cluster_wide,
     error_conditions,
     grant_contract,
-    merge_conditions,
+    observe,
     same,
     title,
     write_audits,
@@ -256,14 +256,7 @@ def _record_grant(
     )
     if grant is None:
         return None
-    now = timezone.now()
-    grant.conditions = merge_conditions(
-        grant.conditions, conditions, now=now, generation=generation or grant.observed_generation
-    )
-    grant.reconciled_at = now
-    if generation is not None and generation > grant.observed_generation:
-        grant.observed_generation = generation
-    grant.save(update_fields=["conditions", "reconciled_at", "observed_generation"])
+    grant.save(update_fields=observe(grant, conditions, generation=generation))
     write_audits(grant, audits)
     if state_move is not None:
         state_move(grant)

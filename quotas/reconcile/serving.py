@@ -22,7 +22,7 @@ from quotas.reconcile.base import (
     converge,
     error_conditions,
     grant_contract,
-    merge_conditions,
+    observe,
     provisioning_settings,
     serving_spec,
     write_audits,
@@ -156,14 +156,7 @@ def _record_deployment(
     )
     if deployment is None:
         return None
-    now = timezone.now()
-    deployment.conditions = merge_conditions(
-        deployment.conditions, conditions, now=now, generation=generation or deployment.observed_generation
-    )
-    deployment.reconciled_at = now
-    fields = ["conditions", "reconciled_at", "observed_generation"]
-    if generation is not None and generation > deployment.observed_generation:
-        deployment.observed_generation = generation
+    fields = observe(deployment, conditions, generation=generation)
     if status is not None:
         deployment.ready_replicas = status.ready_replicas
         fields.append("ready_replicas")
