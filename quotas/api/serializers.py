@@ -85,6 +85,51 @@ class CapacityRequestSerializer(serializers.ModelSerializer):
         grant = getattr(req, "grant", None)
         return grant.pk if grant is not None else None
 
+    def to_representation(self, instance: CapacityRequest) -> dict[str, Any]:
+        # The API's hottest read (automation polls the list): the same JSON as DRF's field-by-field
+        # rendering of the declarations above (tests/api/test_representation.py holds the two equal),
+        # built directly, because that machinery was a fifth of the cost of a 50-row page.
+        fields = self.fields
+        moment = fields["created_at"].to_representation
+
+        def decimal(name: str, value: Decimal | None) -> str | None:
+            return None if value is None else fields[name].to_representation(value)
+
+        return {
+            "id": instance.pk,
+            "team": instance.team.slug,
+            "requester": instance.requester.username,
+            "pool_class": instance.pool_class,
+            "accelerator": instance.accelerator.slug,
+            "pool": instance.pool_id,
+            "pool_name": self.get_pool_name(instance),
+            "gpus": instance.gpus,
+            "cpu": decimal("cpu", instance.cpu),
+            "memory_gib": instance.memory_gib,
+            "starts_at": moment(instance.starts_at),
+            "ends_at": moment(instance.ends_at),
+            "purpose": instance.purpose,
+            "model_parameters_billion": decimal(
+                "model_parameters_billion", instance.model_parameters_billion
+            ),
+            "model_precision": instance.model_precision,
+            "gpus_per_replica": instance.gpus_per_replica,
+            "state": instance.state,
+            "created_at": moment(instance.created_at),
+            "updated_at": moment(instance.updated_at),
+            "grant": self.get_grant(instance),
+            "decisions": [
+                {
+                    "stage": d.stage,
+                    "approver": d.approver.username if d.approver_id is not None else None,
+                    "decision": d.decision,
+                    "comment": d.comment,
+                    "decided_at": moment(d.decided_at),
+                }
+                for d in instance.decisions.all()
+            ],
+        }
+
 
 class CapacityRequestCreateSerializer(serializers.Serializer):
     team = serializers.SlugRelatedField(
