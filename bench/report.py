@@ -296,7 +296,15 @@ def _approvals(a: Json) -> list[str]:
 
 
 def _noise(sections: Json) -> str:
-    spreads = []
+    spreads = _spreads(sections)
+    if not spreads:
+        return "n/a"
+    return f"median {spreads[len(spreads) // 2]:.0f}%, worst {spreads[-1]:.0f}%"
+
+
+def _spreads(sections: Json) -> list[float]:
+    """Every (max - min) / median of a figure measured more than once, sorted."""
+    spreads: list[float] = []
 
     def walk(x: Any) -> None:
         if isinstance(x, dict):
@@ -309,10 +317,72 @@ def _noise(sections: Json) -> str:
                 walk(v)
 
     walk(sections)
-    if not spreads:
-        return "n/a"
-    spreads.sort()
-    return f"median {spreads[len(spreads) // 2]:.0f}%, worst {spreads[-1]:.0f}%"
+    return sorted(spreads)
+
+
+def worst_spread(sections: Json) -> float | None:
+    spreads = _spreads(sections)
+    return spreads[-1] if spreads else None
+
+
+def headlines(sections: Json) -> dict[str, float]:
+    """The figures the targets are about, at each section's largest size: what a later run is held to."""
+    out: dict[str, float] = {}
+    if (big := _largest(sections.get("provisioning") or {})) is not None:
+        n, r = big
+        out[f"provisioning {n} grants, portal s"] = r["seconds"]["portal"]["median"]
+        out[f"provisioning {n} grants, kubectl -f DIR s"] = r["seconds"]["kubectl_directory"]["median"]
+        out[f"provisioning {n} grants, kubectl one at a time s"] = r["seconds"]["kubectl_one_at_a_time"][
+            "median"
+        ]
+    if (big := _largest(sections.get("collector") or {})) is not None:
+        n, r = big
+        out[f"collector {n} nodes, first view s"] = r["first_view"]["median"]
+        out[f"collector {n} nodes, sustained pod events/s"] = r["sustained_events_per_s"]
+        out[f"collector {n} nodes, peak RSS MiB"] = r["peak_rss_mib"]["median"]
+        for name, f in r["fragments"].items():
+            out[f"collector {n} nodes, {name} fragment p95 ms"] = f["p95_ms"]
+    if (big := _largest(sections.get("api") or {})) is not None:
+        n, r = big
+        for name in ("list", "create"):
+            out[f"API {n} rows, {name} p95 ms"] = r[name]["p95_ms"]["median"]
+            out[f"API {n} rows, {name} requests/s"] = r[name]["rps"]["median"]
+    if (big := _largest(sections.get("approvals") or {})) is not None:
+        n, r = big
+        out[f"approvals {n} requests, decisions/s"] = r["rate"]["median"]
+    return out
+
+
+def _reproduction(data: Json) -> list[str]:
+    previous = data.get("previous")
+    if not previous:
+        return []
+    now = headlines(data["sections"])
+    tolerance = max(
+        (x for x in (worst_spread(data["sections"]), previous.get("worst_spread_pct")) if x is not None),
+        default=None,
+    )
+    out = [
+        "## Against the previous report",
+        "",
+        f"The same figures in the report this run replaced ({previous['generated_at']}, mode "
+        f"{previous['mode']}). A change counts as noise when it is within the worst spread over "
+        f"repeated runs of either report ({_num(tolerance, 0)}%); single-run figures (sustained events/s, "
+        "fragment p95) have no spread of their own and are held to the same bound. Between runs of the "
+        "same code, a change beyond it is a figure that does not reproduce; across a code change, it is "
+        "that change's effect.",
+        "",
+        "| Figure | Previous | This run | Change | Within the noise |",
+        "|---|---|---|---|---|",
+    ]
+    for name, value in now.items():
+        before = previous["headlines"].get(name)
+        if before in (None, 0):
+            continue
+        change = (value - before) / before * 100
+        within = "n/a" if tolerance is None else ("yes" if abs(change) <= tolerance else "**no**")
+        out.append(f"| {name} | {_num(before)} | {_num(value)} | {change:+.0f}% | {within} |")
+    return [*out, ""]
 
 
 def _modes(sections: Json) -> str:
@@ -353,6 +423,7 @@ def markdown(data: Json) -> str:
         "",
         *_targets(s),
         "",
+        *_reproduction(data),
     ]
     renderers = (
         ("1. Provisioning", "provisioning", _provisioning),

@@ -89,9 +89,19 @@ def main(argv: list[str] | None = None) -> int:
 
     django_setup()
     previous: dict[str, Any] = {}
-    if os.path.exists(JSON_PATH) and set(only) != set(SECTIONS):
+    replaced: dict[str, Any] | None = None
+    if os.path.exists(JSON_PATH):
         with open(JSON_PATH) as f:
-            previous = json.load(f).get("sections", {})
+            old = json.load(f)
+        if set(only) != set(SECTIONS):
+            previous = old.get("sections", {})
+        # What this run replaces, so that the report can show whether its figures reproduce.
+        replaced = {
+            "generated_at": old.get("generated_at"),
+            "mode": old.get("mode"),
+            "worst_spread_pct": report.worst_spread(old.get("sections", {})),
+            "headlines": report.headlines(old.get("sections", {})),
+        }
     data: dict[str, Any] = {
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "mode": "quick" if args.quick else "full",
@@ -99,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "versions": _versions(),
         "sections": previous,
+        "previous": replaced,
     }
     failed = []
     plans = _plans(args.quick)
