@@ -19,6 +19,7 @@ over-requested, which kwok does not refuse and the figures count as they are. Fi
 import http.client
 import itertools
 import os
+import re
 import sys
 import threading
 import time
@@ -48,6 +49,9 @@ LAG_OK = 3.0
 STEP_SECONDS = 10.0
 WEB_PORT = 18765
 PREFIX = "accelerator.platform.example.com"
+
+
+RESOURCE_VERSION = re.compile(rb'"resourceVersion":"(\d+)"')
 
 
 def _pod(name: str, node: str) -> dict[str, Any]:
@@ -116,25 +120,43 @@ class Pods:
 
 
 class EventCounter(threading.Thread):
-    """Counts the pod watch events of the bench namespace, the same stream the collector consumes."""
+    """Counts the pod watch events of the bench namespace, the same stream the collector consumes.
+
+    The apiserver closes a watch whose reader falls behind (and every watch at its timeout); the counter
+    then watches again from the last resourceVersion it saw, so a step is never counted as silent
+    because its watch had ended. `reconnects` says how often that happened."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.api = testbed_module().Api.for_cluster(CLUSTER_NAME)
         self.events = 0
+        self.reconnects = 0
         self.stop = threading.Event()
 
+    def _list_version(self) -> str:
+        return self.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods?limit=1")["metadata"]["resourceVersion"]
+
     def run(self) -> None:
-        version = self.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods?limit=1")["metadata"]["resourceVersion"]
-        conn = self.api._connection()
-        path = f"/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={version}&timeoutSeconds=3600"
-        conn.request("GET", path, headers={"Accept": "application/json"})
-        resp = conn.getresponse()
+        version = self._list_version()
         while not self.stop.is_set():
-            line = resp.readline()
-            if not line:
-                break
-            self.events += 1
+            conn = self.api._connection()
+            path = f"/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={version}&timeoutSeconds=600"
+            conn.request("GET", path, headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            while not self.stop.is_set():
+                line = resp.readline()
+                if not line:
+                    break
+                if line.startswith(b'{"type":"ERROR"'):  # resourceVersion too old: start from now
+                    version = self._list_version()
+                    break
+                # The object's own resourceVersion is the first one in the line (metadata comes first).
+                if (m := RESOURCE_VERSION.search(line)) is not None:
+                    version = m.group(1).decode()
+                self.events += 1
+            conn.close()
+            if not self.stop.is_set():
+                self.reconnects += 1
 
 
 def _published(pool_id: int) -> tuple[str | None, int | None]:
@@ -275,7 +297,7 @@ def _churn(pool_id: int, pods: Pods, rates: list[int]) -> list[dict[str, Any]]:
     time.sleep(1)
     for rate in rates:
         ops = int(rate * STEP_SECONDS)
-        events_before = counter.events
+        events_before, reconnects_before = counter.events, counter.reconnects
         start = time.perf_counter()
         done = 0
         with ThreadPoolExecutor(CREATE_THREADS) as pool:
@@ -308,6 +330,7 @@ def _churn(pool_id: int, pods: Pods, rates: list[int]) -> list[dict[str, Any]]:
             "target_ops_per_s": rate,
             "achieved_ops_per_s": achieved,
             "watch_events_per_s": events / elapsed,
+            "watch_reconnects": counter.reconnects - reconnects_before,
             "lag_seconds": lag,
             # The collector kept up with what was offered, whether or not the generator reached its target.
             "kept_up": lag <= LAG_OK,

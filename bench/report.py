@@ -215,7 +215,8 @@ def _collector(c: Json) -> list[str]:
         "skipped; kwok marks them Running) and one GPU each. First view: from starting the process (Python "
         "and Django start-up included) until the pool's published GPU count equals the pods and the cluster "
         f"is live. Churn: {c.get('step_seconds', 10):.0f} s steps of create/delete (2 creates per delete) at "
-        "rising target rates; the pod watch events of each step are counted on a watch of the bench's own; "
+        "rising target rates; the pod watch events of each step are counted on a watch of the bench's own "
+        "(opened again from its last resourceVersion when the apiserver closes it); "
         f"kept up = the figures caught up within {c.get('lag_ok_seconds', 3):.0f} s after the step; the "
         "sustained figure is the highest event rate of a kept-up step (the load generator shares the cores "
         f"and may fall short of its target). Fragments: {c.get('web', '')}; sequential "
@@ -240,11 +241,17 @@ def _collector(c: Json) -> list[str]:
     for n, r in c.get("sizes", {}).items():
         steps = ", ".join(
             f"{s['target_ops_per_s']}→{_num(s['achieved_ops_per_s'], 0)} ({_num(s['watch_events_per_s'], 0)} "
-            f"ev/s, {_num(s['lag_seconds'], 2)} s{'' if s['kept_up'] else ', not kept up'})"
+            f"ev/s, {_num(s['lag_seconds'], 2)} s{'' if s['kept_up'] else ', not kept up'}"
+            f"{_reconnects(s.get('watch_reconnects', 0))})"
             for s in r.get("churn", [])
         )
         out.append(f"- {n} nodes: {steps}; fragment errors: {r.get('fragment_errors', 0)}")
     return out
+
+
+def _reconnects(count: int) -> str:
+    # The bench's own counting watch, closed by the apiserver when it fell behind and opened again.
+    return f", counting watch reopened {count}x" if count else ""
 
 
 def _api(a: Json) -> list[str]:
