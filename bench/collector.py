@@ -140,21 +140,28 @@ class EventCounter(threading.Thread):
         version = self._list_version()
         while not self.stop.is_set():
             conn = self.api._connection()
-            path = f"/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={version}&timeoutSeconds=600"
-            conn.request("GET", path, headers={"Accept": "application/json"})
-            resp = conn.getresponse()
-            while not self.stop.is_set():
-                line = resp.readline()
-                if not line:
-                    break
-                if line.startswith(b'{"type":"ERROR"'):  # resourceVersion too old: start from now
-                    version = self._list_version()
-                    break
-                # The object's own resourceVersion is the first one in the line (metadata comes first).
-                if (m := RESOURCE_VERSION.search(line)) is not None:
-                    version = m.group(1).decode()
-                self.events += 1
-            conn.close()
+            try:
+                path = (
+                    f"/api/v1/namespaces/{NAMESPACE}/pods"
+                    f"?watch=1&resourceVersion={version}&timeoutSeconds=600"
+                )
+                conn.request("GET", path, headers={"Accept": "application/json"})
+                resp = conn.getresponse()
+                while not self.stop.is_set():
+                    line = resp.readline()
+                    if not line:
+                        break
+                    if line.startswith(b'{"type":"ERROR"'):  # resourceVersion too old: start from now
+                        version = self._list_version()
+                        break
+                    # The object's own resourceVersion is the first one in the line (metadata comes first).
+                    if (m := RESOURCE_VERSION.search(line)) is not None:
+                        version = m.group(1).decode()
+                    self.events += 1
+            except (OSError, http.client.HTTPException):
+                pass  # a quiet stream past the socket timeout, or a cut connection: watch again
+            finally:
+                conn.close()
             if not self.stop.is_set():
                 self.reconnects += 1
 

@@ -121,7 +121,12 @@ def _baseline_manifests(ids: list[int], prefix: str) -> list[dict[str, Any]]:
             for m in cluster_policy_objects(grant.pool.cluster)
             if m["kind"] == "PriorityClass" and m["metadata"]["name"] == contract.priority_class_name
         )
-        for m in [priority, cluster_manifests.grant_contract_policy(), *manifests.grant_objects(contract)]:
+        shared = [
+            priority,
+            cluster_manifests.grant_contract_policy(),
+            cluster_manifests.grant_contract_binding(),
+        ]
+        for m in [*shared, *manifests.grant_objects(contract)]:
             objects[(m["kind"], m["metadata"].get("namespace", ""), m["metadata"]["name"])] = m
     return list(objects.values())
 

@@ -106,7 +106,7 @@ def _targets(sections: Json) -> list[str]:
     if (big := _largest(api)) is not None:
         n, r = big
         lst, crt = r["list"]["p95_ms"]["median"], r["create"]["p95_ms"]["median"]
-        list_rps = r["list"]["rps"]["median"]
+        list_rps = r["list"]["rps"]["median"] or float("nan")
         rows += _target(
             f"API list p95 < 100 ms ({int(n):,} rows, concurrency 10)",
             f"{_num(lst, 0)} ms",
@@ -125,7 +125,7 @@ def _targets(sections: Json) -> list[str]:
             f"{_num(r.get('in_process_ms', {}).get('create'), 0)} ms alone (validation, pool row lock for "
             "the capacity check, audit rows); creates of one pool serialise on its row lock, and 10 in "
             f"flight at {_num(r['create']['rps']['median'], 0)} requests/s wait about "
-            f"{_num(10 / r['create']['rps']['median'] * 1000, 0)} ms each",
+            f"{_num(10 / (r['create']['rps']['median'] or float('nan')) * 1000, 0)} ms each",
         )
     else:
         rows += _target("API", api.get("error", "not run"), None)
@@ -364,7 +364,10 @@ def _reproduction(data: Json) -> list[str]:
     previous = data.get("previous")
     if not previous:
         return []
-    now = headlines(data["sections"])
+    # Only what this run measured: sections kept from the report it replaced (--only) would compare
+    # with themselves.
+    measured = data.get("measured") or list(data["sections"])
+    now = headlines({k: v for k, v in data["sections"].items() if k in measured})
     tolerance = max(
         (x for x in (worst_spread(data["sections"]), previous.get("worst_spread_pct")) if x is not None),
         default=None,
@@ -384,7 +387,7 @@ def _reproduction(data: Json) -> list[str]:
     ]
     for name, value in now.items():
         before = previous["headlines"].get(name)
-        if before in (None, 0):
+        if not before or value is None:
             continue
         change = (value - before) / before * 100
         within = "n/a" if tolerance is None else ("yes" if abs(change) <= tolerance else "**no**")

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": _versions(),
         "sections": previous,
         "previous": replaced,
+        "measured": only,
     }
     failed = []
     plans = _plans(args.quick)

@@ -1,6 +1,6 @@
 """Geometry for the dashboard's charts, drawn as inline SVG by templates/utilisation/charts/.
 
-Pure functions: figures in, coordinates and labels out (and, for the node grid's thousands of
+Pure functions: figures in, coordinates and labels out (and, for the node grid's hundreds of
 squares, the markup itself). No JavaScript chart library and nothing
 fetched from elsewhere; the browser only renders what the server sends.
 """
@@ -219,8 +219,9 @@ class NodeGrid:
 
 def node_grid(nodes: Sequence[dict[str, Any]], *, cell: int = 12, label_width: int = 190) -> NodeGrid:
     """One row per node, one square per GPU unit: used, free, or unavailable (node not Ready or
-    cordoned). Free squares scattered over many partly used rows are fragmentation made visible."""
-    shown = list(nodes[:GRID_MAX_NODES])
+    cordoned). Free squares scattered over many partly used rows are fragmentation made visible.
+    The first GRID_MAX_NODES nodes by name are drawn; `hidden` counts the rest."""
+    shown = sorted(nodes, key=lambda n: n.get("name", ""))[:GRID_MAX_NODES]
     widest = max((n.get("allocatable", 0) for n in shown), default=0)
     rows = []
     pitch = cell + 3

@@ -62,7 +62,15 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     *_each(("get", "create", "patch"), _APPLIED),
     *_each(
         ("delete",),
-        (("namespaces", ""), ("deployments", "apps")),
+        (
+            ("namespaces", ""),
+            ("deployments", "apps"),
+            ("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
+        ),
+    ),
+    *_each(
+        ("list",),
+        (("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),),
     ),
     # The policy probe creates a dry-run pod; team RoleBindings grant the `edit` ClusterRole.
     *_each(("create",), (("pods", ""),)),
@@ -495,16 +503,30 @@ def cluster_policy_objects(cluster: Cluster) -> list[Manifest]:
 
 
 def cluster_policies_apply(*, cluster: Cluster) -> list[str]:
-    """Apply the cluster-wide objects (PriorityClasses, the grant contract policy and its binding).
+    """Apply the cluster-wide objects (PriorityClasses, the grant contract policy and its binding),
+    and delete any other policy binding the portal made (it once made one per grant: the one binding
+    covers those namespaces now, and two would check every pod twice).
 
     Registration and every inventory sync queue it, so the periodic sync also heals drift in them.
-    Returns what was applied, as "Kind/name".
+    Returns what was done, as "Kind/name" (applied) or "deleted Kind/name".
     """
-    applied = []
+    done = []
     for manifest in cluster_policy_objects(cluster):
         ops.apply(cluster, manifest)
-        applied.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
-    return applied
+        done.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+    binding = manifests.grant_contract_binding()
+    for stale in ops.list_objects(
+        cluster,
+        binding["apiVersion"],
+        binding["kind"],
+        label_selector=f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY}",
+    ):
+        name = stale["metadata"]["name"]
+        if name != binding["metadata"]["name"] and ops.delete(
+            cluster, binding["apiVersion"], binding["kind"], name
+        ):
+            done.append(f"deleted {binding['kind']}/{name}")
+    return done
 
 
 # --- pre-flight at approval: a read of the cluster, no write ------------------------------------

@@ -64,7 +64,7 @@ def floor_time(moment: datetime, seconds: int) -> datetime:
 
 def _pool_detail(figures: PoolFigures) -> dict[str, Any]:
     return {
-        "nodes": [{**asdict(n), "free": n.free} for n in sorted(figures.nodes, key=lambda n: n.name)],
+        "nodes": [{**asdict(n), "free": n.free} for n in figures.nodes],
         "pending": [asdict(p) for p in figures.pending],
         "namespaces": [asdict(u) for u in sorted(figures.namespaces.values(), key=lambda u: u.namespace)],
         "non_gpu_pods": figures.non_gpu_pod_names,

@@ -20,10 +20,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
-
-from kubernetes.utils.quantity import parse_quantity
 
 Json = dict[str, Any]
 
@@ -193,12 +191,23 @@ class ClusterFigures:
 # Parsing helpers
 
 
+_QUANTITY_SUFFIXES: dict[str, Decimal] = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    **{s: Decimal(10) ** (3 * i) for i, s in enumerate("kMGTPE", start=1)},
+    **{f"{s}i": Decimal(2) ** (10 * i) for i, s in enumerate("KMGTPE", start=1)},
+}
+
+
 def quantity(value: object) -> Decimal:
-    """A Kubernetes quantity ("8", "500m", "1Ki"), parsed as the client library parses it; 0 for
-    anything unreadable, so one malformed pod cannot stop the figures of a whole cluster."""
+    """A Kubernetes quantity ("8", "500m", "1Ki"); 0 for anything unreadable, so one malformed pod
+    cannot stop the figures of a whole cluster. Parsed here rather than with the client library's
+    parser because only pools/kube imports the client."""
+    text = str(value).strip()
+    number = text.rstrip("kmMGTPEKi")
     try:
-        return parse_quantity(value if isinstance(value, int | float | Decimal) else str(value).strip())
-    except (ValueError, ArithmeticError):
+        return Decimal(number) * _QUANTITY_SUFFIXES[text[len(number) :]]
+    except (InvalidOperation, KeyError):
         return Decimal(0)
 
 

@@ -201,14 +201,21 @@ def converge(cluster: Cluster, desired: list[Manifest], *, compare: bool) -> lis
 # cluster and content) rather than once per grant. Their drift is still healed: a compare pass always
 # applies them, and so does every inventory sync (pools.services.cluster_policies_apply).
 CLUSTER_WIDE_REAPPLY_SECONDS = 60.0
-_cluster_wide_applied: dict[tuple[int, str], tuple[float, Applied]] = {}
+_cluster_wide_applied: dict[tuple[int, str, str], tuple[float, Applied]] = {}
+
+
+def forget_cluster_wide(cluster: Cluster) -> None:
+    """Apply the shared objects again next time: after a cluster error, or when a grant found its
+    contract not enforced (someone may have deleted one of them)."""
+    for key in [k for k in _cluster_wide_applied if k[0] == cluster.pk]:
+        del _cluster_wide_applied[key]
 
 
 def converge_cluster_wide(cluster: Cluster, desired: list[Manifest], *, compare: bool) -> list[Applied]:
     results = []
     now = time.monotonic()
     for manifest in desired:
-        key = (cluster.pk, json.dumps(manifest, sort_keys=True))
+        key = (cluster.pk, cluster.api_url, json.dumps(manifest, sort_keys=True))
         seen = _cluster_wide_applied.get(key)
         if compare or seen is None or now - seen[0] > CLUSTER_WIDE_REAPPLY_SECONDS:
             (applied,) = converge(cluster, [manifest], compare=compare)

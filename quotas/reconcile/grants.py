@@ -24,6 +24,7 @@ from quotas.reconcile.base import (
     converge,
     converge_cluster_wide,
     error_conditions,
+    forget_cluster_wide,
     grant_contract,
     observe,
     same,
@@ -186,7 +187,7 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
     )
     conditions = [
         Condition(
-            "Applied", "True", "Applied", f"{len(results)} objects applied at generation {generation}."
+            "Applied", "True", "Applied", f"{len(results)} objects in place at generation {generation}."
         ),
         quota_condition,
         policy_condition,
@@ -215,12 +216,14 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
     else:
         blocking = quota_condition if quota_condition.status != "True" else policy_condition
         conditions.append(Condition("Ready", "False", blocking.reason, blocking.message))
+    if policy_condition.status != "True":
+        forget_cluster_wide(cluster)  # the policy or its binding may be gone: apply them next time
     waiting = quota_condition.status != "True" or policy_condition.reason == "NotEnforcedYet"
     return Outcome(conditions, audits, requeue_after=POLL_SECONDS if waiting else None)
 
 
 def _grant_remove(cluster: Cluster, grant: Grant) -> Outcome:
-    """A platform admin deleted the namespace of an ended grant: keep it (and its binding) deleted."""
+    """A platform admin deleted the namespace of an ended grant: keep it deleted."""
     contract = grant_contract(grant)
     gone = []
     manifest = manifests.namespace(contract)
@@ -293,9 +296,11 @@ def grant_reconcile(*, grant_id: int) -> float | None:
         else:
             outcome = _grant_apply(cluster, grant, generation)
     except TemporaryKubeError as exc:
+        forget_cluster_wide(cluster)
         _record_grant(grant_id, generation=None, conditions=error_conditions(exc), audits=[], state_move=None)
         raise
     except PermanentKubeError as exc:
+        forget_cluster_wide(cluster)
         message = f"Cluster {cluster.name} refused the grant: {exc.message}"
         _record_grant(
             grant_id,

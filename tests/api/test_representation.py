@@ -45,12 +45,15 @@ def test_every_kind_of_request_renders_the_same_both_ways(world, settings) -> No
     rejected = factories.request(world.alice, world.vision, world.a100, gpus=1)
     services.capacity_request_reject(capacity_request=rejected, actor=world.bob, comment="too <big>")
 
+    # Within the auto-approval rule: decided without a person, so the decision has no approver.
+    auto = factories.experiment(world.alice, world.vision, world.mig)
+    ids = [draft.pk, sized.pk, approved.pk, rejected.pk, auto.pk]
     rows = (
-        CapacityRequest.objects.filter(pk__in=[draft.pk, sized.pk, approved.pk, rejected.pk])
+        CapacityRequest.objects.filter(pk__in=ids)
         .select_related("team", "requester", "accelerator", "pool__cluster", "grant")
         .prefetch_related("decisions__approver")
     )
-    assert len(rows) == 4
+    assert len(rows) == len(ids)
     for row in rows:
         assert CapacityRequestSerializer(row).data == generic(row)
     fast = {r.pk: CapacityRequestSerializer(r).data for r in rows}
@@ -59,3 +62,4 @@ def test_every_kind_of_request_renders_the_same_both_ways(world, settings) -> No
     assert fast[approved.pk]["grant"] is not None
     assert [d["approver"] for d in fast[approved.pk]["decisions"]] == ["bob", "admin"]
     assert fast[rejected.pk]["decisions"][0]["comment"] == "too <big>"
+    assert [d["approver"] for d in fast[auto.pk]["decisions"]] == [None]

@@ -10,6 +10,7 @@ from pools.kube import ops
 from pools.kube.client import connect
 from pools.kube.errors import Invalid
 from pools.manifests import GPU_TAINT_KEY, POLICY_NAME, POOL_LABEL_KEY
+from pools.services import cluster_policies_apply
 from portal.models import AuditEvent
 from quotas import services
 from quotas.models import Grant, ServingDeployment
@@ -311,3 +312,22 @@ def test_resync_recreates_a_deleted_namespace(org: Org, worker, wait_for) -> Non
     wait_for("the namespace and its quota to come back", recreated, timeout=60)
     wait_for("the drift audit", lambda: f"Namespace {ns} was missing; recreated" in drift_messages(grant))
     assert org.read("ResourceQuota", "gpu-grant", ns)["spec"]["hard"]["requests.nvidia.com/gpu"] == "1"
+
+
+def test_cluster_policies_apply_deletes_other_bindings_the_portal_made(org: Org) -> None:
+    stale = unique_name("gpu-grant-stale")
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": stale, "labels": {"app.kubernetes.io/managed-by": "gpu-capacity-portal"}},
+        "spec": {"policyName": POLICY_NAME, "validationActions": ["Deny"]},
+    }
+    ops.apply(org.k8s, binding)
+    try:
+        done = cluster_policies_apply(cluster=org.cluster)
+        assert f"deleted ValidatingAdmissionPolicyBinding/{stale}" in done
+        assert org.read("ValidatingAdmissionPolicyBinding", stale, api_version=binding["apiVersion"]) is None
+        kept = org.read("ValidatingAdmissionPolicyBinding", POLICY_NAME, api_version=binding["apiVersion"])
+        assert kept is not None
+    finally:
+        ops.delete(org.k8s, binding["apiVersion"], binding["kind"], stale)
