@@ -19,7 +19,17 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from bench.common import REPO_ROOT, Series, bench_env, django_setup, log, process, reset_database, wait_for
+from bench.common import (
+    REPO_ROOT,
+    Series,
+    bench_env,
+    django_setup,
+    fresh_catalogue,
+    log,
+    process,
+    team_with_lead,
+    wait_for,
+)
 
 WEB_PORT = 18766
 CONNECTIONS = 10
@@ -50,21 +60,12 @@ def _lua(token: str, body: dict[str, Any] | None) -> str:
 def _prepare(rows: int) -> tuple[str, dict[str, Any]]:
     from django.utils import timezone
 
-    from pools.models import Accelerator, Cluster, NodePool, PoolClass
+    from pools.models import NodePool, PoolClass
     from portal.api.services import api_token_issue
-    from portal.models import User
-    from quotas.models import CapacityRequest, Membership, Team
+    from quotas.models import CapacityRequest
     from quotas.states import RequestState
 
-    reset_database()
-    acc = Accelerator.objects.create(
-        slug="a100-80gb",
-        name="A100 80GB",
-        product="NVIDIA-A100-SXM4-80GB",
-        type_label="nvidia-a100",
-        memory_gib=80,
-    )
-    cluster = Cluster.objects.create(name="bench")
+    acc, cluster = fresh_catalogue()
     pool = NodePool.objects.create(
         cluster=cluster,
         name="pool-a",
@@ -75,9 +76,7 @@ def _prepare(rows: int) -> tuple[str, dict[str, Any]]:
         capacity_gpus=10_000_000,
         headroom_gpus=0,
     )
-    team = Team.objects.create(slug="bench", name="Bench")
-    lead = User.objects.create_user("lead", password="x")
-    Membership.objects.create(team=team, user=lead, role=Membership.Role.LEAD)
+    team, lead = team_with_lead("bench", "Bench", "lead")
     now = timezone.now()
     states = [
         RequestState.PENDING_PLATFORM,

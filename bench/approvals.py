@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from bench.common import Series, django_setup, reset_database
+from bench.common import Series, django_setup, fresh_catalogue, team_with_lead
 
 PROCESSES = 4
 POOLS = 4
@@ -20,20 +20,11 @@ def _prepare(n_requests: int) -> list[int]:
     from django.test import override_settings
     from django.utils import timezone
 
-    from pools.models import Accelerator, Cluster, NodePool, PoolClass
+    from pools.models import NodePool, PoolClass
     from portal.models import User
     from quotas import services
-    from quotas.models import Membership, Team
 
-    reset_database()
-    acc = Accelerator.objects.create(
-        slug="a100-80gb",
-        name="A100 80GB",
-        product="NVIDIA-A100-SXM4-80GB",
-        type_label="nvidia-a100",
-        memory_gib=80,
-    )
-    cluster = Cluster.objects.create(name="bench")
+    acc, cluster = fresh_catalogue()
     per_pool = n_requests // POOLS
     for i in range(POOLS):
         NodePool.objects.create(
@@ -46,9 +37,7 @@ def _prepare(n_requests: int) -> list[int]:
             capacity_gpus=int(per_pool * 0.8) + 2,
             headroom_gpus=2,
         )
-    team = Team.objects.create(slug="bench", name="Bench")
-    lead = User.objects.create_user("lead", password="x")
-    Membership.objects.create(team=team, user=lead, role=Membership.Role.LEAD)
+    team, lead = team_with_lead("bench", "Bench", "lead")
     User.objects.create_user("admin", password="x", is_platform_admin=True)
     now = timezone.now()
     ids = []

@@ -38,6 +38,32 @@ def reset_database() -> None:
     call_command("migrate", verbosity=0, interactive=False)
 
 
+def fresh_catalogue() -> tuple[Any, Any]:
+    """A reset database with one A100 accelerator and one cluster row (no cluster behind it): the
+    sections that measure the database alone build their pools on these."""
+    from pools.models import Accelerator, Cluster
+
+    reset_database()
+    accelerator = Accelerator.objects.create(
+        slug="a100-80gb",
+        name="A100 80GB",
+        product="NVIDIA-A100-SXM4-80GB",
+        type_label="nvidia-a100",
+        memory_gib=80,
+    )
+    return accelerator, Cluster.objects.create(name="bench")
+
+
+def team_with_lead(slug: str, name: str, username: str) -> tuple[Any, Any]:
+    from portal.models import User
+    from quotas.models import Membership, Team
+
+    team = Team.objects.create(slug=slug, name=name)
+    lead = User.objects.create_user(username, password="x")
+    Membership.objects.create(team=team, user=lead, role=Membership.Role.LEAD)
+    return team, lead
+
+
 @dataclass
 class Series:
     """Repeated measurements of one figure."""

@@ -27,6 +27,7 @@ from bench.common import (
     log,
     process,
     reset_database,
+    team_with_lead,
     testbed_cluster,
     wait_for,
 )
@@ -53,14 +54,10 @@ def _requests(run: int, n: int) -> list[int]:
     from django.utils import timezone
 
     from pools.models import NodePool
-    from portal.models import User
     from quotas import services
-    from quotas.models import Membership, Team
 
     pool = NodePool.objects.select_related("accelerator").get(name=POOL)
-    team = Team.objects.create(slug=f"b{run}", name=f"Bench {run}")
-    lead = User.objects.create_user(f"lead{run}", password="x")
-    Membership.objects.create(team=team, user=lead, role=Membership.Role.LEAD)
+    team, lead = team_with_lead(f"b{run}", f"Bench {run}", f"lead{run}")
     now = timezone.now()
     ids = []
     with override_settings(PORTAL_PREFLIGHT=False):
@@ -104,11 +101,9 @@ def _portal(ids: list[int], timeout: float) -> dict[str, float]:
 
 def _baseline_manifests(ids: list[int], prefix: str) -> list[dict[str, Any]]:
     """The portal's own desired objects for these grants, in fresh namespaces; cluster-wide ones once."""
-    from pools import manifests as cluster_manifests
-    from pools.services import cluster_policy_objects
     from quotas import manifests
     from quotas.models import Grant
-    from quotas.reconcile import grant_contract
+    from quotas.reconcile.base import grant_contract, grant_shared_objects
 
     grants = Grant.objects.select_related("request", "team", "pool__cluster", "pool__accelerator").filter(
         request_id__in=ids
@@ -116,16 +111,7 @@ def _baseline_manifests(ids: list[int], prefix: str) -> list[dict[str, Any]]:
     objects: dict[tuple[str, str, str], dict[str, Any]] = {}
     for grant in grants:
         contract = dataclasses.replace(grant_contract(grant), namespace=f"{prefix}-{grant.request_id}")
-        priority = next(
-            m
-            for m in cluster_policy_objects(grant.pool.cluster)
-            if m["kind"] == "PriorityClass" and m["metadata"]["name"] == contract.priority_class_name
-        )
-        shared = [
-            priority,
-            cluster_manifests.grant_contract_policy(),
-            cluster_manifests.grant_contract_binding(),
-        ]
+        shared = grant_shared_objects(grant.pool.cluster, contract)
         for m in [*shared, *manifests.grant_objects(contract)]:
             objects[(m["kind"], m["metadata"].get("namespace", ""), m["metadata"]["name"])] = m
     return list(objects.values())

@@ -188,20 +188,9 @@ def time_chart(
 
 
 @dataclass
-class Cell:
-    x: int
-    y: int
-    css: str
-
-
-@dataclass
 class GridRow:
     name: str
-    zone: str
-    y: int
-    text_y: int
     label: str
-    cells: list[Cell]
     # The row as SVG markup, built here rather than in the template: a 100-node grid has 800
     # squares, which the template engine takes ~45 ms to loop over and Python joins in ~1 ms (the
     # grid is polled every few seconds).
@@ -228,33 +217,26 @@ def node_grid(nodes: Sequence[dict[str, Any]], *, cell: int = 12, label_width: i
     for index, node in enumerate(shown):
         allocatable, requested = node.get("allocatable", 0), node.get("requested", 0)
         schedulable = node.get("ready") and not node.get("cordoned")
-        cells = []
+        y = index * pitch
+        squares = []
         for unit in range(max(allocatable, requested)):
             if unit < requested:
                 css = "used" if unit < allocatable else "over"
             else:
                 css = "free" if schedulable else "down"
-            cells.append(Cell(x=label_width + unit * pitch, y=index * pitch, css=css))
+            # Safe without escaping: every value is an int or one of the four literal class names.
+            x = label_width + unit * pitch
+            squares.append(f'<rect class="gpu {css}" x="{x}" y="{y}" width="{cell}" height="{cell}" rx="2"/>')
         state = "" if schedulable else (" (cordoned)" if node.get("cordoned") else " (not ready)")
         name, zone = node.get("name", ""), node.get("zone", "")
         label = f"{name}{state}"
-        # Safe without escaping: every value is an int or one of the four literal class names above.
-        rects = mark_safe(  # noqa: S308
-            "".join(
-                f'<rect class="gpu {c.css}" x="{c.x}" y="{c.y}" width="{cell}" height="{cell}" rx="2"/>'
-                for c in cells
-            )
-        )
-        text_y = index * pitch + cell - 2
         title = escape(f"{label} ({zone})" if zone else label)
         short = escape(label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…")
-        svg = mark_safe(  # noqa: S308 - the texts are escaped above, the rest are ints
+        svg = mark_safe(  # noqa: S308 - the texts are escaped above, the rest are ints and literals
             f'<g data-node="{escape(name)}"><title>{title}</title>'
-            f'<text class="node-label" x="0" y="{text_y}">{short}</text>{rects}</g>\n'
+            f'<text class="node-label" x="0" y="{y + cell - 2}">{short}</text>{"".join(squares)}</g>\n'
         )
-        rows.append(
-            GridRow(name=name, zone=zone, y=index * pitch, text_y=text_y, label=label, cells=cells, svg=svg)
-        )
+        rows.append(GridRow(name=name, label=label, svg=svg))
     return NodeGrid(
         width=label_width + max(widest, 1) * pitch,
         height=max(len(shown), 1) * pitch,

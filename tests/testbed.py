@@ -195,15 +195,23 @@ def testbed() -> Iterator[Testbed]:
 # Per-test helpers
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+def wait_until(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    diagnostics: Callable[[], str] | None = None,
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` (and whatever `diagnostics`
+    tells, e.g. a worker's log) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            told = f"\n{diagnostics()}" if diagnostics is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{told}", pytrace=False)
         time.sleep(interval)
 
 

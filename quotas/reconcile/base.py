@@ -19,6 +19,7 @@ from pools.kube.errors import KubeError
 from pools.kube.ops import parse_quantity
 from pools.manifests import CONTRACT_ACTIVE, POOL_LABEL_KEY, Manifest
 from pools.models import Cluster
+from pools.services import cluster_policy_objects
 from portal.services import audit_event_record
 from quotas import manifests
 from quotas.models import Grant, ServingDeployment
@@ -84,6 +85,15 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
         state=CONTRACT_ACTIVE if holding else req.state,
         pod_security=manifests.PodSecurity(**cfg["POD_SECURITY"]),
     )
+
+
+def grant_shared_objects(cluster: Cluster, contract: manifests.GrantContract) -> list[Manifest]:
+    """The cluster-wide objects a grant needs: its PriorityClass, the contract policy and its binding."""
+    return [
+        m
+        for m in cluster_policy_objects(cluster)
+        if m["kind"] != "PriorityClass" or m["metadata"]["name"] == contract.priority_class_name
+    ]
 
 
 def serving_spec(deployment: ServingDeployment) -> manifests.ServingSpec:

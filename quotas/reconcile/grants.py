@@ -8,12 +8,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from pools import manifests as cluster_manifests
 from pools.kube import ops
 from pools.kube.errors import Invalid, PermanentKubeError, TemporaryKubeError
 from pools.manifests import POLICY_NAME
 from pools.models import Cluster
-from pools.services import cluster_policy_objects
 from quotas import manifests, services
 from quotas.models import Grant, ServingDeployment
 from quotas.reconcile.base import (
@@ -26,6 +24,7 @@ from quotas.reconcile.base import (
     error_conditions,
     forget_cluster_wide,
     grant_contract,
+    grant_shared_objects,
     observe,
     same,
     title,
@@ -135,15 +134,9 @@ def _policy_condition(
 
 def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
     contract = grant_contract(grant)
-    priority = next(
-        m
-        for m in cluster_policy_objects(cluster)
-        if m["kind"] == "PriorityClass" and m["metadata"]["name"] == contract.priority_class_name
-    )
-    shared = [priority, cluster_manifests.grant_contract_policy(), cluster_manifests.grant_contract_binding()]
     compare = grant.observed_generation >= generation or not contract.active
     results = [
-        *converge_cluster_wide(cluster, shared, compare=compare),
+        *converge_cluster_wide(cluster, grant_shared_objects(cluster, contract), compare=compare),
         *converge(cluster, manifests.grant_objects(contract), compare=compare),
     ]
     applied = {title(r.manifest): r for r in results}

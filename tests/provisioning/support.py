@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,12 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import yaml
 
 from portal.celery import app as celery_app
 from quotas.models import Grant, ServingDeployment
 from quotas.states import RequestState
+from tests.testbed import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,14 +38,7 @@ def free_port() -> int:
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float, diagnostics: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{diagnostics()}", pytrace=False)
-        time.sleep(0.2)
+    return wait_until(what, check, timeout, diagnostics=diagnostics)
 
 
 def settled(grant: Grant, state: str = RequestState.ACTIVE) -> Grant | None:
