@@ -7,8 +7,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 TEST_PG_PORT ?= 55432
 TEST_REDIS_PORT ?= 56379
-TEST_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:$(TEST_PG_PORT)/portal \
-	CELERY_BROKER_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/0 \
+# Several checkouts may run the suite at once against the same servers: give each its own names.
+TEST_DB_NAME ?= portal
+TEST_REDIS_DB ?= 0
+TEST_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:$(TEST_PG_PORT)/$(TEST_DB_NAME) \
+	CELERY_BROKER_URL=redis://127.0.0.1:$(TEST_REDIS_PORT)/$(TEST_REDIS_DB) \
 	DJANGO_SETTINGS_MODULE=portal.settings.test
 PYTEST_ARGS ?=
 
