@@ -104,12 +104,55 @@ build_kwok() {
   log "kwok $KWOK_VERSION: done"
 }
 
+# Helm, for the chart's lint, template and dry-run checks (charts/gpu-capacity-portal), and the
+# ServiceMonitor CRD those checks need on the testbed apiserver. Both are version-keyed cache entries.
+helm_dir="$cache_root/helm-$HELM_VERSION"
+prom_crds_dir="$cache_root/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
+
+build_helm() {
+  local out="$helm_dir/bin"
+  if [[ -f "$helm_dir/.complete" ]]; then log "helm $HELM_VERSION: cached in $out"; return; fi
+  need_go
+  log "helm $HELM_VERSION: building (first time only; about 1-4 min on 2 cores)"
+  mkdir -p "$out"
+  local gomod
+  gomod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  # As Helm's Makefile does: the default Kubernetes version (.Capabilities.KubeVersion, lint's
+  # deprecation checks) is one minor above the client-go Helm is built with; without these it is v1.20.
+  local client_go major minor
+  client_go="$(awk '$1 == "k8s.io/client-go" {print $2}' "$gomod")"
+  [[ "$client_go" =~ ^v0\.([0-9]+)\.([0-9]+) ]] || { log "ERROR: no k8s.io/client-go version in $gomod"; exit 1; }
+  major=1; minor="${BASH_REMATCH[1]}"
+  local v=helm.sh/helm/v3
+  local ldflags="-s -w -X $v/internal/version.version=$HELM_VERSION -X $v/internal/version.metadata="
+  ldflags+=" -X $v/internal/version.gitTreeState=clean"
+  ldflags+=" -X $v/pkg/chartutil.k8sVersionMajor=$major -X $v/pkg/chartutil.k8sVersionMinor=$minor"
+  ldflags+=" -X $v/pkg/lint/rules.k8sVersionMajor=$major -X $v/pkg/lint/rules.k8sVersionMinor=$minor"
+  log "helm $HELM_VERSION: go install (client-go $client_go, default Kubernetes v$major.$minor)"
+  GOBIN="$out" go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  "$out/helm" version --short >/dev/null
+  log "helm $HELM_VERSION: built ($("$out/helm" version --short))"
+  # The CRD comes from the prometheus-operator module, which the module proxy serves like any other.
+  if [[ ! -f "$prom_crds_dir/.complete" ]]; then
+    log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION: fetching the ServiceMonitor CRD"
+    local dir
+    dir="$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+    mkdir -p "$prom_crds_dir"
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$prom_crds_dir/"
+    touch "$prom_crds_dir/.complete"
+  fi
+  touch "$helm_dir/.complete"
+  log "helm $HELM_VERSION: done"
+}
+
 case "${1:-all}" in
-  all) build_etcd; build_kwok; build_kubernetes ;;
+  all) build_etcd; build_kwok; build_kubernetes; build_helm ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   kwok) build_kwok ;;
+  helm) build_helm ;;
   paths)
-    echo "KUBE_BIN=$k8s_dir/bin"; echo "ETCD_BIN=$etcd_dir/bin"; echo "KWOK_BIN=$kwok_dir/bin" ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|kwok|paths]" >&2; exit 2 ;;
+    echo "KUBE_BIN=$k8s_dir/bin"; echo "ETCD_BIN=$etcd_dir/bin"; echo "KWOK_BIN=$kwok_dir/bin"
+    echo "HELM_BIN=$helm_dir/bin"; echo "PROMETHEUS_CRDS=$prom_crds_dir" ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|kwok|helm|paths]" >&2; exit 2 ;;
 esac
