@@ -6,7 +6,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 
 COPY pyproject.toml ./
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 --home-dir /app portal
+# A fixed uid and gid: the Helm chart runs the pods as 10001:10001 (runAsNonRoot needs a number).
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid 10001 portal \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home portal
 COPY . .
 # collectstatic needs settings that production would refuse to start without; they are build-time only.
 RUN PORTAL_SECRET_KEY=build PORTAL_ALLOWED_HOSTS=build DATABASE_URL=postgres://build/build \
@@ -14,6 +17,9 @@ RUN PORTAL_SECRET_KEY=build PORTAL_ALLOWED_HOSTS=build DATABASE_URL=postgres://b
     PORTAL_METRICS_TOKEN=build \
     python manage.py collectstatic --no-input -v0 && chown -R portal /app/var
 
-USER portal
+# Numeric, so the kubelet can check runAsNonRoot against the image itself.
+USER 10001:10001
 EXPOSE 8000
-CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# No control socket: it would be written under the read-only home, and nothing uses gunicornc.
+CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-", \
+     "--no-control-socket"]
