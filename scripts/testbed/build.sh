@@ -118,7 +118,8 @@ build_helm() {
   local gomod
   gomod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
   # As Helm's Makefile does: the default Kubernetes version (.Capabilities.KubeVersion, lint's
-  # deprecation checks) is one minor above the client-go Helm is built with; without these it is v1.20.
+  # deprecation checks) is the release of the client-go Helm is built with (v0.37 -> 1.37); without
+  # these it is v1.20.
   local client_go major minor
   client_go="$(awk '$1 == "k8s.io/client-go" {print $2}' "$gomod")"
   [[ "$client_go" =~ ^v0\.([0-9]+)\.([0-9]+) ]] || { log "ERROR: no k8s.io/client-go version in $gomod"; exit 1; }

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -27,7 +27,11 @@ from pools import services
 from pools.kube import ops
 from pools.models import Cluster
 from tests.chart.support import CHART, RELEASE, VALUE_SETS, Helm, Obj, Rendered, build_paths
-from tests.testbed import TEST_LABEL, Testbed, load_testbed_module, unique_name, wait_until
+from tests.testbed import TEST_LABEL, load_testbed_module, unique_name, wait_until
+
+if TYPE_CHECKING:
+    # Imported for annotations only: a module-level Testbed class would be collected as a test class.
+    from tests.testbed import Testbed
 
 pytestmark = pytest.mark.cluster
 
@@ -58,12 +62,12 @@ class Kubectl:
 
 
 @pytest.fixture(scope="module")
-def kubectl(testbed: Testbed) -> Kubectl:
+def kubectl(testbed: "Testbed") -> Kubectl:
     return Kubectl(load_testbed_module().binaries().kubectl, testbed.kubeconfig_path)
 
 
 @pytest.fixture(scope="module")
-def service_monitor_crd(testbed: Testbed, kubectl: Kubectl) -> None:
+def service_monitor_crd(testbed: "Testbed", kubectl: Kubectl) -> None:
     """The ServiceMonitor CRD of the pinned prometheus-operator release, applied for real (idempotent;
     it stays, like any CRD a cluster's monitoring stack installs once)."""
     crd_file = build_paths()["PROMETHEUS_CRDS"] / "monitoring.coreos.com_servicemonitors.yaml"
@@ -82,7 +86,7 @@ def service_monitor_crd(testbed: Testbed, kubectl: Kubectl) -> None:
 
 
 @pytest.fixture
-def restricted_namespace(testbed: Testbed, request: pytest.FixtureRequest) -> Iterator[str]:
+def restricted_namespace(testbed: "Testbed", request: pytest.FixtureRequest) -> Iterator[str]:
     name = unique_name("chart", request.node.name)
     cluster = testbed.admin
     labels = {TEST_LABEL: "true"}
@@ -114,7 +118,7 @@ def as_pod(workload: Obj, namespace: str) -> Obj:
     }
 
 
-def create_service_account(testbed: Testbed, rendered: Rendered, namespace: str) -> None:
+def create_service_account(testbed: "Testbed", rendered: Rendered, namespace: str) -> None:
     # The ServiceAccount admission plugin refuses a Pod whose account does not exist, even in a
     # dry run, so the (dry-run) Pods below need the real account.
     for account in rendered.of_kind("ServiceAccount"):
@@ -124,7 +128,7 @@ def create_service_account(testbed: Testbed, rendered: Rendered, namespace: str)
 @pytest.mark.parametrize("value_set", list(VALUE_SETS))
 def test_the_apiserver_accepts_every_rendered_object(
     helm: Helm,
-    testbed: Testbed,
+    testbed: "Testbed",
     kubectl: Kubectl,
     service_monitor_crd: None,
     restricted_namespace: str,
@@ -150,7 +154,7 @@ def test_the_apiserver_accepts_every_rendered_object(
 
 
 def test_the_restricted_namespace_really_refuses_a_weaker_pod(
-    helm: Helm, testbed: Testbed, kubectl: Kubectl, restricted_namespace: str
+    helm: Helm, testbed: "Testbed", kubectl: Kubectl, restricted_namespace: str
 ) -> None:
     """The control for the test above: the same web pod with one hardening setting undone is refused,
     and the Deployment carrying it draws the warning the test above forbids."""
@@ -166,7 +170,7 @@ def test_the_restricted_namespace_really_refuses_a_weaker_pod(
 
 
 @pytest.fixture
-def installed_rbac(helm: Helm, testbed: Testbed, restricted_namespace: str) -> Iterator[Rendered]:
+def installed_rbac(helm: Helm, testbed: "Testbed", restricted_namespace: str) -> Iterator[Rendered]:
     """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding, applied for real."""
     rendered = helm.render(namespace=restricted_namespace)
     cluster = testbed.admin
@@ -180,7 +184,7 @@ def installed_rbac(helm: Helm, testbed: Testbed, restricted_namespace: str) -> I
             ops.delete(cluster, "rbac.authorization.k8s.io/v1", obj["kind"], obj["metadata"]["name"])
 
 
-def _portal_check(testbed: Testbed, namespace: str, account: str) -> None:
+def _portal_check(testbed: "Testbed", namespace: str, account: str) -> None:
     request = {"spec": {"expirationSeconds": 600}}
     token = ops.call(
         testbed.admin,
@@ -193,7 +197,7 @@ def _portal_check(testbed: Testbed, namespace: str, account: str) -> None:
 
 
 def test_the_portal_accepts_the_charts_service_account_on_its_cluster(
-    testbed: Testbed, installed_rbac: Rendered, restricted_namespace: str
+    testbed: "Testbed", installed_rbac: Rendered, restricted_namespace: str
 ) -> None:
     """The registration check (a SelfSubjectAccessReview per REQUIRED_PERMISSIONS entry) with the
     ServiceAccount's own token: refused before the binding exists, accepted after."""
@@ -238,7 +242,7 @@ def test_the_portal_accepts_the_charts_service_account_on_its_cluster(
 
 
 def test_helm_install_dry_run_against_the_testbed(
-    helm: Helm, testbed: Testbed, service_monitor_crd: None, restricted_namespace: str
+    helm: Helm, testbed: "Testbed", service_monitor_crd: None, restricted_namespace: str
 ) -> None:
     args: list[Any] = ["install", RELEASE, str(CHART), "--namespace", restricted_namespace]
     args += ["--kubeconfig", str(testbed.kubeconfig_path), "--dry-run=server"]

@@ -56,7 +56,10 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
 
-{{/* The web Service's names inside the cluster: in-cluster clients reach the portal by them. */}}
+{{/*
+PORTAL_ALLOWED_HOSTS: the configured and Ingress hosts, the web Service's cluster names (in-cluster
+clients), and the pod's IP (the kubelet's probes and Prometheus address the pod by it).
+*/}}
 {{- define "portal.allowedHosts" -}}
 {{- $svc := include "portal.fullname" . }}
 {{- $ns := .Release.Namespace }}
