@@ -113,7 +113,7 @@ build_helm() {
   local out="$helm_dir/bin"
   if [[ -f "$helm_dir/.complete" ]]; then log "helm $HELM_VERSION: cached in $out"; return; fi
   need_go
-  log "helm $HELM_VERSION: building (first time only; about 1-4 min on 2 cores)"
+  log "helm $HELM_VERSION: building (first time only; 5-11 min on 2 cores with cold Go caches)"
   mkdir -p "$out"
   local gomod
   gomod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
