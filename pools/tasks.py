@@ -4,9 +4,10 @@ from celery import Task, shared_task
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from pools import services, services_utilisation
+from pools import services
 from pools.kube.errors import TemporaryKubeError
 from pools.models import Cluster
+from pools.utilisation import services as utilisation_services
 
 # Worth another try: the cluster may answer again. Everything else needs a person.
 TEMPORARY_CODES = frozenset({"unreachable", "unavailable"})
@@ -51,4 +52,4 @@ def clusters_sync_inventory() -> list[int]:
 @shared_task
 def utilisation_history_compact() -> dict[str, int]:
     """Roll utilisation samples up into 5-minute and hourly averages and apply retention (beat)."""
-    return services_utilisation.utilisation_history_compact(now=timezone.now())
+    return utilisation_services.utilisation_history_compact(now=timezone.now())

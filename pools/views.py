@@ -46,7 +46,7 @@ def _visible_cluster(user: User, pk: int) -> Cluster:
 
 
 def _pool_rows(pools: list[NodePool]) -> list[dict]:
-    figures = selectors.pool_figures_bulk(pairs=[(pool, None) for pool in pools])
+    figures = selectors.pool_capacity_bulk(pairs=[(pool, None) for pool in pools])
     return [{"pool": pool, "figures": figures[(pool.pk, None)]} for pool in pools]
 
 

@@ -23,7 +23,7 @@ from portal.models import User
 from portal.services import audit_event_record
 from quotas import rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, ServingDeployment, Team
-from quotas.selectors import is_team_lead, is_team_member, pool_figures, pool_figures_bulk
+from quotas.selectors import is_team_lead, is_team_member, pool_capacity, pool_capacity_bulk
 from quotas.states import HOLDING_STATES, PENDING_STATES, TERMINAL_STATES, RequestState, check_transition
 
 S = RequestState
@@ -181,7 +181,7 @@ def _validate_request(
         )
     # Prefer a pool of the request's own class (batch only borrows), then the one with most room.
     scored = []
-    figures_by_pool = pool_figures_bulk(pairs=[(pool, team.pk) for pool in candidates])
+    figures_by_pool = pool_capacity_bulk(pairs=[(pool, team.pk) for pool in candidates])
     for pool in candidates:
         figures = figures_by_pool[(pool.pk, team.pk)]
         refusal = rules.capacity_refusal(
@@ -295,7 +295,7 @@ def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -
 def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
     """Lock the pool row so concurrent approvals of its last GPUs serialise, then apply the rules."""
     pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=req.pool_id)
-    figures = pool_figures(pool=pool, team_id=req.team_id)
+    figures = pool_capacity(pool=pool, team_id=req.team_id)
     return rules.capacity_refusal(
         figures, gpus=req.gpus, pool_name=str(pool), is_batch=req.pool_class == PoolClass.BATCH
     )

@@ -30,7 +30,7 @@ from portal.ui import (
 from quotas import rules, selectors, services
 from quotas.forms import CapacityRequestForm, DecisionForm, ReasonForm, ServingDeploymentForm
 from quotas.models import CapacityRequest, Grant, ServingDeployment
-from quotas.rules import PoolFigures
+from quotas.rules import PoolCapacity
 from quotas.states import HOLDING_STATES, PENDING_STATES, RequestState
 
 PAGE_SIZE = 50
@@ -46,7 +46,7 @@ class Impact:
     """What approving a request does to its pool, in the numbers approvers reason with."""
 
     pool: NodePool
-    figures: PoolFigures
+    figures: PoolCapacity
     gpus: int
     refusal: str | None
 
@@ -55,7 +55,7 @@ class Impact:
         return self.figures.granted + self.gpus
 
 
-def _impact(req: CapacityRequest, figures: dict[tuple[int, int | None], PoolFigures]) -> Impact | None:
+def _impact(req: CapacityRequest, figures: dict[tuple[int, int | None], PoolCapacity]) -> Impact | None:
     if req.pool is None:
         return None
     pool_figures = figures[(req.pool.pk, req.team_id)]
@@ -70,7 +70,7 @@ def _impact(req: CapacityRequest, figures: dict[tuple[int, int | None], PoolFigu
 
 
 def _impacts(requests: list[CapacityRequest]) -> list[Impact | None]:
-    figures = selectors.pool_figures_bulk(pairs=[(r.pool, r.team_id) for r in requests if r.pool])
+    figures = selectors.pool_capacity_bulk(pairs=[(r.pool, r.team_id) for r in requests if r.pool])
     return [_impact(r, figures) for r in requests]
 
 

@@ -19,7 +19,7 @@ from django.db import connection
 
 from pools.kube import ops
 from pools.kube.errors import KubeError
-from pools.manifests import MANAGED_BY, MANAGED_BY_LABEL
+from pools.kube.objects import MANAGED_BY, MANAGED_BY_LABEL
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
 from pools.services import cluster_policies_apply
 from portal.celery import app as celery_app

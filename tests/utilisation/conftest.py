@@ -7,8 +7,8 @@ from django.utils import timezone
 
 from pools.kube import ops
 from pools.models import CollectorState, NodePool
-from pools.services_utilisation import utilisation_publish
-from pools.utilisation import ClusterFigures, GrantSpec, PoolSpec, compute
+from pools.utilisation.figures import ClusterFigures, GrantSpec, PoolSpec, compute
+from pools.utilisation.services import utilisation_publish
 from quotas.models import Grant, Team
 from quotas.states import RequestState
 from tests import factories

@@ -5,9 +5,9 @@ from datetime import datetime
 
 import pytest
 
-from pools.collector import ClusterCollector
 from pools.kube import ops
 from pools.models import ClusterUtilisation, CollectorState, PoolClass, PoolUtilisation
+from pools.utilisation.collector import ClusterCollector
 from tests import factories
 from tests.testbed import wait_until
 from tests.utilisation.conftest import make_grant
