@@ -6,6 +6,7 @@ from django.db import models
 from pools.kube.objects import POOL_LABEL, TYPE_LABEL, gpu_resource_name
 from pools.utilisation.figures import HISTORY_FIGURES, POOL_FIGURES, Rollup
 from portal.fields import EncryptedTextField
+from portal.querysets import TeamScopedQuerySet
 
 
 class PoolClass(models.TextChoices):
@@ -240,6 +241,8 @@ class TeamUsageSnapshot(models.Model):
     at = models.DateTimeField()
     seconds = models.FloatField()
     gpu_seconds = models.FloatField()
+
+    objects = TeamScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["pool", "at"]

@@ -33,6 +33,7 @@ from pools.kube.objects import (
 from pools.manifests import Manifest
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
 from portal.models import User
+from portal.roles import is_admin
 from portal.services import audit_event_record
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class SyncSummary:
 
 def _require_admin(actor: User | None) -> None:
     # actor None is the system itself (a periodic task).
-    if actor is not None and not (actor.is_platform_admin or actor.is_superuser):
+    if actor is not None and not is_admin(actor):
         raise PermissionDenied("Only platform admins manage clusters.")
 
 

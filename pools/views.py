@@ -35,7 +35,7 @@ def _require_sees_everything(user: User) -> None:
 
 def _admin_refusal(request: HttpRequest) -> HttpResponse | None:
     _require_sees_everything(request.user)
-    if not (request.user.is_platform_admin or request.user.is_superuser):
+    if not request.user.is_admin:
         return refusal(request, "Only platform admins manage clusters.")
     return None
 

@@ -5,9 +5,10 @@ from django.urls import include, path
 
 from pools.utilisation import metrics
 from portal import views, views_tokens
+from quotas import views as quotas_views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", quotas_views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path(
         "login/",

@@ -405,9 +405,7 @@ class TeamCost:
 def team_cost_list(*, user: User, start: datetime, end: datetime) -> list[TeamCost]:
     """GPU-hours and their cost per team and pool for [start, end), at catalogue prices (the
     accelerator's hourly cost per unit). Usage outside any grant shows as team "" to admins."""
-    qs = TeamUsageSnapshot.objects.all()
-    if not user.sees_everything:
-        qs = qs.filter(team__in=teams_visible_to(user=user))
+    qs = TeamUsageSnapshot.objects.visible_to(user)
     sums: dict[tuple[Any, ...], float] = defaultdict(float)
     for resolution, lower, upper in tier_ranges(start, end):
         tier = qs.filter(resolution=resolution, at__gte=lower, at__lt=upper)
