@@ -2,12 +2,10 @@
 
 from celery import Task, shared_task
 from django.core.exceptions import ValidationError
-from django.utils import timezone
 
 from pools import services
 from pools.kube.errors import TemporaryKubeError
 from pools.models import Cluster
-from pools.utilisation import services as utilisation_services
 
 # Worth another try: the cluster may answer again. Everything else needs a person.
 TEMPORARY_CODES = frozenset({"unreachable", "unavailable"})
@@ -48,8 +46,3 @@ def clusters_sync_inventory() -> list[int]:
         cluster_sync_inventory.delay(cluster_id)
     return ids
 
-
-@shared_task
-def utilisation_history_compact() -> dict[str, int]:
-    """Roll utilisation samples up into 5-minute and hourly averages and apply retention (beat)."""
-    return utilisation_services.utilisation_history_compact(now=timezone.now())
