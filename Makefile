@@ -81,3 +81,6 @@ bench: venv services testbed-build
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
 
 include scripts/testbed/testbed.mk
+
+# The testbed script runs on the venv's Python (PyYAML): a fresh clone's first command may be one of these.
+testbed-up testbed-down testbed-status testbed-smoke: venv
