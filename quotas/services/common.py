@@ -4,6 +4,7 @@ that the reconciler then carries to the cluster, and queuing that reconcile once
 from collections.abc import Sequence
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import QuerySet
 
@@ -109,6 +110,21 @@ def desired_state_bump(obj: DesiredState, *, fields: Sequence[str] = ()) -> None
 
 def _plain(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def locked_grant(grant: Grant, *, states: frozenset[str], needed: str, code: str) -> Grant:
+    """The grant, row-locked for the rest of the transaction, if its request is in one of `states`;
+    otherwise a ValidationError saying what it is and what was `needed`."""
+    grant = (
+        Grant.objects.select_for_update()
+        .select_related("request", "team", "pool__accelerator")
+        .get(pk=grant.pk)
+    )
+    if grant.request.state not in states:
+        raise ValidationError(
+            f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; {needed}.", code=code
+        )
+    return grant
 
 
 def live_deployments(grant: Grant) -> QuerySet[ServingDeployment]:

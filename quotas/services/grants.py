@@ -15,6 +15,7 @@ from quotas.services.common import (
     desired_state_bump,
     desired_state_change,
     live_deployments,
+    locked_grant,
     transition,
 )
 from quotas.services.requests import capacity_requests_expire_due
@@ -80,17 +81,9 @@ def grant_shrink(*, grant: Grant, actor: User, gpus: int) -> Grant:
     """Lower a running grant's GPUs; the reconciler lowers the quota and the per-pod maximum."""
     if not policies.can_manage_grants(user=actor):
         raise PermissionDenied("Only a platform admin can shrink a grant.")
-    grant = (
-        Grant.objects.select_for_update()
-        .select_related("request", "team", "pool__accelerator")
-        .get(pk=grant.pk)
+    grant = locked_grant(
+        grant, states=HOLDING_STATES, needed="only a running grant can be shrunk", code="invalid_transition"
     )
-    if grant.request.state not in HOLDING_STATES:
-        raise ValidationError(
-            f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; only a running grant "
-            "can be shrunk.",
-            code="invalid_transition",
-        )
     if not 1 <= gpus < grant.gpus:
         hint = "revoke it to take every GPU away" if gpus < 1 else "a grant only grows through a new request"
         bounds = (

@@ -15,6 +15,7 @@ from quotas.services.common import (
     PROVISIONABLE_STATES,
     desired_state_change,
     live_deployments,
+    locked_grant,
     queue_serving_reconcile,
 )
 
@@ -69,18 +70,12 @@ def _gpu_budget_error(
 
 
 def _running_grant(grant: Grant) -> Grant:
-    grant = (
-        Grant.objects.select_for_update()
-        .select_related("request", "team", "pool__accelerator")
-        .get(pk=grant.pk)
+    return locked_grant(
+        grant,
+        states=PROVISIONABLE_STATES,
+        needed="serving deployments need an approved or active grant",
+        code="grant_not_active",
     )
-    if grant.request.state not in PROVISIONABLE_STATES:
-        raise ValidationError(
-            f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; serving deployments "
-            "need an approved or active grant.",
-            code="grant_not_active",
-        )
-    return grant
 
 
 @transaction.atomic
