@@ -45,4 +45,3 @@ def clusters_sync_inventory() -> list[int]:
     for cluster_id in ids:
         cluster_sync_inventory.delay(cluster_id)
     return ids
-
