@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run      start the portal (web, worker, beat) on embedded defaults at http://127.0.0.1:8000"
 	@echo "make test     install everything needed and run the whole suite on PostgreSQL and Redis"
-	@echo "make lint     ruff"
+	@echo "make lint     ruff and the import contracts (pyproject.toml [tool.importlinter])"
 	@echo "make testbed-up / testbed-down   the local Kubernetes testbed"
 
 $(VENV)/.installed: pyproject.toml
@@ -43,6 +43,7 @@ services-down:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 fmt: venv
 	$(VENV)/bin/ruff format .
@@ -80,3 +81,6 @@ bench: venv services testbed-build
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
 
 include scripts/testbed/testbed.mk
+
+# The testbed script runs on the venv's Python (PyYAML): a fresh clone's first command may be one of these.
+testbed-up testbed-down testbed-status testbed-smoke: venv

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.common import load_testbed_module, poll_until
+
 BENCH_DB = os.environ.get("PORTAL_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:55432/portal_bench")
 BENCH_BROKER = os.environ.get("PORTAL_BENCH_BROKER_URL", "redis://127.0.0.1:56379/12")
 
@@ -41,26 +43,21 @@ def reset_database() -> None:
 def fresh_catalogue() -> tuple[Any, Any]:
     """A reset database with one A100 accelerator and one cluster row (no cluster behind it): the
     sections that measure the database alone build their pools on these."""
-    from pools.models import Accelerator, Cluster
+    from tests import factories
 
     reset_database()
-    accelerator = Accelerator.objects.create(
-        slug="a100-80gb",
-        name="A100 80GB",
-        product="NVIDIA-A100-SXM4-80GB",
-        type_label="nvidia-a100",
-        memory_gib=80,
+    accelerator = factories.accelerator(
+        "a100-80gb", 80, name="A100 80GB", product="NVIDIA-A100-SXM4-80GB", type_label="nvidia-a100"
     )
-    return accelerator, Cluster.objects.create(name="bench")
+    return accelerator, factories.cluster("bench")
 
 
 def team_with_lead(slug: str, name: str, username: str) -> tuple[Any, Any]:
-    from portal.models import User
-    from quotas.models import Membership, Team
+    from tests import factories
 
-    team = Team.objects.create(slug=slug, name=name)
-    lead = User.objects.create_user(username, password="x")
-    Membership.objects.create(team=team, user=lead, role=Membership.Role.LEAD)
+    team, lead = factories.team_with_lead(slug, username)
+    team.name = name
+    team.save(update_fields=["name"])
     return team, lead
 
 
@@ -136,18 +133,7 @@ KUBECTL = os.path.expanduser("~/.cache/gpu-portal/k8s-v1.36.1/bin/kubectl")
 
 
 def testbed_module() -> Any:
-    """scripts/testbed/testbed.py, imported by path (scripts/ is not a package)."""
-    import importlib.util
-    import sys
-
-    name = "gpu_portal_testbed"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, f"{REPO_ROOT}/scripts/testbed/testbed.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_testbed_module()
 
 
 @contextmanager
@@ -200,14 +186,7 @@ def process(
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return poll_until(what, check, timeout, interval)
 
 
 def log(section: str, message: str) -> None:

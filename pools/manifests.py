@@ -8,52 +8,20 @@ Nothing here talks to a cluster or the database; the functions return plain mani
 from dataclasses import dataclass
 from typing import Any
 
-from pools.models import LABEL_PREFIX, PoolClass
+from pools.kube.objects import (
+    CONTRACT_ACTIVE,
+    LABEL_PREFIX,
+    PRODUCT_LABEL,
+    TYPE_LABEL,
+    ContractAnnotation,
+    Label,
+    managed_labels,
+)
+from pools.models import PoolClass
 
 Manifest = dict[str, Any]
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "gpu-capacity-portal"
-# The portal's own label and annotation prefix, kept apart from the node-label prefix so nobody can
-# mistake a namespace label for a node property.
-PORTAL_PREFIX = "capacity.platform.example.com"
-CONTRACT_PREFIX = f"contract.{PORTAL_PREFIX}"
-
-POOL_LABEL_KEY = f"{LABEL_PREFIX}/pool"
-ACCELERATOR_TYPE_LABEL_KEY = f"{LABEL_PREFIX}/type"
-GPU_PRODUCT_LABEL_KEY = "nvidia.com/gpu.product"
-GPU_TAINT_KEY = f"{LABEL_PREFIX}/gpu"
-
-# Every grant namespace carries this label (the value is the grant's id); the one policy binding
-# selects namespaces by it, so a namespace is under the contract the moment it exists.
-GRANT_LABEL = f"{PORTAL_PREFIX}/grant"
-
 POLICY_NAME = "gpu-capacity-portal-grant-contract"
-
-
-class ContractAnnotation:
-    """Namespace annotations the policy reads through `namespaceObject`.
-
-    Annotations on the namespace rather than a params ConfigMap inside it: the team's `edit` role can
-    change ConfigMaps in its namespace but not the namespace itself, so the contract stays the portal's.
-    """
-
-    GRANT = f"{CONTRACT_PREFIX}/grant"
-    STATE = f"{CONTRACT_PREFIX}/state"
-    RESOURCE = f"{CONTRACT_PREFIX}/resource"
-    MAX_PER_POD = f"{CONTRACT_PREFIX}/max-gpus-per-pod"
-    POOL_LABEL_KEY = f"{CONTRACT_PREFIX}/pool-label-key"
-    POOL = f"{CONTRACT_PREFIX}/pool"
-    ACCELERATOR_TYPE = f"{CONTRACT_PREFIX}/accelerator-type"
-    PRODUCT = f"{CONTRACT_PREFIX}/gpu-product"
-    TAINT_KEY = f"{CONTRACT_PREFIX}/taint-key"
-    TAINT_VALUE = f"{CONTRACT_PREFIX}/taint-value"
-    GPU_TAINT_KEY = f"{CONTRACT_PREFIX}/gpu-taint-key"
-    PRIORITY_CLASS = f"{CONTRACT_PREFIX}/priority-class"
-
-
-# The value the STATE annotation has while the grant may run GPU pods.
-CONTRACT_ACTIVE = "active"
 
 
 @dataclass(frozen=True)
@@ -88,16 +56,12 @@ def default_priority_class_name(pool_class: str) -> str:
     return f"gpu-{pool_class}"
 
 
-def managed_labels(**extra: str) -> dict[str, str]:
-    return {MANAGED_BY_LABEL: MANAGED_BY, **extra}
-
-
 def priority_class(name: str, pool_class: str) -> Manifest:
     priority = PRIORITIES[PoolClass(pool_class)]
     return {
         "apiVersion": "scheduling.k8s.io/v1",
         "kind": "PriorityClass",
-        "metadata": {"name": name, "labels": managed_labels(**{f"{PORTAL_PREFIX}/pool-class": pool_class})},
+        "metadata": {"name": name, "labels": managed_labels(**{Label.POOL_CLASS: pool_class})},
         "value": priority.value,
         "preemptionPolicy": priority.preemption_policy,
         "globalDefault": False,
@@ -219,26 +183,26 @@ def grant_contract_policy() -> Manifest:
         },
         {
             "expression": (
-                f"!({_cel_quote(ACCELERATOR_TYPE_LABEL_KEY)} in variables.selector) || "
-                f"variables.selector[{_cel_quote(ACCELERATOR_TYPE_LABEL_KEY)}] == {ann(a.ACCELERATOR_TYPE)}"
+                f"!({_cel_quote(TYPE_LABEL)} in variables.selector) || "
+                f"variables.selector[{_cel_quote(TYPE_LABEL)}] == {ann(a.ACCELERATOR_TYPE)}"
             ),
             "reason": "Forbidden",
             "message": "The pod selects an accelerator type the grant does not cover.",
             "messageExpression": (
                 f"{grant} + 'it covers accelerator type ' + {ann(a.ACCELERATOR_TYPE)} + "
-                f"', the pod selects ' + variables.selector[{_cel_quote(ACCELERATOR_TYPE_LABEL_KEY)}]"
+                f"', the pod selects ' + variables.selector[{_cel_quote(TYPE_LABEL)}]"
             ),
         },
         {
             "expression": (
-                f"!({_cel_quote(GPU_PRODUCT_LABEL_KEY)} in variables.selector) || "
-                f"variables.selector[{_cel_quote(GPU_PRODUCT_LABEL_KEY)}] == {ann(a.PRODUCT)}"
+                f"!({_cel_quote(PRODUCT_LABEL)} in variables.selector) || "
+                f"variables.selector[{_cel_quote(PRODUCT_LABEL)}] == {ann(a.PRODUCT)}"
             ),
             "reason": "Forbidden",
             "message": "The pod selects a GPU product the grant does not cover.",
             "messageExpression": (
                 f"{grant} + 'it covers GPU product ' + {ann(a.PRODUCT)} + ', the pod selects ' + "
-                f"variables.selector[{_cel_quote(GPU_PRODUCT_LABEL_KEY)}]"
+                f"variables.selector[{_cel_quote(PRODUCT_LABEL)}]"
             ),
         },
         {
@@ -343,7 +307,7 @@ def grant_contract_binding() -> Manifest:
             "matchResources": {
                 "namespaceSelector": {
                     "matchLabels": managed_labels(),
-                    "matchExpressions": [{"key": GRANT_LABEL, "operator": "Exists"}],
+                    "matchExpressions": [{"key": Label.GRANT, "operator": "Exists"}],
                 }
             },
         },

@@ -3,10 +3,10 @@ from decimal import Decimal
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-from pools.utilisation import GPU_RESOURCE, MIG_RESOURCE_PREFIX
+from pools.kube.objects import POOL_LABEL, TYPE_LABEL, gpu_resource_name
+from pools.utilisation.figures import HISTORY_FIGURES, POOL_FIGURES, Rollup
 from portal.fields import EncryptedTextField
-
-LABEL_PREFIX = "accelerator.platform.example.com"
+from portal.querysets import TeamScopedQuerySet
 
 
 class PoolClass(models.TextChoices):
@@ -28,7 +28,7 @@ class Accelerator(models.Model):
         help_text="Value of the nvidia.com/gpu.product node label set by GPU Feature Discovery",
     )
     type_label = models.CharField(
-        max_length=50, help_text=f"Value of the {LABEL_PREFIX}/type node label, e.g. nvidia-a100"
+        max_length=50, help_text=f"Value of the {TYPE_LABEL} node label, e.g. nvidia-a100"
     )
     memory_gib = models.PositiveIntegerField(help_text="GPU memory of one unit (one GPU or one MIG slice)")
     mig_profile = models.CharField(max_length=20, blank=True, help_text="e.g. 1g.10gb; empty for a whole GPU")
@@ -45,7 +45,7 @@ class Accelerator(models.Model):
     @property
     def resource_name(self) -> str:
         """The extended resource the device plugin advertises for this unit."""
-        return f"{MIG_RESOURCE_PREFIX}{self.mig_profile}" if self.mig_profile else GPU_RESOURCE
+        return gpu_resource_name(self.mig_profile)
 
 
 class Cluster(models.Model):
@@ -88,11 +88,11 @@ class NodePool(models.Model):
     """A group of GPU nodes in one cluster that shares one accelerator, one taint and one pool class."""
 
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="pools")
-    name = models.SlugField(help_text=f"Value of the {LABEL_PREFIX}/pool node label")
+    name = models.SlugField(help_text=f"Value of the {POOL_LABEL} node label")
     pool_class = models.CharField(max_length=32, choices=PoolClass.choices)
     accelerator = models.ForeignKey(Accelerator, on_delete=models.PROTECT, related_name="pools")
     node_selector = models.JSONField(default=dict, help_text="Labels every node of the pool carries")
-    taint_key = models.CharField(max_length=253, default=f"{LABEL_PREFIX}/pool")
+    taint_key = models.CharField(max_length=253, default=POOL_LABEL)
     taint_value = models.CharField(max_length=63, blank=True)
     taint_effect = models.CharField(max_length=20, default="NoSchedule")
     priority_class_name = models.CharField(max_length=253)
@@ -132,15 +132,9 @@ class NodePool(models.Model):
     def taint(self) -> dict[str, str]:
         return {"key": self.taint_key, "value": self.taint_value, "effect": self.taint_effect}
 
-    def accepts(self, pool_class: str) -> bool:
-        """Batch work may borrow another class's pool up to its batch fraction; other classes may not."""
-        if pool_class == self.pool_class:
-            return True
-        return pool_class == PoolClass.BATCH and self.batch_fraction > 0
-
 
 # ----------------------------------------------------------------------------------------------
-# Live utilisation, written by the collector (pools/collector.py), and its history.
+# Live utilisation, written by the collector (pools/utilisation/collector.py), and its history.
 
 
 class CollectorState(models.TextChoices):
@@ -176,22 +170,10 @@ class ClusterUtilisation(models.Model):
 
 
 class PoolUtilisation(models.Model):
-    """The current figures of one pool (definitions in pools/utilisation.py)."""
+    """The current figures of one pool: a column per entry of POOL_FIGURES (added below the class)."""
 
     pool = models.OneToOneField(NodePool, on_delete=models.CASCADE, related_name="utilisation")
     computed_at = models.DateTimeField()
-    nodes_total = models.PositiveIntegerField(default=0)
-    nodes_ready = models.PositiveIntegerField(default=0)
-    nodes_cordoned = models.PositiveIntegerField(default=0)
-    nodes_fully_free = models.PositiveIntegerField(default=0)
-    gpus_allocatable = models.PositiveIntegerField(default=0)
-    gpus_requested = models.PositiveIntegerField(default=0)
-    gpus_free = models.PositiveIntegerField(default=0)
-    gpus_stranded = models.PositiveIntegerField(default=0)
-    largest_free_block = models.PositiveIntegerField(default=0)
-    pods_pending = models.PositiveIntegerField(default=0)
-    queue_wait_max_seconds = models.FloatField(default=0)
-    non_gpu_pods = models.PositiveIntegerField(default=0)
     # {"nodes": [...], "pending": [...], "namespaces": [...], "non_gpu_pods": [...]}
     detail = models.JSONField(default=dict, blank=True)
 
@@ -212,21 +194,14 @@ class SnapshotResolution(models.IntegerChoices):
 
 
 class PoolSnapshot(models.Model):
-    """A point of a pool's history. Averages are weighted by `seconds`, the time the row stands
-    for, so rolling rows up and integrating GPU-hours stay exact across tiers."""
+    """A point of a pool's history: a column per figure of HISTORY_FIGURES (added below the class).
+    Averages are weighted by `seconds`, the time the row stands for, so rolling rows up and
+    integrating GPU-hours stay exact across tiers."""
 
     pool = models.ForeignKey(NodePool, on_delete=models.CASCADE, related_name="snapshots")
     resolution = models.PositiveIntegerField(choices=SnapshotResolution.choices)
     at = models.DateTimeField(help_text="Sample time, or the start of the averaged bucket")
     seconds = models.FloatField()
-    nodes_ready = models.FloatField(default=0)
-    gpus_allocatable = models.FloatField(default=0)
-    gpus_requested = models.FloatField(default=0)
-    gpus_free = models.FloatField(default=0)
-    gpus_stranded = models.FloatField(default=0)
-    largest_free_block = models.FloatField(default=0)
-    pods_pending = models.FloatField(default=0)
-    queue_wait_max_seconds = models.FloatField(default=0, help_text="Maximum, not average")
 
     class Meta:
         ordering = ["pool", "at"]
@@ -237,6 +212,21 @@ class PoolSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pool_id} @ {self.at:%Y-%m-%d %H:%M:%S} ({self.get_resolution_display()})"
+
+
+# One column per figure, from the one table (pools.utilisation.figures.POOL_FIGURES).
+for _figure in POOL_FIGURES:
+    PoolUtilisation.add_to_class(
+        _figure.name,
+        models.PositiveIntegerField(default=0, help_text=_figure.help)
+        if _figure.integer
+        else models.FloatField(default=0, help_text=_figure.help),
+    )
+for _figure in HISTORY_FIGURES:
+    _how = "maximum over the bucket" if _figure.rollup == Rollup.MAXIMUM else "average over the bucket"
+    PoolSnapshot.add_to_class(
+        _figure.name, models.FloatField(default=0, help_text=f"{_figure.help} ({_how})")
+    )
 
 
 class TeamUsageSnapshot(models.Model):
@@ -251,6 +241,8 @@ class TeamUsageSnapshot(models.Model):
     at = models.DateTimeField()
     seconds = models.FloatField()
     gpu_seconds = models.FloatField()
+
+    objects = TeamScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["pool", "at"]

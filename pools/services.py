@@ -16,15 +16,25 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from pools import manifests
+from pools.holders import holders_count
 from pools.kube import client, ops
-from pools.kube.discovery import POOL_LABEL, AcceleratorSpec, DiscoveredPool, Inventory, discover
+from pools.kube.discovery import AcceleratorSpec, DiscoveredPool, Inventory, discover
 from pools.kube.errors import InvalidKubeconfig, KubeError, TLSError, Unauthorized, Unreachable
+from pools.kube.objects import (
+    carries_taint,
+    managed_selector,
+    names_listed,
+    node_allocatable,
+    node_schedulable,
+    pool_taint,
+    quantity,
+    selector_text,
+)
 from pools.manifests import Manifest
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
-from pools.utilisation import node_ready, quantity
 from portal.models import User
+from portal.roles import is_admin
 from portal.services import audit_event_record
-from quotas.states import HOLDING_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +111,7 @@ class SyncSummary:
 
 def _require_admin(actor: User | None) -> None:
     # actor None is the system itself (a periodic task).
-    if actor is not None and not (actor.is_platform_admin or actor.is_superuser):
+    if actor is not None and not is_admin(actor):
         raise PermissionDenied("Only platform admins manage clusters.")
 
 
@@ -188,7 +198,7 @@ def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
         if cluster.pk is None:
             # Credentials that were never saved must not linger in the connection cache.
             client.forget(cluster)
-    gpu_nodes = discover(nodes).gpu_nodes
+    gpu_nodes = discover(nodes, pool_classes=PoolClass.values).gpu_nodes
     if not gpu_nodes:
         raise ValidationError(
             {
@@ -340,7 +350,7 @@ def _catalogue_entry(spec: AcceleratorSpec, summary: SyncSummary, actor: User | 
 
 def _pool_fields(found: DiscoveredPool, accelerator: Accelerator) -> dict[str, Any]:
     # Nodes without any pool taint (reported by the conformance report) get the one they should carry.
-    taint = found.taint or {"key": POOL_LABEL, "value": found.name, "effect": "NoSchedule"}
+    taint = found.taint or pool_taint(found.name)
     return {
         "pool_class": found.pool_class,
         "accelerator": accelerator,
@@ -380,7 +390,7 @@ def _sync_pool(cluster: Cluster, found: DiscoveredPool, summary: SyncSummary, ac
         summary.created.append(pool.name)
         return
 
-    holding = pool.grants.filter(request__state__in=HOLDING_STATES).count()
+    holding = holders_count(pool_id=pool.pk)
     changes = {key: value for key, value in wanted.items() if getattr(pool, key) != value}
     for key in ("pool_class", "accelerator"):
         if key in changes and holding:
@@ -430,7 +440,7 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
     except KubeError as exc:
         _record_failure(cluster, exc.message)
         raise _as_validation_error(cluster, exc) from exc
-    inventory: Inventory = discover(nodes)
+    inventory: Inventory = discover(nodes, pool_classes=PoolClass.values)
     if not inventory.gpu_nodes:
         message = f"Cluster {cluster.name} has no GPU nodes; pools left as they were."
         _record_failure(cluster, message)
@@ -519,7 +529,7 @@ def cluster_policies_apply(*, cluster: Cluster) -> list[str]:
         cluster,
         binding["apiVersion"],
         binding["kind"],
-        label_selector=f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY}",
+        label_selector=managed_selector(),
     ):
         name = stale["metadata"]["name"]
         if name != binding["metadata"]["name"] and ops.delete(
@@ -532,16 +542,6 @@ def cluster_policies_apply(*, cluster: Cluster) -> list[str]:
 # --- pre-flight at approval: a read of the cluster, no write ------------------------------------
 
 
-def _node_schedulable(node: dict[str, Any]) -> bool:
-    return node_ready(node) and not (node.get("spec") or {}).get("unschedulable")
-
-
-def _names(nodes: list[dict[str, Any]], limit: int = 5) -> str:
-    names = sorted(n["metadata"]["name"] for n in nodes)
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def pool_preflight_refusal(*, pool: NodePool) -> str | None:
     """Why work granted on `pool` could not run on its cluster now, or None.
 
@@ -550,7 +550,7 @@ def pool_preflight_refusal(*, pool: NodePool) -> str | None:
     there), and they must advertise the accelerator's resource.
     """
     cluster = pool.cluster
-    selector = ",".join(f"{k}={v}" for k, v in sorted(pool.node_selector.items()))
+    selector = selector_text(pool.node_selector)
     if not selector:
         return f"Pool {pool} has no node selector, so its workloads could land on any node."
     try:
@@ -562,29 +562,18 @@ def pool_preflight_refusal(*, pool: NodePool) -> str | None:
             f"Pool {pool}: no node of cluster {cluster.name} matches its selector {selector}, so "
             "granted workloads would stay Pending. Fix the pool's node selector or add nodes first."
         )
-    ready = [n for n in nodes if _node_schedulable(n)]
+    ready = [n for n in nodes if node_schedulable(n)]
     if not ready:
         return f"Pool {pool}: none of the {len(nodes)} nodes matching {selector} is Ready and schedulable."
     taint = pool.taint
-
-    def tainted(node: dict[str, Any]) -> bool:
-        return any(
-            t.get("key") == taint["key"]
-            and (t.get("value") or "") == taint["value"]
-            and t.get("effect") == taint["effect"]
-            for t in (node.get("spec") or {}).get("taints") or []
-        )
-
-    untainted = [n for n in ready if not tainted(n)]
+    untainted = [n for n in ready if not carries_taint(n, taint)]
     if untainted:
         return (
-            f"Pool {pool}: Ready nodes {_names(untainted)} lack the pool taint "
+            f"Pool {pool}: Ready nodes {names_listed(untainted)} lack the pool taint "
             f"{taint['key']}={taint['value']}:{taint['effect']}, so any workload could land on them. "
             "Taint them before granting the pool."
         )
     resource = pool.accelerator.resource_name
-    if not any(
-        quantity(((n.get("status") or {}).get("allocatable") or {}).get(resource, "0")) > 0 for n in ready
-    ):
+    if not any(quantity(node_allocatable(n).get(resource, "0")) > 0 for n in ready):
         return f"Pool {pool}: no Ready node advertises {resource}; is the device plugin running?"
     return None

@@ -2,9 +2,8 @@
 
 from celery import Task, shared_task
 from django.core.exceptions import ValidationError
-from django.utils import timezone
 
-from pools import services, services_utilisation
+from pools import services
 from pools.kube.errors import TemporaryKubeError
 from pools.models import Cluster
 
@@ -46,9 +45,3 @@ def clusters_sync_inventory() -> list[int]:
     for cluster_id in ids:
         cluster_sync_inventory.delay(cluster_id)
     return ids
-
-
-@shared_task
-def utilisation_history_compact() -> dict[str, int]:
-    """Roll utilisation samples up into 5-minute and hourly averages and apply retention (beat)."""
-    return services_utilisation.utilisation_history_compact(now=timezone.now())

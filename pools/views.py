@@ -35,7 +35,7 @@ def _require_sees_everything(user: User) -> None:
 
 def _admin_refusal(request: HttpRequest) -> HttpResponse | None:
     _require_sees_everything(request.user)
-    if not (request.user.is_platform_admin or request.user.is_superuser):
+    if not request.user.is_admin:
         return refusal(request, "Only platform admins manage clusters.")
     return None
 
@@ -46,7 +46,7 @@ def _visible_cluster(user: User, pk: int) -> Cluster:
 
 
 def _pool_rows(pools: list[NodePool]) -> list[dict]:
-    figures = selectors.pool_figures_bulk(pairs=[(pool, None) for pool in pools])
+    figures = selectors.pool_capacity_bulk(pairs=[(pool, None) for pool in pools])
     return [{"pool": pool, "figures": figures[(pool.pk, None)]} for pool in pools]
 
 

@@ -28,14 +28,13 @@ class Navigation:
 def _navigation(user: User) -> Navigation:
     roles = set(Membership.objects.filter(user=user).values_list("role", flat=True))
     is_lead = Membership.Role.LEAD in roles
-    is_admin = user.is_platform_admin or user.is_superuser
     return Navigation(
         can_request=bool(roles),
         is_lead=is_lead,
-        is_admin=is_admin,
+        is_admin=user.is_admin,
         sees_everything=user.sees_everything,
-        read_only=user.is_auditor and not is_admin,
-        inbox_count=approval_inbox(user=user).count() if is_lead or user.is_platform_admin else 0,
+        read_only=user.is_read_only,
+        inbox_count=approval_inbox(user=user).count() if is_lead or user.is_admin else 0,
     )
 
 

@@ -1,6 +1,9 @@
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 
+from portal import roles
+from portal.querysets import TeamScopedQuerySet
+
 
 class User(AbstractUser):
     """A portal user. Team roles live on quotas.Membership; these flags are the platform-wide roles."""
@@ -10,14 +13,18 @@ class User(AbstractUser):
     )
     is_auditor = models.BooleanField(default=False, help_text="Reads everything, changes nothing.")
 
+    # The rules are portal.roles; these properties are for templates and short call sites.
+    @property
+    def is_admin(self) -> bool:
+        return roles.is_admin(self)
+
     @property
     def sees_everything(self) -> bool:
-        return self.is_platform_admin or self.is_auditor or self.is_superuser
+        return roles.sees_everything(self)
 
     @property
     def is_read_only(self) -> bool:
-        """Auditors read everything and change nothing, whatever teams they also belong to."""
-        return self.is_auditor and not (self.is_platform_admin or self.is_superuser)
+        return roles.is_read_only(self)
 
 
 class AuditEvent(models.Model):
@@ -36,6 +43,8 @@ class AuditEvent(models.Model):
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
     message = models.TextField(blank=True)
+
+    objects = TeamScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

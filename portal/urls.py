@@ -3,11 +3,12 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from pools import metrics
+from pools.utilisation import metrics
 from portal import views, views_tokens
+from quotas import views as quotas_views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", quotas_views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path(
         "login/",
@@ -23,7 +24,7 @@ urlpatterns = [
     path("account/tokens/<int:pk>/revoke/", views_tokens.token_revoke, name="token_revoke"),
     path("", include("quotas.urls")),
     path("", include("pools.urls")),
-    path("utilisation/", include("pools.urls_dashboard")),
+    path("utilisation/", include("pools.utilisation.urls")),
     path("metrics", metrics.metrics, name="metrics"),
 ]
 

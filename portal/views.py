@@ -1,32 +1,10 @@
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseClientRefresh
 
-from portal.ui import login_redirect, login_required
-from quotas import selectors
-from quotas.states import HOLDING_STATES, PENDING_STATES
-
-RECENT = 10
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    user = request.user
-    requests = selectors.capacity_request_list(user=user)
-    return render(
-        request,
-        "portal/home.html",
-        {
-            "in_flight": requests.filter(state__in=PENDING_STATES)[:RECENT],
-            "inbox": selectors.approval_inbox(user=user)[:RECENT],
-            "grants": selectors.grant_usage_list(user=user).filter(request__state__in=HOLDING_STATES)[
-                :RECENT
-            ],
-        },
-    )
+from portal.ui import login_redirect
 
 
 @require_GET

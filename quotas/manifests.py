@@ -10,29 +10,22 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pools.manifests import (
+from pools.kube.objects import (
     CONTRACT_ACTIVE,
-    GRANT_LABEL,
-    PORTAL_PREFIX,
+    GPU_RESOURCE,
+    HOSTNAME_LABEL,
+    MODEL_ANNOTATION,
+    ZONE_LABEL,
     ContractAnnotation,
-    Manifest,
+    Label,
     managed_labels,
+    quota_key,
 )
-from pools.utilisation import GPU_RESOURCE, ZONE_LABEL
+from pools.manifests import Manifest
 
 QUOTA_NAME = "gpu-grant"
 LIMIT_RANGE_NAME = "gpu-grant-defaults"
 ROLE_BINDING_NAME = "gpu-grant-team"
-HOSTNAME_KEY = "kubernetes.io/hostname"
-
-
-class Label:
-    TEAM = f"{PORTAL_PREFIX}/team"
-    POOL_CLASS = f"{PORTAL_PREFIX}/pool-class"
-    ACCELERATOR = f"{PORTAL_PREFIX}/accelerator"
-    POOL = f"{PORTAL_PREFIX}/pool"
-    GRANT = GRANT_LABEL
-    DEPLOYMENT = f"{PORTAL_PREFIX}/serving-deployment"
 
 
 @dataclass(frozen=True)
@@ -98,11 +91,6 @@ class GrantContract:
                 Label.GRANT: str(self.grant_id),
             }
         )
-
-
-def quota_key(resource: str) -> str:
-    # Extended resources can only be limited by their request in a ResourceQuota.
-    return f"requests.{resource}"
 
 
 def namespace(c: GrantContract) -> Manifest:
@@ -352,7 +340,7 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
             },
             {
                 "maxSkew": 1,
-                "topologyKey": HOSTNAME_KEY,
+                "topologyKey": HOSTNAME_LABEL,
                 "whenUnsatisfiable": "ScheduleAnyway",
                 "labelSelector": {"matchLabels": selector},
             },
@@ -368,7 +356,7 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
             "name": s.name,
             "namespace": c.namespace,
             "labels": labels,
-            "annotations": {f"{PORTAL_PREFIX}/model": s.model_name},
+            "annotations": {MODEL_ANNOTATION: s.model_name},
         },
         "spec": {
             "replicas": replicas,
@@ -377,7 +365,7 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
             "progressDeadlineSeconds": s.load_budget_seconds,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "template": {
-                "metadata": {"labels": labels, "annotations": {f"{PORTAL_PREFIX}/model": s.model_name}},
+                "metadata": {"labels": labels, "annotations": {MODEL_ANNOTATION: s.model_name}},
                 "spec": spec,
             },
         },

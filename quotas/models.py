@@ -5,6 +5,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from pools.models import Accelerator, NodePool, PoolClass
+from portal.querysets import TeamQuerySet, TeamScopedQuerySet
 from quotas.states import RequestState
 
 dns_label = RegexValidator(
@@ -29,6 +30,8 @@ class Team(models.Model):
         max_length=200, blank=True, help_text="Identity-provider group bound to the team's namespaces"
     )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
+
+    objects = TeamQuerySet.as_manager()
 
     class Meta:
         ordering = ["slug"]
@@ -92,6 +95,8 @@ class CapacityRequest(models.Model):
     state = models.CharField(max_length=20, choices=RequestState.choices, default=RequestState.DRAFT)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TeamScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -159,6 +164,8 @@ class Grant(models.Model):
     namespace_deleted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = TeamScopedQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["-created_at", "-id"], name="grant_newest_first")]
@@ -197,6 +204,8 @@ class ServingDeployment(models.Model):
     ready_at = models.DateTimeField(null=True, blank=True)
     load_seconds = models.FloatField(null=True, blank=True, help_text="Creation to all replicas Ready")
     deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TeamScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

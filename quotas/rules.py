@@ -38,7 +38,7 @@ def within_auto_approval(*, gpus: int, starts_at: datetime, ends_at: datetime, r
 
 
 @dataclass(frozen=True)
-class PoolFigures:
+class PoolCapacity:
     """What a pool has granted, the numbers every capacity decision is made from."""
 
     capacity: int
@@ -62,7 +62,7 @@ class PoolFigures:
         return math.floor(self.batch_fraction * self.capacity)
 
 
-def capacity_refusal(figures: PoolFigures, *, gpus: int, pool_name: str, is_batch: bool) -> str | None:
+def capacity_refusal(figures: PoolCapacity, *, gpus: int, pool_name: str, is_batch: bool) -> str | None:
     """Why granting `gpus` more would break a rule, naming the numbers; None when it fits."""
     f = figures
     if f.granted + gpus > f.grantable:

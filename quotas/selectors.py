@@ -1,6 +1,9 @@
 """Reads, each scoped to what the asking user may see."""
 
+from collections import defaultdict
 from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
 
 from django.db.models import CharField, Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Cast, Coalesce
@@ -8,17 +11,14 @@ from django.db.models.functions import Cast, Coalesce
 from pools.models import Accelerator, Cluster, NodePool, PoolClass, PoolUtilisation
 from pools.selectors import pools_offering
 from portal.models import AuditEvent, User
-from quotas.models import CapacityRequest, Grant, Membership, ServingDeployment, Team
-from quotas.rules import PoolFigures
+from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, ServingDeployment, Team
+from quotas.rules import PoolCapacity
 from quotas.states import HOLDING_STATES, RequestState
 
 
-def is_team_member(*, user: User, team_id: int) -> bool:
-    return Membership.objects.filter(user=user, team_id=team_id).exists()
-
-
-def is_team_lead(*, user: User, team_id: int) -> bool:
-    return Membership.objects.filter(user=user, team_id=team_id, role=Membership.Role.LEAD).exists()
+def holding_grant_count(*, pool_id: int) -> int:
+    """Grants that hold capacity of the pool now (approved, provisioning, active or failed)."""
+    return Grant.objects.filter(pool_id=pool_id, request__state__in=HOLDING_STATES).count()
 
 
 def teams_of(*, user: User) -> QuerySet[Team]:
@@ -26,7 +26,7 @@ def teams_of(*, user: User) -> QuerySet[Team]:
 
 
 def teams_visible_to(*, user: User) -> QuerySet[Team]:
-    return Team.objects.all() if user.sees_everything else teams_of(user=user)
+    return Team.objects.visible_to(user)
 
 
 def capacity_request_list(*, user: User) -> QuerySet[CapacityRequest]:
@@ -34,10 +34,11 @@ def capacity_request_list(*, user: User) -> QuerySet[CapacityRequest]:
     # the page query to one join, which PostgreSQL plans and runs in half the time of a six-table join.
     # The cluster is only named here: its credentials stay in the database, not decrypted per row.
     clusters = Prefetch("pool__cluster", queryset=Cluster.objects.defer("kubeconfig", "token"))
-    qs = CapacityRequest.objects.select_related("requester").prefetch_related("team", "accelerator", clusters)
-    if not user.sees_everything:
-        qs = qs.filter(team__memberships__user=user)
-    return qs
+    return (
+        CapacityRequest.objects.visible_to(user)
+        .select_related("requester")
+        .prefetch_related("team", "accelerator", clusters)
+    )
 
 
 def capacity_request_get(*, user: User, pk: int) -> CapacityRequest:
@@ -47,10 +48,17 @@ def capacity_request_get(*, user: User, pk: int) -> CapacityRequest:
 
 def approval_inbox(*, user: User) -> QuerySet[CapacityRequest]:
     """Requests waiting for this user's decision; never the user's own."""
+    # The query form of quotas.policies.decision_stage: a lead of the team at the lead stage, a
+    # platform admin at the platform stage unless they made the lead decision; never one's own.
+    if user.is_read_only:
+        return CapacityRequest.objects.none()
     lead_of = Membership.objects.filter(user=user, role=Membership.Role.LEAD, team=OuterRef("team"))
     condition = Q(state=RequestState.PENDING_LEAD) & Exists(lead_of)
-    if user.is_platform_admin:
-        condition |= Q(state=RequestState.PENDING_PLATFORM)
+    if user.is_admin:
+        decided_as_lead = ApprovalDecision.objects.filter(
+            request=OuterRef("pk"), stage=ApprovalDecision.Stage.LEAD, approver=user
+        )
+        condition |= Q(state=RequestState.PENDING_PLATFORM) & ~Exists(decided_as_lead)
     return (
         CapacityRequest.objects.filter(condition)
         .exclude(requester=user)
@@ -61,39 +69,34 @@ def approval_inbox(*, user: User) -> QuerySet[CapacityRequest]:
 
 def grant_list(*, user: User) -> QuerySet[Grant]:
     # As for requests: join only the one-to-one request, prefetch the few teams and pools.
-    qs = Grant.objects.select_related("request").prefetch_related(
-        "team", "pool__cluster", "pool__accelerator"
+    return (
+        Grant.objects.visible_to(user)
+        .select_related("request")
+        .prefetch_related("team", "pool__cluster", "pool__accelerator")
     )
-    if not user.sees_everything:
-        qs = qs.filter(team__memberships__user=user)
-    return qs
 
 
 def serving_deployment_list(*, user: User) -> QuerySet[ServingDeployment]:
-    qs = ServingDeployment.objects.select_related("grant").prefetch_related(
-        "team", "grant__pool__cluster", "grant__pool__accelerator"
+    return (
+        ServingDeployment.objects.visible_to(user)
+        .select_related("grant")
+        .prefetch_related("team", "grant__pool__cluster", "grant__pool__accelerator")
     )
-    if not user.sees_everything:
-        qs = qs.filter(team__memberships__user=user)
-    return qs
 
 
 def audit_event_list(*, user: User) -> QuerySet[AuditEvent]:
-    qs = AuditEvent.objects.select_related("actor", "team")
-    if not user.sees_everything:
-        qs = qs.filter(team__memberships__user=user)
-    return qs
+    return AuditEvent.objects.visible_to(user).select_related("actor", "team")
 
 
-def pool_figures(*, pool: NodePool, team_id: int | None = None) -> PoolFigures:
-    return pool_figures_bulk(pairs=[(pool, team_id)])[(pool.pk, team_id)]
+def pool_capacity(*, pool: NodePool, team_id: int | None = None) -> PoolCapacity:
+    return pool_capacity_bulk(pairs=[(pool, team_id)])[(pool.pk, team_id)]
 
 
 def accelerators_for_class(*, pool_class: str) -> list[tuple[Accelerator, int]]:
     """Accelerators offered for a pool class, each with the free units of its roomiest pool."""
     best: dict[int, tuple[Accelerator, int]] = {}
     pools = list(pools_offering(pool_class=pool_class))
-    figures = pool_figures_bulk(pairs=[(pool, None) for pool in pools])
+    figures = pool_capacity_bulk(pairs=[(pool, None) for pool in pools])
     for pool in pools:
         free = figures[(pool.pk, None)].free
         if pool.accelerator_id not in best or best[pool.accelerator_id][1] < free:
@@ -104,10 +107,10 @@ def accelerators_for_class(*, pool_class: str) -> list[tuple[Accelerator, int]]:
 # --- reads for the browser pages ----------------------------------------------------------------
 
 
-def pool_figures_bulk(
+def pool_capacity_bulk(
     *, pairs: Iterable[tuple[NodePool, int | None]]
-) -> dict[tuple[int, int | None], PoolFigures]:
-    """`pool_figures` for many (pool, team id or None) pairs in one query, keyed by (pool id, team id).
+) -> dict[tuple[int, int | None], PoolCapacity]:
+    """`pool_capacity` for many (pool, team id or None) pairs in one query, keyed by (pool id, team id).
 
     List pages use it so that showing the figures of N pools or N inbox items costs one query, not N.
     """
@@ -127,7 +130,7 @@ def pool_figures_bulk(
         batch[pool_id] = batch.get(pool_id, 0) + (row["batch"] or 0)
         per_team[(pool_id, row["team_id"])] = row["granted"]
     return {
-        (pool.pk, team_id): PoolFigures(
+        (pool.pk, team_id): PoolCapacity(
             capacity=pool.capacity_gpus,
             headroom=pool.headroom_gpus,
             granted=granted.get(pool.pk, 0),
@@ -194,6 +197,66 @@ def granted_by_team_and_pool(
         .annotate(gpus=Sum("gpus"), grants=Count("id"))
         .order_by("team__slug", "pool__cluster__name", "pool__name")
     )
+
+
+def pool_capacity_rows(*, user: User, pools: Iterable[NodePool]) -> list[dict[str, Any]]:
+    """The API's granted-capacity row of each pool, with the share of each team `user` may see."""
+    pools = list(pools)
+    figures = pool_capacity_bulk(pairs=[(pool, None) for pool in pools])
+    teams: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in granted_by_team_and_pool(user=user, pool_ids=[p.pk for p in pools]):
+        teams[row["pool_id"]].append(
+            {"team": row["team__slug"], "gpus": row["gpus"], "grants": row["grants"]}
+        )
+    rows = []
+    for pool in pools:
+        f = figures[(pool.pk, None)]
+        rows.append(
+            {
+                "pool": pool.pk,
+                "name": str(pool),
+                "pool_class": pool.pool_class,
+                "accelerator": pool.accelerator.slug,
+                "capacity_gpus": f.capacity,
+                "headroom_gpus": f.headroom,
+                "grantable_gpus": f.grantable,
+                "granted_gpus": f.granted,
+                "free_gpus": f.free,
+                "batch_granted_gpus": f.batch_granted,
+                "batch_cap_gpus": f.batch_cap,
+                "granted_percent": round(100 * f.granted / f.capacity, 1) if f.capacity else 0.0,
+                "teams": teams[pool.pk],
+            }
+        )
+    return rows
+
+
+def team_capacity_rows(*, user: User, teams: Iterable[Team]) -> list[dict[str, Any]]:
+    """The API's granted-capacity row of each team: GPUs per pool and their hourly cost."""
+    teams = list(teams)
+    pools: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in granted_by_team_and_pool(user=user, team_ids=[t.pk for t in teams]):
+        pools[row["team_id"]].append(
+            {
+                "pool": row["pool_id"],
+                "name": f"{row['pool__cluster__name']}/{row['pool__name']}",
+                "accelerator": row["pool__accelerator__slug"],
+                "gpus": row["gpus"],
+                "grants": row["grants"],
+                "hourly_cost": row["gpus"] * row["pool__accelerator__hourly_cost"],
+            }
+        )
+    return [
+        {
+            "team": team.slug,
+            "name": team.name,
+            "granted_gpus": sum(p["gpus"] for p in pools[team.pk]),
+            "grants": sum(p["grants"] for p in pools[team.pk]),
+            "hourly_cost": sum((p["hourly_cost"] for p in pools[team.pk]), Decimal(0)),
+            "pools": pools[team.pk],
+        }
+        for team in teams
+    ]
 
 
 def grant_measured_usage(*, grants: Iterable[Grant]) -> dict[int, dict[str, int]]:

@@ -27,13 +27,14 @@ from portal.ui import (
     refusal,
     writer_required,
 )
-from quotas import rules, selectors, services
+from quotas import policies, rules, selectors, services
 from quotas.forms import CapacityRequestForm, DecisionForm, ReasonForm, ServingDeploymentForm
 from quotas.models import CapacityRequest, Grant, ServingDeployment
-from quotas.rules import PoolFigures
+from quotas.rules import PoolCapacity
 from quotas.states import HOLDING_STATES, PENDING_STATES, RequestState
 
 PAGE_SIZE = 50
+HOME_ROWS = 10
 TEAM_PAGE_ROWS = 50
 # While a request is in one of these states something is about to change by itself (a decision, the
 # reconciler), so its page polls; in any other state it stays put and the poll stops itself.
@@ -46,7 +47,7 @@ class Impact:
     """What approving a request does to its pool, in the numbers approvers reason with."""
 
     pool: NodePool
-    figures: PoolFigures
+    figures: PoolCapacity
     gpus: int
     refusal: str | None
 
@@ -55,7 +56,7 @@ class Impact:
         return self.figures.granted + self.gpus
 
 
-def _impact(req: CapacityRequest, figures: dict[tuple[int, int | None], PoolFigures]) -> Impact | None:
+def _impact(req: CapacityRequest, figures: dict[tuple[int, int | None], PoolCapacity]) -> Impact | None:
     if req.pool is None:
         return None
     pool_figures = figures[(req.pool.pk, req.team_id)]
@@ -70,7 +71,7 @@ def _impact(req: CapacityRequest, figures: dict[tuple[int, int | None], PoolFigu
 
 
 def _impacts(requests: list[CapacityRequest]) -> list[Impact | None]:
-    figures = selectors.pool_figures_bulk(pairs=[(r.pool, r.team_id) for r in requests if r.pool])
+    figures = selectors.pool_capacity_bulk(pairs=[(r.pool, r.team_id) for r in requests if r.pool])
     return [_impact(r, figures) for r in requests]
 
 
@@ -82,6 +83,24 @@ def _visible_request(user: User, pk: int) -> CapacityRequest:
 
 
 # --- lists ------------------------------------------------------------------------------------
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's start page: their requests in flight, their inbox, their teams' grants."""
+    user = request.user
+    requests = selectors.capacity_request_list(user=user)
+    return render(
+        request,
+        "portal/home.html",
+        {
+            "in_flight": requests.filter(state__in=PENDING_STATES)[:HOME_ROWS],
+            "inbox": selectors.approval_inbox(user=user)[:HOME_ROWS],
+            "grants": selectors.grant_usage_list(user=user).filter(request__state__in=HOLDING_STATES)[
+                :HOME_ROWS
+            ],
+        },
+    )
 
 
 @login_required
@@ -194,24 +213,16 @@ def _live_context(user: User, req: CapacityRequest) -> dict:
         "timeline": selectors.capacity_request_timeline(user=user, capacity_request=req),
         "deployments": deployments,
         "in_flight": req.state in IN_FLIGHT_STATES or bool(lagging),
-        "can_deploy": grant is not None and req.state in DEPLOYABLE_STATES and _operates(user, req.team_id),
+        "can_deploy": grant is not None
+        and req.state in DEPLOYABLE_STATES
+        and policies.can_operate_serving(user=user, team_id=req.team_id),
         "can_cancel": req.state in PENDING_STATES | {RequestState.DRAFT}
-        and not (user.is_auditor and not user.is_platform_admin)
-        and (req.requester_id == user.pk or selectors.is_team_lead(user=user, team_id=req.team_id)),
+        and policies.can_cancel(user=user, capacity_request=req),
     }
 
 
-def _operates(user: User, team_id: int) -> bool:
-    """May run serving deployments for the team: its members and platform admins, never auditors."""
-    if user.is_platform_admin:
-        return True
-    if user.is_auditor:
-        return False
-    return selectors.teams_of(user=user).filter(pk=team_id).exists()
-
-
 def _decision_context(user: User, req: CapacityRequest) -> dict:
-    can_decide = selectors.approval_inbox(user=user).filter(pk=req.pk).exists()
+    can_decide = policies.can_decide(user=user, capacity_request=req)
     return {
         "req": req,
         "can_decide": can_decide,
@@ -231,9 +242,11 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         **live,
         **_decision_context(user, req),
-        "can_revoke": user.is_platform_admin and live["grant"] is not None and req.state in HOLDING_STATES,
+        "can_revoke": policies.can_manage_grants(user=user)
+        and live["grant"] is not None
+        and req.state in HOLDING_STATES,
         # Shrinking needs at least 2 GPUs to leave 1.
-        "can_shrink": user.is_platform_admin
+        "can_shrink": policies.can_manage_grants(user=user)
         and live["grant"] is not None
         and req.state in HOLDING_STATES
         and live["grant"].gpus > 1,

@@ -7,10 +7,12 @@ from typing import Any
 
 from django.utils import timezone
 
+from pools.kube.objects import POOL_LABEL
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
 from portal.models import User
-from quotas import services
-from quotas.models import CapacityRequest, Membership, Team
+from quotas import policies, services
+from quotas.models import CapacityRequest, Grant, Membership, Team
+from quotas.states import PENDING_STATES, RequestState
 
 _seq = count(1)
 
@@ -65,7 +67,7 @@ def pool(
         name=name,
         pool_class=pool_class,
         accelerator=acc or accelerator(),
-        node_selector={"accelerator.platform.example.com/pool": name},
+        node_selector={POOL_LABEL: name},
         taint_value=name,
         priority_class_name=f"gpu-{pool_class}",
         capacity_gpus=capacity,
@@ -106,4 +108,43 @@ def experiment(
         starts_at=now,
         ends_at=now + timedelta(days=days),
         **fields,
+    )
+
+
+def team_with_lead(slug: str, username: str) -> tuple[Team, User]:
+    """A team and its one lead (whose own requests go straight to the platform stage)."""
+    t = team(slug)
+    return t, member(t, username, Membership.Role.LEAD)
+
+
+def approved(req: CapacityRequest, *deciders: User) -> CapacityRequest:
+    """`req` approved through every pending stage, each stage by the first of `deciders` who may
+    decide it (quotas.policies), through the real services: the grant exists afterwards."""
+    while req.state in PENDING_STATES:
+        decider = next((d for d in deciders if policies.can_decide(user=d, capacity_request=req)), None)
+        assert decider is not None, f"none of {deciders} may decide request #{req.pk} ({req.state})"
+        services.capacity_request_approve(capacity_request=req, actor=decider)
+        req.refresh_from_db()
+    return req
+
+
+def approved_grant(req: CapacityRequest, *deciders: User) -> Grant:
+    return Grant.objects.get(request=approved(req, *deciders))
+
+
+def active_grant(team: Team, pool: NodePool, gpus: int, namespace: str) -> Grant:
+    """A grant in a holding state, made directly (no approval, no reconcile): for tests about what
+    happens after approval, such as the figures of a namespace against its grant."""
+    requester = team.memberships.first().user
+    req = request(requester, team, pool.accelerator, gpus=gpus)
+    CapacityRequest.objects.filter(pk=req.pk).update(state=RequestState.ACTIVE, pool=pool)
+    now = timezone.now()
+    return Grant.objects.create(
+        request=req,
+        team=team,
+        pool=pool,
+        gpus=gpus,
+        namespace=namespace,
+        starts_at=now,
+        ends_at=now + timedelta(days=30),
     )

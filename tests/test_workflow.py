@@ -21,9 +21,7 @@ from tests.conftest import World
 
 
 def approve_fully(req: CapacityRequest, w: World) -> CapacityRequest:
-    if req.state == S.PENDING_LEAD:
-        services.capacity_request_approve(capacity_request=req, actor=w.bob)
-    return services.capacity_request_approve(capacity_request=req, actor=w.admin)
+    return factories.approved(req, w.bob, w.admin)
 
 
 # --- routing ----------------------------------------------------------------------------------
@@ -204,11 +202,13 @@ def test_non_member_cannot_request_for_a_team(world: World) -> None:
 
 def test_capacity_refusal_names_the_numbers(world: World) -> None:
     # 32 GPUs, 8 kept as headroom: 24 grantable.
-    first = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=20), world)
+    first = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=20), world.bob, world.admin
+    )
     assert first.state == S.APPROVED
     second = factories.request(world.carol, world.nlp, world.a100, gpus=4)
     third = factories.request(world.alice, world.vision, world.a100, gpus=2)
-    approve_fully(second, world)
+    factories.approved(second, world.bob, world.admin)
     services.capacity_request_approve(capacity_request=third, actor=world.bob)
     with pytest.raises(ValidationError) as exc:
         services.capacity_request_approve(capacity_request=third, actor=world.admin)
@@ -247,7 +247,9 @@ def test_batch_is_capped_at_the_pool_batch_fraction(world: World) -> None:
 def test_max_per_team(world: World) -> None:
     world.interactive.max_gpus_per_team = 6
     world.interactive.save()
-    approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=4), world)
+    factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=4), world.bob, world.admin
+    )
     with pytest.raises(ValidationError, match="at most 6 per team; the team already holds 4"):
         factories.request(world.alice, world.vision, world.a100, gpus=3)
 
@@ -306,7 +308,9 @@ def test_concurrent_approvals_for_the_last_gpus_one_wins(world: World) -> None:
     assert connection.vendor == "postgresql"
     first = factories.request(world.carol, world.nlp, world.a100, gpus=12)
     second = factories.request(world.carol, world.nlp, world.a100, gpus=12)
-    approve_fully(factories.request(world.bob, world.vision, world.a100, gpus=12), world)
+    factories.approved(
+        factories.request(world.bob, world.vision, world.a100, gpus=12), world.bob, world.admin
+    )
     admin2 = factories.user("admin2", is_platform_admin=True)
     barrier = threading.Barrier(2)
     results: dict[int, str] = {}
@@ -340,8 +344,12 @@ def test_concurrent_approvals_for_the_last_gpus_one_wins(world: World) -> None:
 
 def test_expiry_task_expires_only_grants_past_their_end(world: World) -> None:
     now = timezone.now()
-    short = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=2), world)
-    long_ = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=2), world)
+    short = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=2), world.bob, world.admin
+    )
+    long_ = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=2), world.bob, world.admin
+    )
     Grant.objects.filter(request=short).update(ends_at=now - timedelta(minutes=1))
     expired = grants_expire_due.apply().get()
     assert expired == [short.grant.pk]
@@ -379,7 +387,9 @@ IMAGE = "registry.example.com/llm/vllm:v0.6.3"
 
 
 def test_only_platform_admins_shrink(world: World) -> None:
-    grant = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world).grant
+    grant = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=8), world.bob, world.admin
+    ).grant
     for actor in (world.alice, world.bob, world.auditor):
         with pytest.raises(PermissionDenied, match="Only a platform admin can shrink"):
             services.grant_shrink(grant=grant, actor=actor, gpus=4)
@@ -392,7 +402,9 @@ def test_only_platform_admins_shrink(world: World) -> None:
     [(0, "between 1 and 7"), (-1, "revoke it"), (8, "between 1 and 7"), (9, "new request")],
 )
 def test_shrink_bounds_are_field_errors(world: World, gpus: int, wanted: str) -> None:
-    grant = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world).grant
+    grant = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=8), world.bob, world.admin
+    ).grant
     with pytest.raises(ValidationError) as exc:
         services.grant_shrink(grant=grant, actor=world.admin, gpus=gpus)
     assert wanted in exc.value.message_dict["gpus"][0]
@@ -401,7 +413,9 @@ def test_shrink_bounds_are_field_errors(world: World, gpus: int, wanted: str) ->
 
 
 def test_shrink_refuses_below_what_live_deployments_need_and_names_them(world: World) -> None:
-    grant = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world).grant
+    grant = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=8), world.bob, world.admin
+    ).grant
     for name, replicas in (("chat", 2), ("embed", 1), ("gone", 1)):
         services.serving_deployment_create(
             grant=grant,
@@ -429,7 +443,9 @@ def test_shrink_refuses_below_what_live_deployments_need_and_names_them(world: W
 def test_shrink_lowers_the_grant_audits_it_and_frees_capacity(
     world: World, django_capture_on_commit_callbacks
 ) -> None:
-    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=24), world)
+    req = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=24), world.bob, world.admin
+    )
     with django_capture_on_commit_callbacks() as callbacks:
         services.grant_shrink(grant=req.grant, actor=world.admin, gpus=20)
     grant = Grant.objects.get(pk=req.grant.pk)
@@ -440,20 +456,26 @@ def test_shrink_lowers_the_grant_audits_it_and_frees_capacity(
     assert event.team == world.vision
     # The pool had 0 left; the 4 given back can be granted again.
     assert (
-        approve_fully(factories.request(world.carol, world.nlp, world.a100, gpus=4), world).state
+        factories.approved(
+            factories.request(world.carol, world.nlp, world.a100, gpus=4), world.bob, world.admin
+        ).state
         == S.APPROVED
     )
 
 
 def test_an_ended_grant_cannot_be_shrunk(world: World) -> None:
-    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world)
+    req = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=8), world.bob, world.admin
+    )
     services.grant_revoke(grant=req.grant, actor=world.admin, reason="done")
     with pytest.raises(ValidationError, match="only a running grant can be shrunk"):
         services.grant_shrink(grant=req.grant, actor=world.admin, gpus=4)
 
 
 def test_admins_shrink_from_the_request_page(world: World, client) -> None:
-    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world)
+    req = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=8), world.bob, world.admin
+    )
     url = reverse("quotas:grant_shrink", args=[req.grant.pk])
     client.force_login(world.alice)
     page = client.get(reverse("quotas:request_detail", args=[req.pk])).content.decode()
@@ -472,14 +494,18 @@ def test_admins_shrink_from_the_request_page(world: World, client) -> None:
 
 
 def test_revoke_frees_capacity_and_only_admins_revoke(world: World) -> None:
-    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=24), world)
+    req = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=24), world.bob, world.admin
+    )
     with pytest.raises(PermissionDenied):
         services.grant_revoke(grant=req.grant, actor=world.bob, reason="x")
     services.grant_revoke(grant=req.grant, actor=world.admin, reason="over budget")
     req.refresh_from_db()
     assert req.state == S.REVOKED
     assert (
-        approve_fully(factories.request(world.carol, world.nlp, world.a100, gpus=24), world).state
+        factories.approved(
+            factories.request(world.carol, world.nlp, world.a100, gpus=24), world.bob, world.admin
+        ).state
         == S.APPROVED
     )
     with pytest.raises(ValidationError, match="already revoked"):
@@ -521,7 +547,9 @@ def test_audit_outside_a_transaction_is_refused() -> None:
 
 
 def test_grant_and_deployment_admin_pages_are_read_only(world: World, client) -> None:
-    req = approve_fully(factories.request(world.alice, world.vision, world.a100, gpus=8), world)
+    req = factories.approved(
+        factories.request(world.alice, world.vision, world.a100, gpus=8), world.bob, world.admin
+    )
     deployment = services.serving_deployment_create(
         grant=req.grant, actor=world.alice, name="chat", model_name="m", image=IMAGE
     )

@@ -13,18 +13,14 @@
 
 import base64
 import fcntl
-import importlib.util
 import json
 import os
 import re
 import secrets
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,26 +29,15 @@ import yaml
 from pools.kube import ops
 from pools.kube.errors import KubeError
 from pools.models import Cluster
+from tests.common import REPO_ROOT, PollTimeout, load_testbed_module, poll_until
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TESTBED_SCRIPT = REPO_ROOT / "scripts" / "testbed" / "testbed.py"
+__all__ = ["load_testbed_module"]  # re-exported for the tests that import it from here
+
 KUBECONFIG_ENV = "PORTAL_TEST_KUBECONFIG"
 NAME_ENV = "PORTAL_TESTBED_NAME"
 DEFAULT_NAME = "gpu-portal-test"
 # Objects tests create carry this label, so a crashed run's leftovers are easy to find.
 TEST_LABEL = "gpu-portal.example.com/test"
-
-
-def load_testbed_module() -> ModuleType:
-    """scripts/testbed/testbed.py, imported by path (scripts/ is not a package)."""
-    name = "gpu_portal_testbed"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, TESTBED_SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve their module through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @dataclass
@@ -202,17 +187,11 @@ def wait_until(
     interval: float = 0.2,
     diagnostics: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` (and whatever `diagnostics`
-    tells, e.g. a worker's log) after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            told = f"\n{diagnostics()}" if diagnostics is not None else ""
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{told}", pytrace=False)
-        time.sleep(interval)
+    """tests.common.poll_until, failing the test (without a traceback of the poll) on timeout."""
+    try:
+        return poll_until(what, check, timeout, interval, diagnostics)
+    except PollTimeout as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def unique_name(prefix: str, hint: str = "") -> str:

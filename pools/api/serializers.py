@@ -4,7 +4,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from pools.models import Accelerator, Cluster, CollectorState, NodePool, PoolUtilisation
-from quotas.rules import PoolFigures
+from pools.utilisation.figures import POOL_FIGURES
+from quotas.rules import PoolCapacity
 
 
 class AcceleratorSerializer(serializers.ModelSerializer):
@@ -79,7 +80,7 @@ class TaintSerializer(serializers.Serializer):
     effect = serializers.CharField()
 
 
-class PoolFiguresSerializer(serializers.Serializer):
+class PoolCapacitySerializer(serializers.Serializer):
     """What the portal has granted from a pool (from grants, not from the cluster)."""
 
     capacity_gpus = serializers.IntegerField(source="capacity")
@@ -100,20 +101,7 @@ class LiveFiguresSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = PoolUtilisation
-        fields = [
-            "computed_at",
-            "collector_state",
-            "nodes_total",
-            "nodes_ready",
-            "nodes_cordoned",
-            "gpus_allocatable",
-            "gpus_requested",
-            "gpus_free",
-            "gpus_stranded",
-            "largest_free_block",
-            "pods_pending",
-            "queue_wait_max_seconds",
-        ]
+        fields = ["computed_at", "collector_state", *(figure.name for figure in POOL_FIGURES)]
 
     def get_collector_state(self, live: PoolUtilisation) -> str:
         cluster_state = getattr(live.pool.cluster, "utilisation", None)
@@ -148,10 +136,10 @@ class NodePoolSerializer(serializers.ModelSerializer):
             "live",
         ]
 
-    @extend_schema_field(PoolFiguresSerializer)
+    @extend_schema_field(PoolCapacitySerializer)
     def get_figures(self, pool: NodePool) -> dict[str, Any]:
-        figures: PoolFigures = self.context["figures"][(pool.pk, None)]
-        return PoolFiguresSerializer(figures).data
+        figures: PoolCapacity = self.context["figures"][(pool.pk, None)]
+        return PoolCapacitySerializer(figures).data
 
     @extend_schema_field(LiveFiguresSerializer(allow_null=True))
     def get_live(self, pool: NodePool) -> dict[str, Any] | None:

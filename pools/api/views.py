@@ -16,7 +16,7 @@ from pools.api import filtersets, serializers
 from pools.models import Accelerator, Cluster, NodePool
 from portal.api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent
 from portal.api.permissions import IsPlatformAdminOrReadOnly
-from quotas.selectors import pool_figures_bulk
+from quotas.selectors import pool_capacity_bulk
 
 ID = r"[0-9]{1,18}"
 
@@ -116,7 +116,7 @@ class NodePoolViewSet(viewsets.ReadOnlyModelViewSet):
 
     def _serializer(self, pools: list[NodePool], **kwargs: Any) -> BaseSerializer:
         # The figures of a whole page come from one query, so the list costs the same for 5 or 500 pools.
-        figures = pool_figures_bulk(pairs=[(pool, None) for pool in pools])
+        figures = pool_capacity_bulk(pairs=[(pool, None) for pool in pools])
         return self.get_serializer(
             pools if kwargs.get("many") else pools[0],
             context={**self.get_serializer_context(), "figures": figures},

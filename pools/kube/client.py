@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
 from kubernetes import client as k8s
@@ -27,8 +27,18 @@ from urllib3.util.retry import Retry
 
 from pools.kube.errors import InvalidKubeconfig, translated
 
-if TYPE_CHECKING:
-    from pools.models import Cluster
+
+class ClusterAccess(Protocol):
+    """What the cluster layer needs of a cluster record: a name for messages, a key for the connection
+    cache (0 until saved) and the credentials. The portal's Cluster model satisfies it."""
+
+    pk: int | None
+    name: str
+    api_url: str
+    kubeconfig: str
+    token: str
+    ca_data: str
+
 
 # Connect fast, read long enough for a big list; watches pass their own timeout.
 CONNECT_TIMEOUT = 5.0
@@ -186,7 +196,7 @@ _lock = threading.Lock()
 _discovery_dir = tempfile.mkdtemp(prefix="gpu-portal-discovery-")
 
 
-def _configuration(cluster: "Cluster") -> tuple[k8s.Configuration, str]:
+def _configuration(cluster: ClusterAccess) -> tuple[k8s.Configuration, str]:
     configuration = k8s.Configuration()
     ca_file = ""
     if cluster.kubeconfig:
@@ -221,13 +231,13 @@ def _configuration(cluster: "Cluster") -> tuple[k8s.Configuration, str]:
     return configuration, ca_file
 
 
-def _fingerprint(cluster: "Cluster") -> str:
+def _fingerprint(cluster: ClusterAccess) -> str:
     parts = [cluster.kubeconfig, cluster.api_url, cluster.token, cluster.ca_data]
     material = "\0".join(part or "" for part in parts)
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def connect(cluster: "Cluster") -> Connection:
+def connect(cluster: ClusterAccess) -> Connection:
     """The cached connection for this cluster; a credential change makes a new one.
 
     Does no network I/O; raises InvalidKubeconfig when the credentials cannot make a client.
@@ -258,7 +268,7 @@ def connect(cluster: "Cluster") -> Connection:
         return conn
 
 
-def forget(cluster: "Cluster") -> None:
+def forget(cluster: ClusterAccess) -> None:
     """Drop the cached connection (after a credential change, or for a cluster that was never saved)."""
     with _lock:
         if cluster.pk:

@@ -16,18 +16,20 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pools.kube.discovery import (
+from pools.kube.discovery import is_gpu_node, node_accelerator
+from pools.kube.objects import (
     POOL_LABEL,
-    TAINT_EFFECTS,
-    has_taint,
-    is_gpu_node,
-    matches,
-    node_accelerator,
-    node_name,
-    node_pool,
-    node_taints,
+    carries_taint,
+    has_repelling_taint,
+    key_of,
+    labels_match,
+    labels_of,
+    name_of,
+    node_pool_label,
+    pod_finished,
+    pool_taint,
+    requests_gpu,
 )
-from pools.utilisation import pod_gpu_requests
 
 MISSING_POOL_TAINT = "gpu-node-missing-pool-taint"
 NON_GPU_POD = "non-gpu-pod-on-gpu-node"
@@ -39,7 +41,6 @@ RULES = {
     SELECTOR_MATCHES_NOTHING: "Pool selector matches no node",
     MIXED_ACCELERATORS: "Pool mixes accelerator types",
 }
-FINISHED_PHASES = ("Succeeded", "Failed")
 
 Obj = dict[str, Any]
 
@@ -98,22 +99,9 @@ class Allowlist:
         return any(labels.get(key) in values for key, values in (self.labels or {}).items())
 
 
-def requests_gpu(pod: Obj) -> bool:
-    """Whether the scheduler reserves a GPU for `pod`: counted exactly as the utilisation figures
-    count it, so the report and the dashboard agree on which pods are GPU pods (a request of 0 is none)."""
-    return bool(pod_gpu_requests(pod))
-
-
-def _pod_key(pod: Obj) -> str:
-    meta = pod.get("metadata") or {}
-    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-
-
 def _expected_taint(pool: str, records: Mapping[str, PoolRecord]) -> dict[str, str]:
     record = records.get(pool)
-    if record is not None:
-        return record.taint
-    return {"key": POOL_LABEL, "value": pool, "effect": "NoSchedule"}
+    return record.taint if record is not None else pool_taint(pool)
 
 
 def conformance_report(
@@ -132,14 +120,12 @@ def conformance_report(
     nodes = list(nodes)
     records = {record.name: record for record in pools}
     findings: list[Finding] = []
-    gpu_nodes = {node_name(node): node for node in nodes if is_gpu_node(node)}
+    gpu_nodes = {name_of(node): node for node in nodes if is_gpu_node(node)}
 
     for name, node in gpu_nodes.items():
-        pool = node_pool(node)
+        pool = node_pool_label(node)
         if not pool:
-            if not any(
-                t.get("key") == POOL_LABEL and t.get("effect") in TAINT_EFFECTS for t in node_taints(node)
-            ):
+            if not has_repelling_taint(node, POOL_LABEL):
                 findings.append(
                     Finding(
                         MISSING_POOL_TAINT,
@@ -151,7 +137,7 @@ def conformance_report(
                 )
             continue
         taint = _expected_taint(pool, records)
-        if not has_taint(node, taint):
+        if not carries_taint(node, taint):
             findings.append(
                 Finding(
                     MISSING_POOL_TAINT,
@@ -164,26 +150,25 @@ def conformance_report(
             )
 
     for pod in pods:
-        spec, status = pod.get("spec") or {}, pod.get("status") or {}
-        node = gpu_nodes.get(spec.get("nodeName", ""))
-        if node is None or status.get("phase") in FINISHED_PHASES:
+        node = gpu_nodes.get((pod.get("spec") or {}).get("nodeName", ""))
+        if node is None or pod_finished(pod):
             continue
         if requests_gpu(pod) or allowlist.allows(pod):
             continue
         findings.append(
             Finding(
                 NON_GPU_POD,
-                node_pool(node),
-                f"Pod {_pod_key(pod)} requests no GPU but runs on GPU node {node_name(node)}, using CPU "
+                node_pool_label(node),
+                f"Pod {key_of(pod)} requests no GPU but runs on GPU node {name_of(node)}, using CPU "
                 "and memory that inference needs.",
-                node=node_name(node),
-                pod=_pod_key(pod),
+                node=name_of(node),
+                pod=key_of(pod),
             )
         )
 
     for record in records.values():
         selector = record.node_selector or {}
-        if selector and not any(matches(selector, node) for node in nodes):
+        if selector and not any(labels_match(selector, labels_of(node)) for node in nodes):
             wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
             findings.append(
                 Finding(
@@ -219,10 +204,10 @@ def _pool_members(nodes: list[Obj], records: Mapping[str, PoolRecord]) -> dict[s
     """Nodes of each pool: a record's by its selector, any other pool's by the pool label."""
     members: dict[str, list[Obj]] = {}
     for node in nodes:
-        pool = node_pool(node)
+        pool = node_pool_label(node)
         if pool and pool not in records:
             members.setdefault(pool, []).append(node)
     for name, record in records.items():
         if record.node_selector:
-            members[name] = [node for node in nodes if matches(record.node_selector, node)]
+            members[name] = [node for node in nodes if labels_match(record.node_selector, labels_of(node))]
     return members

@@ -7,27 +7,31 @@ is proposed as a NodePool when its nodes carry GPUs (whole `nvidia.com/gpu`, or 
 """
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from pools.manifests import GPU_PRODUCT_LABEL_KEY
-from pools.models import LABEL_PREFIX, PoolClass
-
-# Re-exported for the conformance report and the inventory: one spelling of each resource and label.
-from pools.utilisation import GPU_RESOURCE as GPU_RESOURCE
-from pools.utilisation import MIG_RESOURCE_PREFIX as MIG_RESOURCE_PREFIX
-from pools.utilisation import ZONE_LABEL as ZONE_LABEL
-
-POOL_LABEL = f"{LABEL_PREFIX}/pool"
-POOL_CLASS_LABEL = f"{LABEL_PREFIX}/pool-class"
-TYPE_LABEL = f"{LABEL_PREFIX}/type"
-MEMORY_LABEL = f"{LABEL_PREFIX}/memory"
-MIG_PROFILE_LABEL = f"{LABEL_PREFIX}/mig-profile"
-# Set by NVIDIA GPU Feature Discovery.
-PRODUCT_LABEL = GPU_PRODUCT_LABEL_KEY
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB
-GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
-TAINT_EFFECTS = ("NoSchedule", "NoExecute")
+from pools.kube.objects import (
+    GPU_MEMORY_LABEL,
+    GPU_PRESENT_LABEL,
+    GPU_RESOURCE,
+    MEMORY_LABEL,
+    MIG_PROFILE_LABEL,
+    MIG_RESOURCE_PREFIX,
+    POOL_CLASS_LABEL,
+    POOL_LABEL,
+    PRODUCT_LABEL,
+    REPELLING_EFFECTS,
+    TYPE_LABEL,
+    carries_taint,
+    gpu_resource_name,
+    labels_of,
+    name_of,
+    node_allocatable,
+    node_pool_label,
+    node_taints,
+    node_zone,
+)
 
 Node = dict[str, Any]
 
@@ -56,7 +60,7 @@ class AcceleratorSpec:
 
     @property
     def resource_name(self) -> str:
-        return f"{MIG_RESOURCE_PREFIX}{self.mig_profile}" if self.mig_profile else GPU_RESOURCE
+        return gpu_resource_name(self.mig_profile)
 
     @property
     def slug(self) -> str:
@@ -75,30 +79,6 @@ class AcceleratorSpec:
         return f"{self.product} MIG {self.mig_profile}" if self.mig_profile else self.product
 
 
-def _labels(node: Node) -> dict[str, str]:
-    return (node.get("metadata") or {}).get("labels") or {}
-
-
-def node_name(node: Node) -> str:
-    return (node.get("metadata") or {}).get("name", "")
-
-
-def node_pool(node: Node) -> str:
-    return _labels(node).get(POOL_LABEL, "")
-
-
-def node_zone(node: Node) -> str:
-    return _labels(node).get(ZONE_LABEL, "")
-
-
-def node_taints(node: Node) -> list[dict[str, str]]:
-    return (node.get("spec") or {}).get("taints") or []
-
-
-def _allocatable(node: Node) -> dict[str, str]:
-    return (node.get("status") or {}).get("allocatable") or {}
-
-
 def _int(value: object) -> int:
     # Extended resources are whole numbers; anything else (a malformed value) counts as none.
     try:
@@ -110,7 +90,7 @@ def _int(value: object) -> int:
 def _mig_resources(node: Node) -> dict[str, int]:
     return {
         name.removeprefix(MIG_RESOURCE_PREFIX): _int(value)
-        for name, value in _allocatable(node).items()
+        for name, value in node_allocatable(node).items()
         if name.startswith(MIG_RESOURCE_PREFIX)
     }
 
@@ -118,17 +98,17 @@ def _mig_resources(node: Node) -> dict[str, int]:
 def is_gpu_node(node: Node) -> bool:
     """A node with GPUs: it advertises a GPU resource, or GPU Feature Discovery says one is present
     (a node whose device plugin is not up yet still needs the GPU taint)."""
-    labels = _labels(node)
+    labels = labels_of(node)
     if labels.get(GPU_PRESENT_LABEL) == "true" or PRODUCT_LABEL in labels:
         return True
-    return _int(_allocatable(node).get(GPU_RESOURCE, 0)) > 0 or any(_mig_resources(node).values())
+    return _int(node_allocatable(node).get(GPU_RESOURCE, 0)) > 0 or any(_mig_resources(node).values())
 
 
 def node_accelerator(node: Node) -> AcceleratorSpec | None:
     """The accelerator unit a GPU node offers; None for a node without GPUs."""
     if not is_gpu_node(node):
         return None
-    labels = _labels(node)
+    labels = labels_of(node)
     mig_profile = labels.get(MIG_PROFILE_LABEL, "")
     if not mig_profile:
         offered = [profile for profile, count in _mig_resources(node).items() if count > 0]
@@ -143,12 +123,7 @@ def node_accelerator(node: Node) -> AcceleratorSpec | None:
 
 
 def node_units(node: Node, accelerator: AcceleratorSpec) -> int:
-    return _int(_allocatable(node).get(accelerator.resource_name, 0))
-
-
-def matches(selector: dict[str, str], node: Node) -> bool:
-    labels = _labels(node)
-    return all(labels.get(key) == value for key, value in selector.items())
+    return _int(node_allocatable(node).get(accelerator.resource_name, 0))
 
 
 @dataclass
@@ -182,7 +157,7 @@ def _pool_taint(name: str, nodes: list[Node]) -> dict[str, str] | None:
         (t.get("key", ""), t.get("value", ""), t.get("effect", ""))
         for node in nodes
         for t in node_taints(node)
-        if t.get("key") == POOL_LABEL and t.get("effect") in TAINT_EFFECTS
+        if t.get("key") == POOL_LABEL and t.get("effect") in REPELLING_EFFECTS
     )
     if not seen:
         return None
@@ -191,19 +166,20 @@ def _pool_taint(name: str, nodes: list[Node]) -> dict[str, str] | None:
     return {"key": key, "value": value, "effect": effect}
 
 
-def discover(nodes: list[Node]) -> Inventory:
-    """Group `nodes` into proposed GPU pools; deterministic (sorted by pool name)."""
+def discover(nodes: list[Node], *, pool_classes: Collection[str]) -> Inventory:
+    """Group `nodes` into proposed GPU pools of the classes the portal offers (`pool_classes`);
+    deterministic (sorted by pool name)."""
     inventory = Inventory()
     groups: dict[str, list[Node]] = {}
     unpooled: list[str] = []
     for node in nodes:
         gpu = is_gpu_node(node)
         inventory.gpu_nodes += gpu
-        pool = node_pool(node)
+        pool = node_pool_label(node)
         if pool:
             groups.setdefault(pool, []).append(node)
         elif gpu:
-            unpooled.append(node_name(node))
+            unpooled.append(name_of(node))
     if unpooled:
         inventory.warnings.append(
             f"{len(unpooled)} GPU node(s) have no {POOL_LABEL} label and belong to no pool: "
@@ -212,7 +188,7 @@ def discover(nodes: list[Node]) -> Inventory:
         )
 
     for name in sorted(groups):
-        members = sorted(groups[name], key=node_name)
+        members = sorted(groups[name], key=name_of)
         accelerators = Counter(node_accelerator(node) for node in members)
         if set(accelerators) == {None}:
             inventory.skipped[name] = "no GPUs"
@@ -224,20 +200,20 @@ def discover(nodes: list[Node]) -> Inventory:
             )
             inventory.skipped[name] = f"mixes accelerators: {kinds}"
             continue
-        classes = {_labels(node).get(POOL_CLASS_LABEL, "") for node in members}
+        classes = {labels_of(node).get(POOL_CLASS_LABEL, "") for node in members}
         if len(classes) > 1:
             inventory.skipped[name] = f"nodes disagree on {POOL_CLASS_LABEL}: {', '.join(sorted(classes))}"
             continue
         pool_class = classes.pop()
-        if pool_class not in PoolClass.values:
+        if pool_class not in pool_classes:
             inventory.skipped[name] = (
                 f"{POOL_CLASS_LABEL}={pool_class!r} is not a class the portal offers "
-                f"({', '.join(PoolClass.values)})"
+                f"({', '.join(pool_classes)})"
             )
             continue
         accelerator = next(acc for acc in accelerators if acc is not None)
         taint = _pool_taint(name, members)
-        untainted = [node_name(n) for n in members if not has_taint(n, taint)] if taint else []
+        untainted = [name_of(n) for n in members if not carries_taint(n, taint)] if taint else []
         if taint is None:
             inventory.warnings.append(f"pool {name}: no node carries a {POOL_LABEL} taint")
         elif untainted:
@@ -249,19 +225,9 @@ def discover(nodes: list[Node]) -> Inventory:
                 accelerator=accelerator,
                 capacity=sum(node_units(node, accelerator) for node in members),
                 zones=sorted({node_zone(node) for node in members} - {""}),
-                nodes=[node_name(node) for node in members],
+                nodes=[name_of(node) for node in members],
                 node_selector={POOL_LABEL: name},
                 taint=taint,
             )
         )
     return inventory
-
-
-def has_taint(node: Node, taint: dict[str, str]) -> bool:
-    """Whether the node repels pods without a toleration for `taint` (NoExecute counts too)."""
-    return any(
-        t.get("key") == taint["key"]
-        and t.get("value", "") == taint["value"]
-        and t.get("effect") in TAINT_EFFECTS
-        for t in node_taints(node)
-    )

@@ -6,22 +6,14 @@ Calls pass no timeout of their own: the connection applies pools.kube.client.DEF
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-# Re-exported: comparing quantities ("500m", "64Gi") is cluster arithmetic the reconciler needs too.
-from kubernetes.utils import parse_quantity as parse_quantity
-
-from pools.kube.client import Connection, connect
+from pools.kube.client import ClusterAccess, Connection, connect
 from pools.kube.errors import NotFound, PermanentKubeError, translated
+from pools.kube.objects import FIELD_MANAGER
 
-if TYPE_CHECKING:
-    from pools.models import Cluster
-
-# The one field manager the portal applies with: every field it owns is attributed to it, so a hand
-# edit shows up as a conflict and a re-apply restores the portal's value.
-FIELD_MANAGER = "gpu-capacity-portal"
 # Lists are paged so that a cluster with thousands of nodes or pods never needs one huge response.
 PAGE_SIZE = 500
 
@@ -29,12 +21,12 @@ T = TypeVar("T")
 
 
 @contextmanager
-def translated_errors(cluster: "Cluster") -> Iterator[None]:
+def translated_errors(cluster: ClusterAccess) -> Iterator[None]:
     with translated(cluster.name):
         yield
 
 
-def call(cluster: "Cluster", fn: Callable[[Connection], T]) -> T:
+def call(cluster: ClusterAccess, fn: Callable[[Connection], T]) -> T:
     """Run `fn` with the cluster's connection; any failure (connecting included) is a KubeError."""
     with translated_errors(cluster):
         return fn(connect(cluster))
@@ -50,7 +42,7 @@ def _json(response: Any) -> dict[str, Any]:
     return json.loads(response.data)
 
 
-def apply(cluster: "Cluster", manifest: dict[str, Any]) -> dict[str, Any]:
+def apply(cluster: ClusterAccess, manifest: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply `manifest`, taking ownership of its fields; returns the live object."""
     meta = manifest["metadata"]
 
@@ -69,7 +61,7 @@ def apply(cluster: "Cluster", manifest: dict[str, Any]) -> dict[str, Any]:
     return call(cluster, run)
 
 
-def create(cluster: "Cluster", manifest: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+def create(cluster: ClusterAccess, manifest: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
     """POST `manifest` (never retried by the transport); for objects that are created, not applied,
     such as access reviews, or a pod whose admission answer matters. `dry_run` runs validation and
     admission without persisting anything (how the provisioner probes that a policy is enforced)."""
@@ -89,7 +81,7 @@ def create(cluster: "Cluster", manifest: dict[str, Any], *, dry_run: bool = Fals
 
 
 def get(
-    cluster: "Cluster", api_version: str, kind: str, name: str, namespace: str | None = None
+    cluster: ClusterAccess, api_version: str, kind: str, name: str, namespace: str | None = None
 ) -> dict[str, Any] | None:
     def run(conn: Connection) -> dict[str, Any]:
         resource = _resource(conn, api_version, kind)
@@ -102,7 +94,7 @@ def get(
 
 
 def list_objects(
-    cluster: "Cluster",
+    cluster: ClusterAccess,
     api_version: str,
     kind: str,
     *,
@@ -133,7 +125,9 @@ def list_objects(
     return call(cluster, run)
 
 
-def delete(cluster: "Cluster", api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+def delete(
+    cluster: ClusterAccess, api_version: str, kind: str, name: str, namespace: str | None = None
+) -> bool:
     """Delete an object; False when it was already gone (deleting is idempotent)."""
 
     def run(conn: Connection) -> None:
@@ -147,7 +141,7 @@ def delete(cluster: "Cluster", api_version: str, kind: str, name: str, namespace
     return True
 
 
-def server_version(cluster: "Cluster") -> str:
+def server_version(cluster: ClusterAccess) -> str:
     """The apiserver's gitVersion from /version (readable without any RBAC permission)."""
 
     def run(conn: Connection) -> str:

@@ -19,16 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from kubernetes.watch.watch import iter_resp_lines
 
-from pools.kube.client import CONNECT_TIMEOUT, READ_TIMEOUT, connect
+from pools.kube.client import CONNECT_TIMEOUT, READ_TIMEOUT, ClusterAccess, connect
 from pools.kube.errors import Expired, KubeError, PermanentKubeError, TemporaryKubeError
 from pools.kube.ops import translated_errors
-
-if TYPE_CHECKING:
-    from pools.models import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +56,7 @@ class Source(Protocol):
 # the apiserver's own (camelCase) shape and skips the client's slow model deserialisation.
 
 
-def _decode(text: str | bytes, cluster: Cluster) -> Json:
+def _decode(text: str | bytes, cluster: ClusterAccess) -> Json:
     try:
         return json.loads(text)
     except ValueError:
@@ -70,7 +67,7 @@ def _decode(text: str | bytes, cluster: Cluster) -> Json:
 
 
 class _KubeWatchStream:
-    def __init__(self, cluster: Cluster, response: Any) -> None:
+    def __init__(self, cluster: ClusterAccess, response: Any) -> None:
         self._cluster = cluster
         self._response = response
 
@@ -96,7 +93,7 @@ class KubeSource:
 
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: ClusterAccess,
         kind: str,
         *,
         field_selector: str | None = None,

@@ -1,6 +1,10 @@
 """Formatting for the utilisation dashboard."""
 
+from typing import Any
+
 from django import template
+
+from pools.utilisation.figures import FIGURES_BY_NAME, POOL_FIGURES, Figure
 
 register = template.Library()
 
@@ -20,8 +24,12 @@ def duration(seconds: float | None) -> str:
     return f"{total // 86400}d {total % 86400 // 3600}h"
 
 
-@register.filter
-def percent(part: float | None, whole: float | None) -> int:
-    if not whole:
-        return 0
-    return round(100 * (part or 0) / whole)
+@register.simple_tag
+def figure_rows(live: Any) -> list[tuple[Figure, Any]]:
+    """Every figure of the table with its value on `live` (a PoolUtilisation), in table order."""
+    return [(figure, getattr(live, figure.name)) for figure in POOL_FIGURES]
+
+
+@register.simple_tag
+def figure_help(name: str) -> str:
+    return FIGURES_BY_NAME[name].help

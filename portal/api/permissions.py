@@ -53,4 +53,4 @@ class IsPlatformAdminOrReadOnly(permissions.BasePermission):
     def has_permission(self, request: Request, view: "APIView") -> bool:
         if request.method in permissions.SAFE_METHODS:
             return True
-        return bool(request.user and request.user.is_authenticated and request.user.is_platform_admin)
+        return bool(request.user and request.user.is_authenticated and request.user.is_admin)

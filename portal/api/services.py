@@ -62,7 +62,7 @@ def api_token_issue(
 @transaction.atomic
 def api_token_revoke(*, token: ApiToken, actor: User) -> ApiToken:
     token = ApiToken.objects.select_for_update().get(pk=token.pk)
-    if actor.pk != token.user_id and not actor.is_platform_admin:
+    if actor.pk != token.user_id and not actor.is_admin:
         raise PermissionDenied("Only the token's owner or a platform admin can revoke it.")
     if token.revoked_at is None:
         token.revoked_at = timezone.now()

@@ -10,9 +10,11 @@ from quotas.api.views import (
     AuditEventViewSet,
     CapacityRequestViewSet,
     GrantViewSet,
-    PoolUtilisationViewSet,
+    PoolCapacityAliasViewSet,
+    PoolCapacityViewSet,
     ServingDeploymentViewSet,
-    TeamUtilisationViewSet,
+    TeamCapacityAliasViewSet,
+    TeamCapacityViewSet,
     TeamViewSet,
 )
 
@@ -24,8 +26,12 @@ router.register("teams", TeamViewSet, basename="team")
 router.register("capacity-requests", CapacityRequestViewSet, basename="capacity-request")
 router.register("grants", GrantViewSet, basename="grant")
 router.register("serving-deployments", ServingDeploymentViewSet, basename="serving-deployment")
-router.register("utilisation/pools", PoolUtilisationViewSet, basename="pool-utilisation")
-router.register("utilisation/teams", TeamUtilisationViewSet, basename="team-utilisation")
+router.register("capacity/pools", PoolCapacityViewSet, basename="pool-capacity")
+router.register("capacity/teams", TeamCapacityViewSet, basename="team-capacity")
+# The paths before "capacity" meant granted capacity under the word "utilisation", which the rest of
+# the portal keeps for observed usage; they stay as deprecated aliases (docs/api.md).
+router.register("utilisation/pools", PoolCapacityAliasViewSet, basename="pool-capacity-alias")
+router.register("utilisation/teams", TeamCapacityAliasViewSet, basename="team-capacity-alias")
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
 
 v1 = [path("me/", MeView.as_view(), name="me"), *router.urls]

@@ -246,7 +246,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Utilisation history: roll samples up into 5-minute and hourly averages, drop expired rows.
     "utilisation-history-compact": {
-        "task": "pools.tasks.utilisation_history_compact",
+        "task": "pools.utilisation.tasks.utilisation_history_compact",
         "schedule": timedelta(minutes=5),
     },
     # Idempotency-Key records older than PORTAL_API_IDEMPOTENCY_HOURS are forgotten.

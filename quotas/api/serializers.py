@@ -303,7 +303,7 @@ class ScaleInputSerializer(serializers.Serializer):
     replicas = serializers.IntegerField(min_value=0, max_value=10_000, help_text="0 stops the model server")
 
 
-# --- utilisation -----------------------------------------------------------------------------------
+# --- granted capacity (from grants; observed usage is pools.utilisation) ---------------------------
 
 
 class TeamShareSerializer(serializers.Serializer):
@@ -312,7 +312,7 @@ class TeamShareSerializer(serializers.Serializer):
     grants = serializers.IntegerField()
 
 
-class PoolUtilisationSerializer(serializers.Serializer):
+class PoolCapacityRowSerializer(serializers.Serializer):
     pool = serializers.IntegerField()
     name = serializers.CharField()
     pool_class = serializers.ChoiceField(choices=PoolClass.choices)
@@ -337,7 +337,7 @@ class PoolShareSerializer(serializers.Serializer):
     hourly_cost = serializers.DecimalField(max_digits=14, decimal_places=3)
 
 
-class TeamUtilisationSerializer(serializers.Serializer):
+class TeamCapacityRowSerializer(serializers.Serializer):
     team = serializers.CharField()
     name = serializers.CharField()
     granted_gpus = serializers.IntegerField()

@@ -5,8 +5,6 @@ objects are simply absent: 404, never 403), writes through quotas.services, whos
 PermissionDenied the API's exception handler turns into 400/409 and 403.
 """
 
-from collections import defaultdict
-from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
@@ -301,14 +299,14 @@ class ServingDeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
 @extend_schema_view(
     list=extend_schema(
-        summary="Utilisation per pool",
+        summary="Granted capacity per pool",
         description="Granted, free and batch GPUs of each pool, and how much of it each of your teams holds "
         "(every team for admins and auditors). Figures come from the portal's grants.",
-        responses=s.PoolUtilisationSerializer(many=True),
+        responses=s.PoolCapacityRowSerializer(many=True),
     )
 )
-class PoolUtilisationViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
-    serializer_class = s.PoolUtilisationSerializer
+class PoolCapacityViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.PoolCapacityRowSerializer
     filterset_class = NodePoolFilterSet
     ordering_fields = ["name", "cluster__name", "pool_class", "capacity_gpus"]
     ordering = ["cluster__name", "name", "id"]
@@ -320,44 +318,19 @@ class PoolUtilisationViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         pools = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        figures = selectors.pool_figures_bulk(pairs=[(pool, None) for pool in pools])
-        teams = defaultdict(list)
-        for row in selectors.granted_by_team_and_pool(user=request.user, pool_ids=[p.pk for p in pools]):
-            teams[row["pool_id"]].append(
-                {"team": row["team__slug"], "gpus": row["gpus"], "grants": row["grants"]}
-            )
-        rows = []
-        for pool in pools:
-            f = figures[(pool.pk, None)]
-            rows.append(
-                {
-                    "pool": pool.pk,
-                    "name": str(pool),
-                    "pool_class": pool.pool_class,
-                    "accelerator": pool.accelerator.slug,
-                    "capacity_gpus": f.capacity,
-                    "headroom_gpus": f.headroom,
-                    "grantable_gpus": f.grantable,
-                    "granted_gpus": f.granted,
-                    "free_gpus": f.free,
-                    "batch_granted_gpus": f.batch_granted,
-                    "batch_cap_gpus": f.batch_cap,
-                    "granted_percent": round(100 * f.granted / f.capacity, 1) if f.capacity else 0.0,
-                    "teams": teams[pool.pk],
-                }
-            )
+        rows = selectors.pool_capacity_rows(user=request.user, pools=pools)
         return self.get_paginated_response(self.get_serializer(rows, many=True).data)
 
 
 @extend_schema_view(
     list=extend_schema(
-        summary="Utilisation per team",
+        summary="Granted capacity per team",
         description="GPUs each of your teams holds through active grants, per pool, with their hourly cost.",
-        responses=s.TeamUtilisationSerializer(many=True),
+        responses=s.TeamCapacityRowSerializer(many=True),
     )
 )
-class TeamUtilisationViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
-    serializer_class = s.TeamUtilisationSerializer
+class TeamCapacityViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.TeamCapacityRowSerializer
     filterset_class = filtersets.TeamFilterSet
     ordering_fields = ["slug", "name"]
     ordering = ["slug", "id"]
@@ -369,30 +342,32 @@ class TeamUtilisationViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         teams = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        pools = defaultdict(list)
-        for row in selectors.granted_by_team_and_pool(user=request.user, team_ids=[t.pk for t in teams]):
-            pools[row["team_id"]].append(
-                {
-                    "pool": row["pool_id"],
-                    "name": f"{row['pool__cluster__name']}/{row['pool__name']}",
-                    "accelerator": row["pool__accelerator__slug"],
-                    "gpus": row["gpus"],
-                    "grants": row["grants"],
-                    "hourly_cost": row["gpus"] * row["pool__accelerator__hourly_cost"],
-                }
-            )
-        rows = [
-            {
-                "team": team.slug,
-                "name": team.name,
-                "granted_gpus": sum(p["gpus"] for p in pools[team.pk]),
-                "grants": sum(p["grants"] for p in pools[team.pk]),
-                "hourly_cost": sum((p["hourly_cost"] for p in pools[team.pk]), Decimal(0)),
-                "pools": pools[team.pk],
-            }
-            for team in teams
-        ]
+        rows = selectors.team_capacity_rows(user=request.user, teams=teams)
         return self.get_paginated_response(self.get_serializer(rows, many=True).data)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Granted capacity per pool (deprecated path)",
+        description="Deprecated alias of /api/v1/capacity/pools/, with the same answer.",
+        deprecated=True,
+        responses=s.PoolCapacityRowSerializer(many=True),
+    )
+)
+class PoolCapacityAliasViewSet(PoolCapacityViewSet):
+    pass
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Granted capacity per team (deprecated path)",
+        description="Deprecated alias of /api/v1/capacity/teams/, with the same answer.",
+        deprecated=True,
+        responses=s.TeamCapacityRowSerializer(many=True),
+    )
+)
+class TeamCapacityAliasViewSet(TeamCapacityViewSet):
+    pass
 
 
 @extend_schema_view(

@@ -16,8 +16,8 @@ from django.utils import timezone
 from pools import manifests as cluster_manifests
 from pools.kube import ops
 from pools.kube.errors import KubeError
-from pools.kube.ops import parse_quantity
-from pools.manifests import CONTRACT_ACTIVE, POOL_LABEL_KEY, Manifest
+from pools.kube.objects import CONTRACT_ACTIVE, GPU_TAINT_KEY, POOL_LABEL, same_quantity
+from pools.manifests import Manifest
 from pools.models import Cluster
 from pools.services import cluster_policy_objects
 from portal.services import audit_event_record
@@ -54,7 +54,7 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
     accelerator = pool.accelerator
     holding = req.state in HOLDING_STATES
     selector = {str(k): str(v) for k, v in pool.node_selector.items()}
-    pool_label_key = POOL_LABEL_KEY if POOL_LABEL_KEY in selector or not selector else sorted(selector)[0]
+    pool_label_key = POOL_LABEL if POOL_LABEL in selector or not selector else sorted(selector)[0]
     return manifests.GrantContract(
         grant_id=grant.pk,
         namespace=grant.namespace,
@@ -71,7 +71,7 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
         taint_key=pool.taint_key,
         taint_value=pool.taint_value,
         taint_effect=pool.taint_effect,
-        gpu_taint_key=cluster_manifests.GPU_TAINT_KEY,
+        gpu_taint_key=GPU_TAINT_KEY,
         priority_class_name=grant_priority_class_name(grant),
         zones=tuple(pool.zones),
         gpus=grant.gpus if holding else 0,
@@ -126,10 +126,7 @@ def same(desired: Any, live: Any) -> bool:
     if live is None and desired in (False, "", [], {}):
         return True  # the apiserver drops empty and false fields
     if isinstance(desired, str) and isinstance(live, str | int) and _QUANTITY.match(desired):
-        try:
-            return parse_quantity(desired) == parse_quantity(live)
-        except ValueError:
-            return False
+        return same_quantity(desired, live)
     return False
 
 

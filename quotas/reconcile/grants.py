@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from pools.kube import ops
 from pools.kube.errors import Invalid, PermanentKubeError, TemporaryKubeError
+from pools.kube.objects import quota_key
 from pools.manifests import POLICY_NAME
 from pools.models import Cluster
 from quotas import manifests, services
@@ -54,7 +55,7 @@ def _load_grant(grant_id: int) -> Grant | None:
 
 
 def _quota_observed(contract: manifests.GrantContract, quota: dict[str, Any]) -> bool:
-    hard = ((quota.get("status") or {}).get("hard") or {}).get(manifests.quota_key(contract.resource))
+    hard = ((quota.get("status") or {}).get("hard") or {}).get(quota_key(contract.resource))
     return hard is not None and same(str(contract.gpus), hard)
 
 
@@ -88,7 +89,7 @@ def _await_enforcement(
 
 
 def _quota_condition(contract: manifests.GrantContract, quota: dict[str, Any]) -> Condition:
-    key = manifests.quota_key(contract.resource)
+    key = quota_key(contract.resource)
     status = quota.get("status") or {}
     hard, used = (status.get("hard") or {}).get(key), (status.get("used") or {}).get(key, "0")
     if not _quota_observed(contract, quota):
@@ -154,7 +155,7 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
                     before={"drift": drifted},
                 )
             )
-    key = manifests.quota_key(contract.resource)
+    key = quota_key(contract.resource)
     before_hard = ((quota_applied.before or {}).get("spec") or {}).get("hard") or {}
     if not contract.active and key in before_hard and not same("0", before_hard[key]):
         audits.append(

@@ -12,6 +12,7 @@ from django.utils.dateparse import parse_datetime
 
 from pools.kube import ops
 from pools.kube.errors import PermanentKubeError, TemporaryKubeError
+from pools.kube.objects import Label
 from pools.models import Cluster
 from quotas import manifests
 from quotas.models import ServingDeployment
@@ -87,7 +88,7 @@ def _serving_status(
         and int(status.get("updatedReplicas") or 0) == wanted
         and int(status.get("replicas") or 0) == wanted
     )
-    selector = f"{manifests.Label.DEPLOYMENT}={deployment.pk}"
+    selector = f"{Label.DEPLOYMENT}={deployment.pk}"
     if current and ready == wanted:
         result = ServingStatus(
             ready, Condition("Ready", "True", "AllReplicasReady", f"{ready}/{wanted} replicas Ready.")

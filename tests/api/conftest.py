@@ -74,13 +74,9 @@ class VisionObjects:
 
 
 def approved_request(world: World, requester: User | None = None, gpus: int = 2) -> CapacityRequest:
-    from quotas import services
-
+    """A vision request approved by its lead and a platform admin."""
     req = factories.request(requester or world.alice, world.vision, world.a100, gpus=gpus)
-    services.capacity_request_approve(capacity_request=req, actor=world.bob)
-    services.capacity_request_approve(capacity_request=req, actor=world.admin)
-    req.refresh_from_db()
-    return req
+    return factories.approved(req, world.bob, world.admin)
 
 
 def deployment(grant: Grant, user: User, name: str) -> ServingDeployment:

@@ -58,7 +58,7 @@ LISTS = [
     "/api/v1/capacity-requests/inbox/",
     "/api/v1/grants/",
     "/api/v1/serving-deployments/",
-    "/api/v1/utilisation/teams/",
+    "/api/v1/capacity/teams/",
 ]
 
 
@@ -70,11 +70,11 @@ def test_carol_sees_none_of_visions_rows(api: Api, vision_objects: VisionObjects
     assert [r["id"] for r in api("carol").get("/api/v1/capacity-requests/").json()["results"]] == [own.pk]
     # Filtering by vision's slug finds nothing rather than leaking anything.
     assert api("carol").get("/api/v1/capacity-requests/?team=vision").json()["count"] == 0
-    pool = api("carol").get("/api/v1/utilisation/pools/").json()["results"]
+    pool = api("carol").get("/api/v1/capacity/pools/").json()["results"]
     # Pool totals are public (everyone chooses among pools); who holds them is not.
     interactive = next(p for p in pool if p["pool"] == world.interactive.pk)
     assert interactive["granted_gpus"] == 2 and interactive["teams"] == []
-    admin_view = api("admin").get("/api/v1/utilisation/pools/").json()["results"]
+    admin_view = api("admin").get("/api/v1/capacity/pools/").json()["results"]
     assert next(p for p in admin_view if p["pool"] == world.interactive.pk)["teams"] == [
         {"team": "vision", "gpus": 2, "grants": 1}
     ]
@@ -217,3 +217,15 @@ def test_auditor_in_a_team_still_changes_nothing(
     assert CapacityRequest.objects.count() == 2
     vision_objects.pending.refresh_from_db()
     assert vision_objects.pending.state == RequestState.PENDING_LEAD
+
+
+def test_the_old_utilisation_paths_answer_as_the_capacity_paths(
+    api: Api, vision_objects: VisionObjects
+) -> None:
+    # Deprecated aliases: "utilisation" now means observed usage; granted capacity lives under capacity/.
+    for kind in ("pools", "teams"):
+        for user in ("carol", "admin"):
+            old = api(user).get(f"/api/v1/utilisation/{kind}/")
+            new = api(user).get(f"/api/v1/capacity/{kind}/")
+            assert old.status_code == new.status_code == 200
+            assert old.json() == new.json(), (kind, user)

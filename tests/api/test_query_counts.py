@@ -26,8 +26,8 @@ LISTS = [
     "/api/v1/capacity-requests/inbox/",
     "/api/v1/grants/",
     "/api/v1/serving-deployments/",
-    "/api/v1/utilisation/pools/",
-    "/api/v1/utilisation/teams/",
+    "/api/v1/capacity/pools/",
+    "/api/v1/capacity/teams/",
     "/api/v1/audit-events/",
 ]
 
@@ -74,7 +74,7 @@ def measure(client: APIClient, path: str) -> tuple[int, int]:
             [
                 p
                 for p in LISTS
-                if p not in {"/api/v1/teams/", "/api/v1/audit-events/", "/api/v1/utilisation/teams/"}
+                if p not in {"/api/v1/teams/", "/api/v1/audit-events/", "/api/v1/capacity/teams/"}
             ],
         ),
     ],

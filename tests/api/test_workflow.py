@@ -48,7 +48,7 @@ def test_request_lead_and_platform_approval_make_a_grant(api: Api, world: World)
 
     pools = api("alice").get(f"/api/v1/pools/{world.interactive.pk}/").json()["figures"]
     assert pools["granted_gpus"] == 4 and pools["free_gpus"] == 32 - 8 - 4
-    team = api("alice").get("/api/v1/utilisation/teams/").json()["results"]
+    team = api("alice").get("/api/v1/capacity/teams/").json()["results"]
     assert team == [
         {
             "team": "vision",

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from pools.kube import ops
-from pools.kube.discovery import POOL_LABEL
 from pools.kube.errors import KubeError
+from pools.kube.objects import POOL_LABEL
 from portal.models import User
 from tests import factories
 from tests.testbed import TEST_LABEL, Testbed, load_testbed_module, unique_name, wait_until

@@ -12,7 +12,8 @@ from pools.kube.conformance import (
     Allowlist,
     conformance_report,
 )
-from pools.kube.discovery import POOL_LABEL, node_accelerator
+from pools.kube.discovery import node_accelerator
+from pools.kube.objects import POOL_LABEL
 from tests.testbed import load_testbed_module
 
 tb = load_testbed_module()

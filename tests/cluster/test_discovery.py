@@ -3,7 +3,9 @@
 import copy
 from typing import Any
 
-from pools.kube.discovery import POOL_LABEL, AcceleratorSpec, discover, node_accelerator
+from pools.kube.discovery import AcceleratorSpec, discover, node_accelerator
+from pools.kube.objects import POOL_LABEL
+from pools.models import PoolClass
 from tests.testbed import load_testbed_module
 
 tb = load_testbed_module()
@@ -58,7 +60,7 @@ def summary(inventory: Any) -> dict[str, dict[str, Any]]:
 
 def test_discovery_of_the_rendered_topology_matches_the_file():
     topo = topology()
-    inventory = discover(tb.render_nodes(topo))
+    inventory = discover(tb.render_nodes(topo), pool_classes=PoolClass.values)
     assert summary(inventory) == expected_pools(topo)
     cpu_pools = [p["name"] for p in topo["pools"] if "accelerator" not in p]
     assert cpu_pools and all(inventory.skipped[name] == "no GPUs" for name in cpu_pools)
@@ -100,7 +102,7 @@ def test_a_pool_mixing_accelerators_is_not_proposed():
     intruder = copy.deepcopy(nodes_of(nodes, other["name"])[0])
     intruder["metadata"]["name"] = "intruder"
     intruder["metadata"]["labels"][POOL_LABEL] = home["name"]
-    inventory = discover([*nodes, intruder])
+    inventory = discover([*nodes, intruder], pool_classes=PoolClass.values)
     assert inventory.pool(home["name"]) is None
     product = topo["accelerators"][other["accelerator"]]["product"]
     assert "mixes accelerators" in inventory.skipped[home["name"]]
@@ -122,7 +124,7 @@ def test_unknown_pool_class_unpooled_and_untainted_gpu_nodes_are_reported():
     unpooled["metadata"]["name"] = "stray"
     del unpooled["metadata"]["labels"][POOL_LABEL]
     members[1]["spec"]["taints"] = []
-    inventory = discover([*nodes, odd_class, unpooled])
+    inventory = discover([*nodes, odd_class, unpooled], pool_classes=PoolClass.values)
     assert "'gaming' is not a class the portal offers" in inventory.skipped["odd"]
     assert any(
         "stray" in w and "no accelerator.platform.example.com/pool label" in w for w in inventory.warnings
@@ -138,11 +140,11 @@ def test_capacity_counts_allocatable_not_labels():
     nodes = nodes_of(tb.render_nodes(topo), spec["name"])
     nodes[0]["status"]["allocatable"]["nvidia.com/gpu"] = "1"  # e.g. GPUs that failed health checks
     expected = 1 + spec["gpus"] * (len(nodes) - 1)
-    assert discover(nodes).pool(spec["name"]).capacity == expected
+    assert discover(nodes, pool_classes=PoolClass.values).pool(spec["name"]).capacity == expected
 
 
 def test_no_gpu_nodes():
     topo = topology()
     cpu = [n for n in tb.render_nodes(topo) if node_accelerator(n) is None]
-    inventory = discover(cpu)
+    inventory = discover(cpu, pool_classes=PoolClass.values)
     assert cpu and inventory.gpu_nodes == 0 and inventory.pools == []

@@ -10,8 +10,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from pools import services, tasks
-from pools.kube.discovery import POOL_LABEL
 from pools.kube.errors import Unreachable
+from pools.kube.objects import POOL_LABEL
 from pools.models import Accelerator, Cluster, NodePool
 from portal.models import AuditEvent
 from quotas.models import Grant

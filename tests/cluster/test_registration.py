@@ -16,8 +16,9 @@ from django.urls import reverse
 
 from pools import services
 from pools.kube import ops
-from pools.kube.discovery import POOL_LABEL, discover
-from pools.models import Cluster, NodePool
+from pools.kube.discovery import discover
+from pools.kube.objects import POOL_LABEL
+from pools.models import Cluster, NodePool, PoolClass
 from portal.models import AuditEvent
 from tests.cluster.test_discovery import expected_pools, summary
 from tests.testbed import load_testbed_module, unique_name
@@ -35,7 +36,7 @@ def topology_selector(testbed) -> str:
 
 def test_discovery_returns_exactly_the_topology_files_pools(testbed):
     nodes = ops.list_objects(testbed.admin, "v1", "Node", label_selector=topology_selector(testbed))
-    assert summary(discover(nodes)) == expected_pools(testbed.topology)
+    assert summary(discover(nodes, pool_classes=PoolClass.values)) == expected_pools(testbed.topology)
 
 
 def test_register_then_sync_the_testbed(db, testbed, platform_admin):

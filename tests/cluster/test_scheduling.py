@@ -7,8 +7,9 @@ label), so the shared topology pools' free capacity never matters.
 import pytest
 
 from pools.kube import ops
-from pools.kube.discovery import POOL_LABEL, node_accelerator
+from pools.kube.discovery import node_accelerator
 from pools.kube.errors import Invalid
+from pools.kube.objects import POOL_LABEL
 from tests.cluster.conftest import condition, pod, pool_spec, render
 from tests.testbed import unique_name, wait_until
 

@@ -19,14 +19,14 @@ from django.db import connection
 
 from pools.kube import ops
 from pools.kube.errors import KubeError
-from pools.manifests import MANAGED_BY, MANAGED_BY_LABEL
+from pools.kube.objects import MANAGED_BY, MANAGED_BY_LABEL
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
 from pools.services import cluster_policies_apply
 from portal.celery import app as celery_app
 from portal.models import AuditEvent, User
-from quotas import services
 from quotas.models import Grant, Team
 from tests import factories
+from tests.common import database_url
 from tests.provisioning.support import Worker, _wait, worker_env
 from tests.testbed import Testbed
 
@@ -36,18 +36,12 @@ TEAM_PREFIX = "prv"
 SESSION_PREFIX = f"{TEAM_PREFIX}{secrets.token_hex(2)}"
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 class Workers:
     """The package's default worker (started on first use) and private ones for fault tests."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.database_url = _database_url()
+        self.database_url = database_url(connection.settings_dict)
         self._all: list[Worker] = []
         self.default = self.make(settings.CELERY_BROKER_URL, "default")
 
@@ -156,8 +150,7 @@ class Org:
         fields.setdefault("pool_class", PoolClass.INTERACTIVE)
         accelerator = fields.pop("accelerator", self.a100)
         req = factories.request(self.member, self.team, accelerator, gpus=gpus, **fields)
-        services.capacity_request_approve(capacity_request=req, actor=self.admin, comment="test")
-        grant = Grant.objects.get(request=req)
+        grant = factories.approved_grant(req, self.admin)
         self.grants.append(grant)
         return grant
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pools import manifests as pm
+from pools.kube.objects import GPU_TAINT_KEY, POOL_LABEL, ContractAnnotation
 from pools.models import PoolClass
 from quotas import manifests as qm
 from quotas.reconcile import Condition, diff, merge_conditions
@@ -21,16 +22,16 @@ def contract(**overrides: object) -> qm.GrantContract:
         "group": "team:vision",
         "pool_class": PoolClass.INTERACTIVE.value,
         "pool": "interactive-a100",
-        "pool_label_key": pm.POOL_LABEL_KEY,
-        "node_selector": {pm.POOL_LABEL_KEY: "interactive-a100"},
+        "pool_label_key": POOL_LABEL,
+        "node_selector": {POOL_LABEL: "interactive-a100"},
         "accelerator": "a100-80gb",
         "accelerator_type": "nvidia-a100",
         "product": "NVIDIA-A100-SXM4-80GB",
         "resource": "nvidia.com/gpu",
-        "taint_key": pm.POOL_LABEL_KEY,
+        "taint_key": POOL_LABEL,
         "taint_value": "interactive-a100",
         "taint_effect": "NoSchedule",
-        "gpu_taint_key": pm.GPU_TAINT_KEY,
+        "gpu_taint_key": GPU_TAINT_KEY,
         "priority_class_name": "gpu-interactive-inference",
         "zones": ("zone-a", "zone-b"),
         "gpus": 4,
@@ -81,7 +82,7 @@ def test_namespace_carries_ownership_labels_pod_security_and_the_contract() -> N
         "pod-security.kubernetes.io/audit": "restricted",
         "pod-security.kubernetes.io/audit-version": "latest",
     }
-    a = pm.ContractAnnotation
+    a = ContractAnnotation
     annotations = ns["metadata"]["annotations"]
     assert annotations[a.GRANT] == "vision-interactive-r12 (grant 7)"
     assert annotations[a.STATE] == "active"
@@ -94,7 +95,7 @@ def test_namespace_carries_ownership_labels_pod_security_and_the_contract() -> N
 def test_every_contract_annotation_the_policy_reads_is_set_on_the_namespace() -> None:
     policy = json.dumps(pm.grant_contract_policy())
     read = set(re.findall(r"variables\.contract\['([^']+)'\]", policy))
-    declared = {v for k, v in vars(pm.ContractAnnotation).items() if not k.startswith("_")}
+    declared = {v for k, v in vars(ContractAnnotation).items() if not k.startswith("_")}
     assert read == declared
     assert read <= qm.namespace(contract())["metadata"]["annotations"].keys()
 
@@ -126,7 +127,7 @@ def test_mig_quota_limits_the_slice_and_closes_whole_gpus() -> None:
 def test_ended_contract_sets_gpu_quota_to_zero_and_says_why() -> None:
     ended = contract(gpus=0, max_gpus_per_pod=0, state="revoked")
     assert qm.resource_quota(ended)["spec"]["hard"]["requests.nvidia.com/gpu"] == "0"
-    assert qm.namespace(ended)["metadata"]["annotations"][pm.ContractAnnotation.STATE] == "revoked"
+    assert qm.namespace(ended)["metadata"]["annotations"][ContractAnnotation.STATE] == "revoked"
 
 
 def test_limit_range_defaults_containers_without_requests() -> None:
@@ -219,7 +220,7 @@ def test_policy_is_limited_to_portal_namespaces_and_fails_closed() -> None:
 def test_every_policy_message_names_the_grant() -> None:
     for validation in pm.grant_contract_policy()["spec"]["validations"]:
         assert validation["messageExpression"].startswith(
-            f"'grant ' + variables.contract['{pm.ContractAnnotation.GRANT}']"
+            f"'grant ' + variables.contract['{ContractAnnotation.GRANT}']"
         )
 
 
@@ -229,10 +230,10 @@ def test_every_policy_message_names_the_grant() -> None:
 def test_serving_deployment_carries_the_scheduling_contract() -> None:
     deployment = qm.serving_deployment(contract(), serving())
     pod = deployment["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {pm.POOL_LABEL_KEY: "interactive-a100"}
+    assert pod["nodeSelector"] == {POOL_LABEL: "interactive-a100"}
     assert pod["tolerations"] == [
-        {"key": pm.GPU_TAINT_KEY, "operator": "Equal", "value": "true", "effect": "NoSchedule"},
-        {"key": pm.POOL_LABEL_KEY, "operator": "Equal", "value": "interactive-a100", "effect": "NoSchedule"},
+        {"key": GPU_TAINT_KEY, "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        {"key": POOL_LABEL, "operator": "Equal", "value": "interactive-a100", "effect": "NoSchedule"},
     ]
     assert pod["priorityClassName"] == "gpu-interactive-inference"
     (container,) = pod["containers"]

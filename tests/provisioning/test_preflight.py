@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from pools.kube import ops
-from pools.manifests import POOL_LABEL_KEY
+from pools.kube.objects import POOL_LABEL
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
 from pools.services import pool_preflight_refusal
 from portal.models import AuditEvent
@@ -55,8 +55,7 @@ def test_selector_matching_no_node_refuses_the_approval(org: Org) -> None:
         services.capacity_request_approve(capacity_request=req, actor=org.admin)
     assert exc.value.code == "preflight"
     assert (
-        f"no node of cluster {org.cluster.name} matches its selector {POOL_LABEL_KEY}={name}"
-        in exc.value.message
+        f"no node of cluster {org.cluster.name} matches its selector {POOL_LABEL}={name}" in exc.value.message
     )
     req.refresh_from_db()
     assert req.state == RequestState.PENDING_PLATFORM
@@ -69,7 +68,7 @@ def test_nodes_without_the_pool_taint_refuse(org: Org) -> None:
     refusal = pool_preflight_refusal(pool=pool)
     assert refusal is not None
     assert "embedding-l4-zone-a-0, embedding-l4-zone-b-0 lack the pool taint" in refusal
-    assert f"{POOL_LABEL_KEY}=embedding-l4-dedicated:NoSchedule" in refusal
+    assert f"{POOL_LABEL}=embedding-l4-dedicated:NoSchedule" in refusal
 
 
 @pytest.fixture
@@ -79,10 +78,10 @@ def cordoned_node(org: Org) -> Iterator[str]:
     node = {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": pool, "labels": {POOL_LABEL_KEY: pool, "gpu-portal.example.com/test": "true"}},
+        "metadata": {"name": pool, "labels": {POOL_LABEL: pool, "gpu-portal.example.com/test": "true"}},
         "spec": {
             "unschedulable": True,
-            "taints": [{"key": POOL_LABEL_KEY, "value": pool, "effect": "NoSchedule"}],
+            "taints": [{"key": POOL_LABEL, "value": pool, "effect": "NoSchedule"}],
         },
     }
     ops.apply(org.k8s, node)
@@ -93,8 +92,7 @@ def cordoned_node(org: Org) -> Iterator[str]:
 def test_pool_without_schedulable_nodes_refuses(org: Org, cordoned_node: str) -> None:
     pool = l4_pool(org, cordoned_node)
     assert pool_preflight_refusal(pool=pool) == (
-        f"Pool {pool}: none of the 1 nodes matching {POOL_LABEL_KEY}={cordoned_node} "
-        "is Ready and schedulable."
+        f"Pool {pool}: none of the 1 nodes matching {POOL_LABEL}={cordoned_node} is Ready and schedulable."
     )
 
 

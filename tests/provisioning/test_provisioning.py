@@ -9,7 +9,8 @@ from kubernetes.client.exceptions import ApiException
 from pools.kube import ops
 from pools.kube.client import connect
 from pools.kube.errors import Invalid
-from pools.manifests import GPU_TAINT_KEY, POLICY_NAME, POOL_LABEL_KEY
+from pools.kube.objects import GPU_TAINT_KEY, POOL_LABEL
+from pools.manifests import POLICY_NAME
 from pools.services import cluster_policies_apply
 from portal.models import AuditEvent
 from quotas import services
@@ -37,14 +38,14 @@ def gpu_pod(
 ) -> dict[str, Any]:
     tolerations = [{"key": GPU_TAINT_KEY, "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
     tolerations += [
-        {"key": POOL_LABEL_KEY, "operator": "Equal", "value": p, "effect": "NoSchedule"} for p in tolerate
+        {"key": POOL_LABEL, "operator": "Equal", "value": p, "effect": "NoSchedule"} for p in tolerate
     ]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": unique_name("pod"), "namespace": namespace},
         "spec": {
-            "nodeSelector": selector if selector is not None else {POOL_LABEL_KEY: pool},
+            "nodeSelector": selector if selector is not None else {POOL_LABEL: pool},
             "tolerations": tolerations,
             "priorityClassName": priority,
             "containers": [
@@ -141,7 +142,7 @@ def test_the_apiserver_enforces_the_grant(org: Org, worker, wait_for) -> None:
         "another GPU type": gpu_pod(
             ns,
             selector={
-                POOL_LABEL_KEY: "interactive-a100",
+                POOL_LABEL: "interactive-a100",
                 "accelerator.platform.example.com/type": "nvidia-h100",
             },
         ),
@@ -173,12 +174,12 @@ def test_the_apiserver_enforces_the_grant(org: Org, worker, wait_for) -> None:
 
     pod = wait_for(f"pod {name} to run", running)
     node = org.read("Node", pod["spec"]["nodeName"])
-    assert node["metadata"]["labels"][POOL_LABEL_KEY] == "interactive-a100"
+    assert node["metadata"]["labels"][POOL_LABEL] == "interactive-a100"
 
     # Updates pass unless they change tolerations, the one scheduling field a pod can still change.
     core = CoreV1Api(connect(org.k8s).api)
     core.patch_namespaced_pod(name, ns, {"metadata": {"labels": {"team-note": "updated"}}})
-    other = {"key": POOL_LABEL_KEY, "operator": "Equal", "value": "batch-h100", "effect": "NoSchedule"}
+    other = {"key": POOL_LABEL, "operator": "Equal", "value": "batch-h100", "effect": "NoSchedule"}
     with pytest.raises(ApiException) as update:
         core.patch_namespaced_pod(name, ns, {"spec": {"tolerations": [*pod["spec"]["tolerations"], other]}})
     assert title in update.value.body and "not other pools' taints" in update.value.body
@@ -217,7 +218,7 @@ def test_serving_deployment_lands_on_the_pool_spreads_and_records_load_time(
     )
     nodes = [org.read("Node", p["spec"]["nodeName"]) for p in pods]
     assert len(nodes) == 2
-    assert {n["metadata"]["labels"][POOL_LABEL_KEY] for n in nodes} == {"interactive-a100"}
+    assert {n["metadata"]["labels"][POOL_LABEL] for n in nodes} == {"interactive-a100"}
     assert {n["metadata"]["labels"][ZONE_KEY] for n in nodes} == {"zone-a", "zone-b"}
     container = pods[0]["spec"]["containers"][0]
     assert container["image"] == IMAGE

@@ -28,6 +28,7 @@ from quotas.models import CapacityRequest, Grant, Membership
 from quotas.states import RequestState
 from tests import factories
 from tests import testbed as testbed_support
+from tests.common import database_url
 from tests.provisioning.support import Worker, worker_env
 from tests.ui.browser import mark_document, same_document, screenshot, signed_in
 
@@ -44,12 +45,6 @@ class Org:
     bob: User
     admin: User
     a100: Accelerator
-
-
-def _test_database_url() -> str:
-    db = connection.settings_dict
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def _delete_grant_objects(testbed: testbed_support.Testbed, namespaces: list[str]) -> None:
@@ -90,7 +85,9 @@ def org(
     with celery_app.connection_for_write() as conn:
         celery_app.control.purge(connection=conn)
     worker = Worker(
-        env=worker_env(database_url=_test_database_url(), broker_url=settings.CELERY_BROKER_URL),
+        env=worker_env(
+            database_url=database_url(connection.settings_dict), broker_url=settings.CELERY_BROKER_URL
+        ),
         workdir=tmp_path,
         name=f"ui-{secrets.token_hex(3)}",
     )

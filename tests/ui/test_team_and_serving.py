@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from pools.models import PoolUtilisation
 from quotas import services
-from quotas.models import Grant, ServingDeployment
+from quotas.models import ServingDeployment
 from quotas.states import RequestState
 from tests import factories
 from tests.ui.conftest import htmx
@@ -15,9 +15,9 @@ IMAGE = "registry.example.com/llm/vllm:v0.6.3"
 
 @pytest.fixture
 def grant(world):
-    req = factories.request(world.bob, world.vision, world.a100, gpus=4)
-    services.capacity_request_approve(capacity_request=req, actor=world.admin)
-    return Grant.objects.get(request=req)
+    return factories.approved_grant(
+        factories.request(world.bob, world.vision, world.a100, gpus=4), world.admin
+    )
 
 
 def test_team_page_shows_each_grant_against_its_measured_use(world, login, grant):

@@ -7,31 +7,12 @@ from django.utils import timezone
 
 from pools.kube import ops
 from pools.models import CollectorState, NodePool
-from pools.services_utilisation import utilisation_publish
-from pools.utilisation import ClusterFigures, GrantSpec, PoolSpec, compute
-from quotas.models import Grant, Team
-from quotas.states import RequestState
+from pools.utilisation.figures import ClusterFigures, GrantSpec, PoolSpec, compute
+from pools.utilisation.services import utilisation_publish
 from tests import factories
 from tests.testbed import TEST_LABEL, unique_name, wait_until
 
 POOL_LABEL = "accelerator.platform.example.com/pool"
-
-
-def make_grant(team: Team, pool: NodePool, gpus: int, namespace: str) -> Grant:
-    """A grant in a holding state, made directly: these tests are about what happens after approval."""
-    requester = team.memberships.first().user
-    request = factories.request(requester, team, pool.accelerator, gpus=gpus)
-    type(request).objects.filter(pk=request.pk).update(state=RequestState.ACTIVE, pool=pool)
-    now = timezone.now()
-    return Grant.objects.create(
-        request=request,
-        team=team,
-        pool=pool,
-        gpus=gpus,
-        namespace=namespace,
-        starts_at=now,
-        ends_at=now + timedelta(days=30),
-    )
 
 
 def spec_of(pool: NodePool) -> PoolSpec:
@@ -74,8 +55,8 @@ def published(world):
     """world.interactive (headroom 8) on two 8-GPU nodes: vision uses 6 in its namespace and has a
     pod waiting; nlp uses 4 in its own. Free 6 < headroom 8."""
     vision_ns, nlp_ns = "vision-interactive-r1", "nlp-interactive-r2"
-    vision_grant = make_grant(world.vision, world.interactive, 8, vision_ns)
-    nlp_grant = make_grant(world.nlp, world.interactive, 4, nlp_ns)
+    vision_grant = factories.active_grant(world.vision, world.interactive, 8, vision_ns)
+    nlp_grant = factories.active_grant(world.nlp, world.interactive, 4, nlp_ns)
     pool = world.interactive.name
     nodes = [gpu_node("a100-0", pool), gpu_node("a100-1", pool)]
     pods = [

@@ -17,18 +17,12 @@ from playwright.sync_api import Browser, expect, sync_playwright
 from pools.kube import ops
 from pools.models import PoolClass
 from tests import factories
+from tests.common import database_url
+from tests.ui.browser import launch
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +32,9 @@ def browser() -> Iterator[Browser]:
     # must not inherit the switch.
     with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
         patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        chromium = launch(playwright)
         yield chromium
         chromium.close()
-
-
-def collector_database_url() -> str:
-    db = settings.DATABASES["default"]
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
 @pytest.fixture
@@ -56,7 +44,7 @@ def collector_process():
     def start(cluster_name: str) -> subprocess.Popen:
         env = {
             **os.environ,
-            "DATABASE_URL": collector_database_url(),
+            "DATABASE_URL": database_url(settings.DATABASES["default"]),
             "DJANGO_SETTINGS_MODULE": "portal.settings.test",
         }
         env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the collector is an ordinary process

@@ -2,7 +2,7 @@
 
 import re
 
-from pools import charts
+from pools.utilisation import charts
 
 
 def node(name, *, allocatable=8, requested=0, ready=True, cordoned=False, zone="zone-a"):

@@ -6,8 +6,8 @@ import threading
 import pytest
 from django.core.management import CommandError, call_command
 
-from pools.collector import Supervisor, trim_pod
 from pools.models import Cluster, ClusterUtilisation, CollectorState
+from pools.utilisation.collector import Supervisor, trim_pod
 from tests.testbed import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

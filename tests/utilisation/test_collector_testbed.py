@@ -5,12 +5,11 @@ from datetime import datetime
 
 import pytest
 
-from pools.collector import ClusterCollector
 from pools.kube import ops
 from pools.models import ClusterUtilisation, CollectorState, PoolClass, PoolUtilisation
+from pools.utilisation.collector import ClusterCollector
 from tests import factories
 from tests.testbed import wait_until
-from tests.utilisation.conftest import make_grant
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -53,7 +52,7 @@ def test_pool_figures_follow_scheduling_on_the_testbed(
     pool = factories.pool(
         private_pool.name, PoolClass.EXPERIMENTATION, world.a100, capacity=12, cluster=cluster
     )
-    make_grant(world.vision, pool, 8, k8s_namespace)
+    factories.active_grant(world.vision, pool, 8, k8s_namespace)
     collector(cluster)
     wait_until("the collector's first figures", lambda: figures(pool))
     assert ClusterUtilisation.objects.get(cluster=cluster).state == CollectorState.LIVE

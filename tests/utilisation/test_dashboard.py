@@ -223,7 +223,6 @@ def test_cost_page_shows_gpu_hours_cost_and_load_times_worked_out_by_hand(world)
 
     from pools.models import PoolSnapshot, SnapshotResolution, TeamUsageSnapshot
     from quotas.models import ServingDeployment
-    from tests.utilisation.conftest import make_grant
 
     world.h100.hourly_cost = Decimal("4.000")
     world.h100.save()
@@ -245,7 +244,7 @@ def test_cost_page_shows_gpu_hours_cost_and_load_times_worked_out_by_hand(world)
     usage(world.interactive, world.vision, 100 * 3600, timedelta(days=10))
     # nlp: 2 h on the H100 pool -> 8.00; only admins and nlp see it.
     usage(world.batch, world.nlp, 7200, timedelta(minutes=10))
-    grant = make_grant(world.vision, world.interactive, 8, "vision-serving-r1")
+    grant = factories.active_grant(world.vision, world.interactive, 8, "vision-serving-r1")
     ServingDeployment.objects.create(
         grant=grant,
         team=world.vision,

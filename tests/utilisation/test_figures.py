@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pools.kube.conformance import Allowlist
-from pools.utilisation import GrantSpec, PoolSpec, compute, pod_gpu_requests
+from pools.kube.objects import pod_gpu_requests
+from pools.utilisation.figures import GrantSpec, PoolSpec, compute
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 POOL = "accelerator.platform.example.com/pool"

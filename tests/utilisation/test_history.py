@@ -7,8 +7,8 @@ import pytest
 
 from pools.models import ClusterUtilisation, CollectorState, PoolSnapshot, PoolUtilisation, TeamUsageSnapshot
 from pools.models import SnapshotResolution as R
-from pools.selectors_utilisation import pool_history, team_cost_list, tier_ranges
-from pools.services_utilisation import utilisation_history_compact, utilisation_snapshot_record
+from pools.utilisation.selectors import pool_history, team_cost_list, tier_ranges
+from pools.utilisation.services import utilisation_history_compact, utilisation_snapshot_record
 from tests.utilisation.conftest import publish_state
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -23,7 +23,7 @@ import pytest
 from django.test import Client as DjangoClient
 from django.urls import reverse
 
-from pools import prometheus
+from pools.utilisation import prometheus
 
 PROMETHEUS = "/usr/bin/prometheus"
 WINDOW = "10s"

@@ -15,7 +15,7 @@ from pools.models import CollectorState, PoolClass, PoolSnapshot, SnapshotResolu
 from portal.api import services as api_services
 from quotas.models import ServingDeployment
 from tests import factories
-from tests.utilisation.conftest import make_grant, publish_state
+from tests.utilisation.conftest import publish_state
 
 pytestmark = pytest.mark.django_db
 N = 2
@@ -60,7 +60,7 @@ def test_dashboard(world, published):
         for _ in range(n):
             index = next(numbers)
             pool = factories.pool(f"more-{index}", PoolClass.INTERACTIVE, world.a100, capacity=8)
-            make_grant(world.vision, pool, 2, f"vision-more-{index}")
+            factories.active_grant(world.vision, pool, 2, f"vision-more-{index}")
             published.pools[pool.pk] = published.pools[world.interactive.pk]
         publish_state(world.interactive.cluster_id, CollectorState.LIVE, figures=published)
         return f'data-pool="{pool.name}"'
@@ -76,7 +76,7 @@ def test_pool_detail(world, published):
         now = timezone.now()
         for _ in range(n):
             index = next(numbers)
-            make_grant(world.vision, pool, 1, f"vision-extra-{index}")
+            factories.active_grant(world.vision, pool, 1, f"vision-extra-{index}")
             PoolSnapshot.objects.create(
                 pool=pool,
                 resolution=SnapshotResolution.RAW,
@@ -100,7 +100,7 @@ def test_cost(world):
         for _ in range(n):
             index = next(numbers)
             pool = factories.pool(f"cost-{index}", PoolClass.INTERACTIVE, world.a100, capacity=8)
-            grant = make_grant(world.vision, pool, 2, f"vision-cost-{index}")
+            grant = factories.active_grant(world.vision, pool, 2, f"vision-cost-{index}")
             raw = {
                 "pool": pool,
                 "resolution": SnapshotResolution.RAW,

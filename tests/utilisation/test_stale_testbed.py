@@ -10,9 +10,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from pools.collector import ClusterCollector
 from pools.kube import ops
 from pools.models import Cluster, ClusterUtilisation, PoolClass, PoolUtilisation
+from pools.utilisation.collector import ClusterCollector
 from tests import factories
 from tests.testbed import load_testbed_module, wait_until
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from pools.collector import Supervisor
 from pools.models import Cluster
+from pools.utilisation.collector import Supervisor
 
 
 class Command(BaseCommand):

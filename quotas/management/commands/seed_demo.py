@@ -13,6 +13,7 @@ from pools.models import Accelerator, Cluster, NodePool, PoolClass
 from pools.tasks import cluster_policies_apply
 from portal.models import User
 from quotas.models import Membership, Team
+from quotas.services import membership_set
 
 TOPOLOGY = settings.BASE_DIR / "testbed" / "topology.yaml"
 
@@ -120,7 +121,7 @@ class Command(BaseCommand):
             user.set_password(password)
             user.save()
             if team:
-                Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+                membership_set(team=team, user=user, role=role, actor=None)
 
         pools = NodePool.objects.filter(cluster=cluster).count()
         self.stdout.write(self.style.SUCCESS(f"Demo data ready: cluster {cluster.name} with {pools} pools."))

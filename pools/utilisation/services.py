@@ -31,7 +31,7 @@ from pools.models import (
     SnapshotResolution,
     TeamUsageSnapshot,
 )
-from pools.utilisation import ClusterFigures, PoolFigures
+from pools.utilisation.figures import HISTORY_FIGURES, ClusterFigures, PoolFigures, Rollup
 
 R = SnapshotResolution
 RETENTION: dict[int, timedelta] = {
@@ -45,16 +45,6 @@ ROLLUPS = ((R.FIVE_MINUTES, R.RAW), (R.HOUR, R.FIVE_MINUTES))
 # has passed after its end, so no late sample is left out.
 ROLLUP_GRACE = timedelta(seconds=30)
 COMPACT_LOCK_ID = 0x67707570  # an arbitrary, fixed advisory lock key for the compaction
-
-POOL_AVERAGES = (
-    "nodes_ready",
-    "gpus_allocatable",
-    "gpus_requested",
-    "gpus_free",
-    "gpus_stranded",
-    "largest_free_block",
-    "pods_pending",
-)
 
 
 def floor_time(moment: datetime, seconds: int) -> datetime:
@@ -122,8 +112,7 @@ def utilisation_snapshot_record(*, figures: ClusterFigures, at: datetime, second
                 resolution=R.RAW,
                 at=at,
                 seconds=seconds,
-                queue_wait_max_seconds=totals["queue_wait_max_seconds"],
-                **{name: totals[name] for name in POOL_AVERAGES},
+                **{figure.name: totals[figure.name] for figure in HISTORY_FIGURES},
             )
         )
         by_team: dict[int | None, int] = defaultdict(int)
@@ -152,17 +141,13 @@ def _rollup_pools(source_rows: Iterable[PoolSnapshot], target: int) -> list[Pool
     result = []
     for (pool_id, bucket), rows in groups.items():
         seconds = sum(r.seconds for r in rows) or 1.0
-        averages = {name: sum(getattr(r, name) * r.seconds for r in rows) / seconds for name in POOL_AVERAGES}
-        result.append(
-            PoolSnapshot(
-                pool_id=pool_id,
-                resolution=target,
-                at=bucket,
-                seconds=seconds,
-                queue_wait_max_seconds=max(r.queue_wait_max_seconds for r in rows),
-                **averages,
-            )
-        )
+        values = {
+            figure.name: max(getattr(r, figure.name) for r in rows)
+            if figure.rollup == Rollup.MAXIMUM
+            else sum(getattr(r, figure.name) * r.seconds for r in rows) / seconds
+            for figure in HISTORY_FIGURES
+        }
+        result.append(PoolSnapshot(pool_id=pool_id, resolution=target, at=bucket, seconds=seconds, **values))
     return result
 
 

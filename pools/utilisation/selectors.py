@@ -17,9 +17,8 @@ from typing import Any
 
 from django.db.models import Min, Q, Sum
 
-from pools import prometheus
+from pools.kube.objects import POOL_LABEL, Label
 from pools.models import (
-    LABEL_PREFIX,
     Cluster,
     ClusterUtilisation,
     CollectorState,
@@ -30,10 +29,10 @@ from pools.models import (
     SnapshotResolution,
     TeamUsageSnapshot,
 )
-from pools.services_utilisation import floor_time
-from pools.utilisation import GrantSpec, PoolSpec
+from pools.utilisation import prometheus
+from pools.utilisation.figures import GrantSpec, PoolSpec
+from pools.utilisation.services import floor_time
 from portal.models import User
-from quotas.manifests import Label
 from quotas.models import Grant, ServingDeployment, Team
 from quotas.selectors import grant_list, serving_deployment_list, teams_visible_to
 from quotas.states import HOLDING_STATES
@@ -62,7 +61,7 @@ def collector_pool_specs(*, cluster_id: int) -> list[PoolSpec]:
         PoolSpec(
             id=pool.pk,
             name=pool.name,
-            node_selector=pool.node_selector or {f"{LABEL_PREFIX}/pool": pool.name},
+            node_selector=pool.node_selector or {POOL_LABEL: pool.name},
             resource=pool.accelerator.resource_name,
             pool_class=pool.pool_class,
             headroom=pool.headroom_gpus,
@@ -77,7 +76,7 @@ def collector_grant_specs(
 ) -> dict[str, GrantSpec]:
     """Namespace -> grant, for attributing GPU use to teams.
 
-    Namespaces the portal provisioned carry their grant and team as labels (quotas.manifests.Label);
+    Namespaces the portal provisioned carry their grant and team as labels (pools.kube.objects.Label);
     those labels win. Any other namespace is matched by name with Grant.namespace. A grant that no
     longer holds capacity still names its team, with 0 GPUs granted.
     """
@@ -406,9 +405,7 @@ class TeamCost:
 def team_cost_list(*, user: User, start: datetime, end: datetime) -> list[TeamCost]:
     """GPU-hours and their cost per team and pool for [start, end), at catalogue prices (the
     accelerator's hourly cost per unit). Usage outside any grant shows as team "" to admins."""
-    qs = TeamUsageSnapshot.objects.all()
-    if not user.sees_everything:
-        qs = qs.filter(team__in=teams_visible_to(user=user))
+    qs = TeamUsageSnapshot.objects.visible_to(user)
     sums: dict[tuple[Any, ...], float] = defaultdict(float)
     for resolution, lower, upper in tier_ranges(start, end):
         tier = qs.filter(resolution=resolution, at__gte=lower, at__lt=upper)

@@ -22,12 +22,12 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from pools.kube.conformance import Allowlist
+from pools.kube.objects import Label
 from pools.kube.watch import Backoff, KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState
-from pools.selectors_utilisation import collector_grant_specs, collector_pool_specs
-from pools.services_utilisation import utilisation_publish, utilisation_snapshot_record
-from pools.utilisation import ClusterFigures, compute
-from quotas.manifests import Label
+from pools.utilisation.figures import ClusterFigures, compute
+from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
+from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
 
 logger = logging.getLogger(__name__)
 

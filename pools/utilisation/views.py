@@ -9,7 +9,6 @@ from datetime import UTC, datetime, time, timedelta
 from functools import wraps
 from typing import Any
 
-from django import forms
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
@@ -18,21 +17,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from pools import charts
-from pools import selectors_utilisation as selectors
 from pools.models import NodePool
+from pools.utilisation import charts, selectors
+from pools.utilisation.forms import HISTORY_RANGES, CostPeriodForm, HistoryRangeForm
 
 POLL_SECONDS = 2
 HISTORY_POLL_SECONDS = 15
-HISTORY_RANGES = {
-    "1h": timedelta(hours=1),
-    "6h": timedelta(hours=6),
-    "24h": timedelta(hours=24),
-    "7d": timedelta(days=7),
-    "30d": timedelta(days=30),
-    "90d": timedelta(days=90),
-}
-COST_MAX_DAYS = 90
 
 View = Callable[..., HttpResponse]
 
@@ -76,13 +66,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     if request.htmx and request.htmx.target == "utilisation-live":
         return render(request, "utilisation/partials/overview_live.html", context)
     return render(request, "utilisation/dashboard.html", context)
-
-
-class HistoryRangeForm(forms.Form):
-    range = forms.ChoiceField(choices=[(key, key) for key in HISTORY_RANGES], required=False)
-
-    def clean_range(self) -> str:
-        return self.cleaned_data["range"] or "6h"
 
 
 def _history_charts(pool_id: int, span: timedelta) -> list[charts.TimeChart]:
@@ -169,27 +152,6 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if target == "pool-history":
         return render(request, "utilisation/partials/pool_history.html", context)
     return render(request, "utilisation/pool_detail.html", context)
-
-
-class CostPeriodForm(forms.Form):
-    # A date input only takes ISO dates, whatever the site's display format.
-    start = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"))
-    end = forms.DateField(
-        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"), help_text="Included"
-    )
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        start, end = data.get("start"), data.get("end")
-        if start and end:
-            today = timezone.now().date()
-            if end < start:
-                self.add_error("end", "The end must not be before the start.")
-            elif (end - start).days + 1 > COST_MAX_DAYS:
-                self.add_error("end", f"Choose at most {COST_MAX_DAYS} days: older history is not kept.")
-            if start > today:
-                self.add_error("start", "The start is in the future: there is no usage yet.")
-        return data
 
 
 @require_GET

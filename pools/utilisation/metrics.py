@@ -18,27 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pools import selectors_utilisation as selectors
 from pools.models import CollectorState
+from pools.utilisation import selectors
+from pools.utilisation.figures import POOL_FIGURES
 
 POOL_LABELS = ["cluster", "pool", "pool_class", "accelerator"]
 TEAM_LABELS = ["cluster", "pool", "team", "namespace"]
-
-# (metric suffix, PoolUtilisation field, help)
-POOL_GAUGES = (
-    ("nodes", "nodes_total", "Nodes in the pool."),
-    ("nodes_ready", "nodes_ready", "Ready nodes in the pool."),
-    ("nodes_cordoned", "nodes_cordoned", "Cordoned (unschedulable) nodes in the pool."),
-    ("nodes_fully_free", "nodes_fully_free", "Ready, uncordoned nodes with no GPU requested."),
-    ("gpus_allocatable", "gpus_allocatable", "Allocatable accelerator units (GPUs or MIG slices)."),
-    ("gpus_requested", "gpus_requested", "Units requested by pods bound to the pool's nodes."),
-    ("gpus_free", "gpus_free", "Units free on Ready, uncordoned nodes."),
-    ("gpus_stranded", "gpus_stranded", "Free units on nodes that already run GPU pods (fragmentation)."),
-    ("largest_free_block_gpus", "largest_free_block", "Most units one new pod could still get on one node."),
-    ("pending_pods", "pods_pending", "GPU pods waiting to be scheduled on the pool."),
-    ("queue_wait_max_seconds", "queue_wait_max_seconds", "Longest wait of a pending GPU pod."),
-    ("non_gpu_pods", "non_gpu_pods", "Pods without a GPU request on the pool's GPU nodes (allowlist aside)."),
-)
 
 
 class UtilisationCollector(Collector):
@@ -68,8 +53,10 @@ class UtilisationCollector(Collector):
         yield age
 
         pool_families = {
-            name: GaugeMetricFamily(f"gpu_portal_pool_{name}", text, labels=POOL_LABELS)
-            for name, _, text in POOL_GAUGES
+            figure.name: GaugeMetricFamily(
+                f"gpu_portal_pool_{figure.metric}", figure.help, labels=POOL_LABELS
+            )
+            for figure in POOL_FIGURES
         }
         headroom = GaugeMetricFamily(
             "gpu_portal_pool_headroom_gpus", "Warm units an interactive pool keeps free.", labels=POOL_LABELS
@@ -95,8 +82,8 @@ class UtilisationCollector(Collector):
         for figures in data.pools:
             pool = figures.pool
             labels = [pool.cluster.name, pool.name, pool.pool_class, pool.accelerator.slug]
-            for name, field, _ in POOL_GAUGES:
-                pool_families[name].add_metric(labels, float(getattr(figures, field)))
+            for figure in POOL_FIGURES:
+                pool_families[figure.name].add_metric(labels, float(getattr(figures, figure.name)))
             headroom.add_metric(labels, float(pool.headroom_gpus))
             headroom_short.add_metric(labels, 1.0 if figures.headroom_short else 0.0)
             for usage in figures.detail.get("namespaces", []):

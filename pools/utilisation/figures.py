@@ -1,8 +1,9 @@
 """Pool utilisation figures, computed from what a cluster reports.
 
 Pure functions over node and pod dicts exactly as the apiserver serves them (camelCase JSON) and
-plain descriptions of the portal's pools and grants. No database and no Kubernetes client: the
-collector feeds these functions from its watch caches, the tests from hand-made topologies.
+plain descriptions of the portal's pools and grants. No database and no API client (the cluster
+vocabulary, pods' GPU requests included, is read through pools.kube.objects): the collector feeds
+these functions from its watch caches, the tests from hand-made topologies.
 
 Definitions (docs/utilisation.md explains them for users):
 - A pod holds GPUs of a node when it is bound to it (spec.nodeName) and not Succeeded/Failed; what
@@ -20,21 +21,134 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from pools.kube.objects import (
+    ZONE_LABEL,
+    constrained_keys,
+    key_of,
+    labels_of,
+    name_of,
+    node_cordoned,
+    node_gpu_allocatable,
+    node_ready,
+    parse_time,
+    pod_finished,
+    pod_gpu_requests,
+    pod_selects,
+    pod_unschedulable_reason,
+)
 
 Json = dict[str, Any]
 
-GPU_RESOURCE = "nvidia.com/gpu"
-MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-ZONE_LABEL = "topology.kubernetes.io/zone"
 # How many pods a figure keeps by name (pending pods, non-GPU pods on GPU nodes); the counts stay exact.
 LISTED_PODS = 50
 
 
-def is_gpu_resource(name: str) -> bool:
-    return name == GPU_RESOURCE or name.startswith(MIG_RESOURCE_PREFIX)
+# ----------------------------------------------------------------------------------------------
+# The table of pool figures: the one list the live row (PoolUtilisation), the history
+# (PoolSnapshot), the API, /metrics and the pool page read. A new figure is a row here and a
+# property of PoolFigures with the same name (plus its migration).
+
+
+class Rollup:
+    """How history keeps a figure over a bucket of time."""
+
+    NONE = ""  # live only
+    AVERAGE = "average"  # weighted by the seconds each sample stands for
+    MAXIMUM = "maximum"
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # PoolFigures property, PoolUtilisation column, PoolSnapshot column, API field
+    label: str
+    help: str
+    unit: str  # "nodes", "units" (GPUs or MIG slices), "pods", "seconds"
+    metric: str  # /metrics gauge gpu_portal_pool_<metric>
+    rollup: str = Rollup.NONE
+    integer: bool = True
+
+
+POOL_FIGURES: tuple[Figure, ...] = (
+    Figure("nodes_total", "Nodes", "Nodes in the pool.", "nodes", "nodes"),
+    Figure("nodes_ready", "Ready nodes", "Ready nodes in the pool.", "nodes", "nodes_ready", Rollup.AVERAGE),
+    Figure(
+        "nodes_cordoned",
+        "Cordoned nodes",
+        "Cordoned (unschedulable) nodes in the pool.",
+        "nodes",
+        "nodes_cordoned",
+    ),
+    Figure(
+        "nodes_fully_free",
+        "Empty nodes",
+        "Ready, uncordoned nodes with no GPU requested.",
+        "nodes",
+        "nodes_fully_free",
+    ),
+    Figure(
+        "gpus_allocatable",
+        "Allocatable",
+        "Allocatable accelerator units (GPUs or MIG slices).",
+        "units",
+        "gpus_allocatable",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "gpus_requested",
+        "Requested",
+        "Units requested by pods bound to the pool's nodes.",
+        "units",
+        "gpus_requested",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "gpus_free", "Free", "Units free on Ready, uncordoned nodes.", "units", "gpus_free", Rollup.AVERAGE
+    ),
+    Figure(
+        "gpus_stranded",
+        "Stranded",
+        "Free units on nodes that already run GPU pods (fragmentation).",
+        "units",
+        "gpus_stranded",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "largest_free_block",
+        "Largest free block",
+        "Most units one new pod could still get on one node.",
+        "units",
+        "largest_free_block_gpus",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "pods_pending",
+        "Pending pods",
+        "GPU pods waiting to be scheduled on the pool.",
+        "pods",
+        "pending_pods",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "queue_wait_max_seconds",
+        "Longest queue wait",
+        "Longest wait of a pending GPU pod.",
+        "seconds",
+        "queue_wait_max_seconds",
+        Rollup.MAXIMUM,
+        integer=False,
+    ),
+    Figure(
+        "non_gpu_pods",
+        "Non-GPU pods",
+        "Pods without a GPU request on the pool's GPU nodes (allowlist aside).",
+        "pods",
+        "non_gpu_pods",
+    ),
+)
+FIGURES_BY_NAME = {figure.name: figure for figure in POOL_FIGURES}
+HISTORY_FIGURES = tuple(figure for figure in POOL_FIGURES if figure.rollup)
 
 
 @dataclass(frozen=True)
@@ -162,20 +276,7 @@ class PoolFigures:
         return self.interactive and self.gpus_free < self.headroom
 
     def totals(self) -> dict[str, int | float]:
-        return {
-            "nodes_total": self.nodes_total,
-            "nodes_ready": self.nodes_ready,
-            "nodes_cordoned": self.nodes_cordoned,
-            "nodes_fully_free": self.nodes_fully_free,
-            "gpus_allocatable": self.gpus_allocatable,
-            "gpus_requested": self.gpus_requested,
-            "gpus_free": self.gpus_free,
-            "gpus_stranded": self.gpus_stranded,
-            "largest_free_block": self.largest_free_block,
-            "pods_pending": self.pods_pending,
-            "queue_wait_max_seconds": self.queue_wait_max_seconds,
-            "non_gpu_pods": self.non_gpu_pods,
-        }
+        return {figure.name: getattr(self, figure.name) for figure in POOL_FIGURES}
 
 
 @dataclass
@@ -187,98 +288,9 @@ class ClusterFigures:
     unmatched_pending: int = 0
 
 
-# ----------------------------------------------------------------------------------------------
-# Parsing helpers
-
-
-_QUANTITY_SUFFIXES: dict[str, Decimal] = {
-    "": Decimal(1),
-    "m": Decimal("0.001"),
-    **{s: Decimal(10) ** (3 * i) for i, s in enumerate("kMGTPE", start=1)},
-    **{f"{s}i": Decimal(2) ** (10 * i) for i, s in enumerate("KMGTPE", start=1)},
-}
-
-
-def quantity(value: object) -> Decimal:
-    """A Kubernetes quantity ("8", "500m", "1Ki"); 0 for anything unreadable, so one malformed pod
-    cannot stop the figures of a whole cluster. Parsed here rather than with the client library's
-    parser because only pools/kube imports the client."""
-    text = str(value).strip()
-    number = text.rstrip("kmMGTPEKi")
-    try:
-        return Decimal(number) * _QUANTITY_SUFFIXES[text[len(number) :]]
-    except (InvalidOperation, KeyError):
-        return Decimal(0)
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def node_ready(node: Json) -> bool:
-    for condition in node.get("status", {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
-
-
-def node_gpu_allocatable(node: Json) -> dict[str, int]:
-    allocatable = node.get("status", {}).get("allocatable") or {}
-    return {name: int(quantity(v)) for name, v in allocatable.items() if is_gpu_resource(name)}
-
-
-def _container_requests(container: Json) -> dict[str, Decimal]:
-    resources = container.get("resources") or {}
-    # Extended resources cannot be overcommitted: a request, when given, equals the limit, and the
-    # apiserver copies a lone limit into the request. Hand-written specs often carry only limits.
-    merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-    return {name: quantity(v) for name, v in merged.items() if is_gpu_resource(name)}
-
-
-def pod_gpu_requests(pod: Json) -> dict[str, int]:
-    """The GPU resources the scheduler reserves for `pod`, by resource name."""
-    spec = pod.get("spec") or {}
-    totals: dict[str, Decimal] = defaultdict(Decimal)
-    for container in spec.get("containers") or []:
-        for name, value in _container_requests(container).items():
-            totals[name] += value
-    # Init containers run one after another, each next to the sidecars started before it; sidecars
-    # (restartPolicy Always) then keep running next to the containers.
-    sidecars: dict[str, Decimal] = defaultdict(Decimal)
-    init_peak: dict[str, Decimal] = defaultdict(Decimal)
-    for container in spec.get("initContainers") or []:
-        requests = _container_requests(container)
-        if container.get("restartPolicy") == "Always":
-            for name, value in requests.items():
-                sidecars[name] += value
-                init_peak[name] = max(init_peak[name], sidecars[name])
-        else:
-            for name, value in requests.items():
-                init_peak[name] = max(init_peak[name], value + sidecars[name])
-    result: dict[str, int] = {}
-    overhead = {k: quantity(v) for k, v in (spec.get("overhead") or {}).items() if is_gpu_resource(k)}
-    for name in set(totals) | set(init_peak) | set(sidecars) | set(overhead):
-        value = max(totals[name] + sidecars[name], init_peak[name]) + overhead.get(name, Decimal(0))
-        if value > 0:
-            result[name] = int(value)
-    return result
-
-
 def _pod_name(pod: Json) -> tuple[str, str]:
     meta = pod.get("metadata") or {}
     return meta.get("namespace", ""), meta.get("name", "")
-
-
-def _unschedulable_reason(pod: Json) -> str:
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return condition.get("reason") or ""
-    return ""
 
 
 def queue_wait_seconds(pod: Json, now: datetime) -> float:
@@ -299,59 +311,9 @@ def queue_wait_seconds(pod: Json, now: datetime) -> float:
 # Node selection
 
 
-def _expression_matches(expression: Json, labels: Mapping[str, str]) -> bool:
-    key, operator = expression.get("key", ""), expression.get("operator", "")
-    values = expression.get("values") or []
-    if operator == "In":
-        return labels.get(key) in values
-    if operator == "NotIn":
-        return labels.get(key) not in values
-    if operator == "Exists":
-        return key in labels
-    if operator == "DoesNotExist":
-        return key not in labels
-    if operator in ("Gt", "Lt") and key in labels and values:
-        try:
-            have, want = int(labels[key]), int(values[0])
-        except ValueError:
-            return False
-        return have > want if operator == "Gt" else have < want
-    return False
-
-
-def _required_terms(pod: Json) -> list[list[Json]]:
-    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
-    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
-    return [term.get("matchExpressions") or [] for term in required.get("nodeSelectorTerms") or []]
-
-
-def pod_selects(pod: Json, labels: Mapping[str, str], keys: frozenset[str] | None = None) -> bool:
-    """Whether a node with `labels` satisfies the pod's nodeSelector and required node affinity,
-    judging only constraints on `keys` when given."""
-    selector = (pod.get("spec") or {}).get("nodeSelector") or {}
-    for key, value in selector.items():
-        if (keys is None or key in keys) and labels.get(key) != value:
-            return False
-    terms = _required_terms(pod)
-    if not terms:
-        return True
-    # Terms are ORed, expressions inside a term ANDed.
-    return any(
-        all(_expression_matches(e, labels) for e in term if keys is None or e.get("key") in keys)
-        for term in terms
-    )
-
-
-def _constrained_keys(pod: Json) -> set[str]:
-    keys = set(((pod.get("spec") or {}).get("nodeSelector") or {}).keys())
-    for term in _required_terms(pod):
-        keys |= {e.get("key", "") for e in term}
-    return keys
-
-
 def node_pool(node: Json, pools: Sequence[PoolSpec]) -> PoolSpec | None:
     """The pool whose selector the node satisfies; the most specific selector wins an overlap."""
-    labels = (node.get("metadata") or {}).get("labels") or {}
+    labels = labels_of(node)
     matching = [
         p for p in pools if p.node_selector and all(labels.get(k) == v for k, v in p.node_selector.items())
     ]
@@ -372,7 +334,7 @@ def pending_pod_pools(
     pools it names. Otherwise it waits for every pool that offers a resource it requests and has
     a node matching its nodeSelector and required affinity.
     """
-    constrained = _constrained_keys(pod)
+    constrained = constrained_keys(pod)
     named = [
         p
         for p in pools
@@ -414,8 +376,7 @@ def compute(
     node_rows: dict[str, NodeFigures] = {}
     pool_node_labels: dict[int, list[Mapping[str, str]]] = defaultdict(list)
     for node in nodes:
-        meta = node.get("metadata") or {}
-        name, labels = meta.get("name", ""), meta.get("labels") or {}
+        name, labels = name_of(node), labels_of(node)
         allocatable = node_gpu_allocatable(node)
         if any(allocatable.values()):
             gpu_nodes.add(name)
@@ -430,7 +391,7 @@ def compute(
             name=name,
             zone=labels.get(ZONE_LABEL, ""),
             ready=node_ready(node),
-            cordoned=bool((node.get("spec") or {}).get("unschedulable")),
+            cordoned=node_cordoned(node),
             allocatable=allocatable.get(pool.resource, 0),
             requested=0,
             gpu_pods=0,
@@ -445,8 +406,7 @@ def compute(
         return rows[namespace]
 
     for pod in pods:
-        status = pod.get("status") or {}
-        if status.get("phase") in TERMINAL_PHASES:
+        if pod_finished(pod):
             continue
         namespace, name = _pod_name(pod)
         node_name = (pod.get("spec") or {}).get("nodeName")
@@ -464,7 +424,7 @@ def compute(
                 pool_figures = figures.pools[pool.id]
                 pool_figures.non_gpu_pods += 1
                 if len(pool_figures.non_gpu_pod_names) < LISTED_PODS:
-                    pool_figures.non_gpu_pod_names.append(f"{namespace}/{name}")
+                    pool_figures.non_gpu_pod_names.append(key_of(pod))
             continue
         if not requests:
             continue
@@ -476,7 +436,9 @@ def compute(
             pool_figures = figures.pools[pool.id]
             gpus = requests.get(pool.resource, sum(requests.values()))
             pool_figures.pods_pending += 1
-            pool_figures.pending.append(PendingPod(namespace, name, gpus, waited, _unschedulable_reason(pod)))
+            pool_figures.pending.append(
+                PendingPod(namespace, name, gpus, waited, pod_unschedulable_reason(pod))
+            )
             row = usage(pool.id, namespace)
             row.pending_pods += 1
             row.pending_gpus += gpus

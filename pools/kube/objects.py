@@ -1,0 +1,373 @@
+"""The cluster vocabulary: the one spelling of every label, annotation, resource name and taint the
+portal reads or writes, and the pure readers of objects as the apiserver serves them (camelCase JSON
+dicts).
+
+No client and no Django here: manifest builders, discovery, conformance, the approval pre-flight and
+the utilisation figures all read nodes and pods through these functions, so they agree on what a GPU
+node, a Ready node, a pool's taint or a pod's GPU request is.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+Json = dict[str, Any]
+
+# --- node labels and taints (set by the platform's node provisioning and GPU Feature Discovery) -----
+
+LABEL_PREFIX = "accelerator.platform.example.com"
+POOL_LABEL = f"{LABEL_PREFIX}/pool"
+POOL_CLASS_LABEL = f"{LABEL_PREFIX}/pool-class"
+TYPE_LABEL = f"{LABEL_PREFIX}/type"
+MEMORY_LABEL = f"{LABEL_PREFIX}/memory"
+MIG_PROFILE_LABEL = f"{LABEL_PREFIX}/mig-profile"
+# Every GPU node carries GPU_TAINT_KEY=true:NoSchedule besides its pool's own taint.
+GPU_TAINT_KEY = f"{LABEL_PREFIX}/gpu"
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+# Effects that keep pods without a matching toleration off a node.
+REPELLING_EFFECTS = ("NoSchedule", "NoExecute")
+
+# --- resources ----------------------------------------------------------------------------------
+
+GPU_RESOURCE = "nvidia.com/gpu"
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+
+
+def is_gpu_resource(name: str) -> bool:
+    return name == GPU_RESOURCE or name.startswith(MIG_RESOURCE_PREFIX)
+
+
+def gpu_resource_name(mig_profile: str = "") -> str:
+    """The extended resource the device plugin advertises: a whole GPU, or one MIG profile."""
+    return f"{MIG_RESOURCE_PREFIX}{mig_profile}" if mig_profile else GPU_RESOURCE
+
+
+def quota_key(resource: str) -> str:
+    # Extended resources can only be limited by their request in a ResourceQuota.
+    return f"requests.{resource}"
+
+
+# --- the portal's own labels and annotations on the objects it makes --------------------------------
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "gpu-capacity-portal"
+# The one field manager the portal applies with: every field it owns is attributed to it, so a hand
+# edit shows up as a conflict and a re-apply restores the portal's value.
+FIELD_MANAGER = MANAGED_BY
+# The portal's own prefix, kept apart from the node-label prefix so nobody can mistake a namespace
+# label for a node property.
+PORTAL_PREFIX = "capacity.platform.example.com"
+CONTRACT_PREFIX = f"contract.{PORTAL_PREFIX}"
+
+
+class Label:
+    """Labels on the namespaces and objects the portal makes. Every grant namespace carries GRANT
+    (the value is the grant's id): the one policy binding selects namespaces by it, so a namespace is
+    under the contract the moment it exists."""
+
+    TEAM = f"{PORTAL_PREFIX}/team"
+    POOL_CLASS = f"{PORTAL_PREFIX}/pool-class"
+    ACCELERATOR = f"{PORTAL_PREFIX}/accelerator"
+    POOL = f"{PORTAL_PREFIX}/pool"
+    GRANT = f"{PORTAL_PREFIX}/grant"
+    DEPLOYMENT = f"{PORTAL_PREFIX}/serving-deployment"
+
+
+MODEL_ANNOTATION = f"{PORTAL_PREFIX}/model"
+
+
+class ContractAnnotation:
+    """Namespace annotations the contract policy reads through `namespaceObject`.
+
+    Annotations on the namespace rather than a params ConfigMap inside it: the team's `edit` role can
+    change ConfigMaps in its namespace but not the namespace itself, so the contract stays the portal's.
+    """
+
+    GRANT = f"{CONTRACT_PREFIX}/grant"
+    STATE = f"{CONTRACT_PREFIX}/state"
+    RESOURCE = f"{CONTRACT_PREFIX}/resource"
+    MAX_PER_POD = f"{CONTRACT_PREFIX}/max-gpus-per-pod"
+    POOL_LABEL_KEY = f"{CONTRACT_PREFIX}/pool-label-key"
+    POOL = f"{CONTRACT_PREFIX}/pool"
+    ACCELERATOR_TYPE = f"{CONTRACT_PREFIX}/accelerator-type"
+    PRODUCT = f"{CONTRACT_PREFIX}/gpu-product"
+    TAINT_KEY = f"{CONTRACT_PREFIX}/taint-key"
+    TAINT_VALUE = f"{CONTRACT_PREFIX}/taint-value"
+    GPU_TAINT_KEY = f"{CONTRACT_PREFIX}/gpu-taint-key"
+    PRIORITY_CLASS = f"{CONTRACT_PREFIX}/priority-class"
+
+
+# The value the STATE annotation has while the grant may run GPU pods.
+CONTRACT_ACTIVE = "active"
+
+
+def managed_labels(**extra: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, **extra}
+
+
+def managed_selector() -> str:
+    """A label selector for every object the portal made."""
+    return f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+# --- reading objects ----------------------------------------------------------------------------
+
+
+def name_of(obj: Json) -> str:
+    return (obj.get("metadata") or {}).get("name", "")
+
+
+def labels_of(obj: Json) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def key_of(obj: Json) -> str:
+    """namespace/name, as messages and pod lists name pods."""
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _quantity(text: str) -> Decimal:
+    try:
+        return parse_quantity(text)
+    except ValueError:
+        return Decimal(0)
+
+
+def quantity(value: object) -> Decimal:
+    """A Kubernetes quantity ("8", "500m", "1Ki"); 0 for anything unreadable, so one malformed object
+    cannot stop the figures of a whole cluster. The same few strings recur across thousands of pods,
+    hence the cache."""
+    return _quantity(str(value).strip())
+
+
+def same_quantity(a: object, b: object) -> bool:
+    """Whether two quantities are equal ("1000m" and "1"); False when either is unreadable."""
+    try:
+        return parse_quantity(a) == parse_quantity(b)
+    except ValueError:
+        return False
+
+
+def selector_text(selector: Mapping[str, str]) -> str:
+    """A label selector (and its human spelling): k1=v1,k2=v2, sorted."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+# Nodes
+
+
+def node_ready(node: Json) -> bool:
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return False
+
+
+def node_cordoned(node: Json) -> bool:
+    return bool((node.get("spec") or {}).get("unschedulable"))
+
+
+def node_schedulable(node: Json) -> bool:
+    """Ready and not cordoned: only such a node takes new pods, so only it has free GPUs."""
+    return node_ready(node) and not node_cordoned(node)
+
+
+def node_taints(node: Json) -> list[Json]:
+    return (node.get("spec") or {}).get("taints") or []
+
+
+def node_zone(node: Json) -> str:
+    return labels_of(node).get(ZONE_LABEL, "")
+
+
+def node_pool_label(node: Json) -> str:
+    return labels_of(node).get(POOL_LABEL, "")
+
+
+def node_allocatable(node: Json) -> dict[str, str]:
+    return (node.get("status") or {}).get("allocatable") or {}
+
+
+def node_gpu_allocatable(node: Json) -> dict[str, int]:
+    return {name: int(quantity(v)) for name, v in node_allocatable(node).items() if is_gpu_resource(name)}
+
+
+def carries_taint(node: Json, taint: Mapping[str, str]) -> bool:
+    """Whether the node carries exactly `taint` (key, value and effect). The effect must match too: the
+    pool's pods tolerate the pool's effect only, so a node tainted NoExecute instead of NoSchedule would
+    keep them off as well as everybody else."""
+    return any(
+        t.get("key") == taint["key"]
+        and (t.get("value") or "") == (taint.get("value") or "")
+        and t.get("effect") == taint["effect"]
+        for t in node_taints(node)
+    )
+
+
+def has_repelling_taint(node: Json, key: str) -> bool:
+    """Whether any taint with `key` keeps untolerating pods off the node."""
+    return any(t.get("key") == key and t.get("effect") in REPELLING_EFFECTS for t in node_taints(node))
+
+
+def toleration_for(taint: Mapping[str, str]) -> Json:
+    return {
+        "key": taint["key"],
+        "operator": "Equal",
+        "value": taint.get("value", ""),
+        "effect": taint["effect"],
+    }
+
+
+def pool_taint(pool: str) -> dict[str, str]:
+    """The taint a pool's nodes carry when nobody said otherwise."""
+    return {"key": POOL_LABEL, "value": pool, "effect": "NoSchedule"}
+
+
+GPU_TAINT = {"key": GPU_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
+
+
+# Pods
+
+
+def _container_requests(container: Json) -> dict[str, Decimal]:
+    resources = container.get("resources") or {}
+    # Extended resources cannot be overcommitted: a request, when given, equals the limit, and the
+    # apiserver copies a lone limit into the request. Hand-written specs often carry only limits.
+    merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+    return {name: quantity(v) for name, v in merged.items() if is_gpu_resource(name)}
+
+
+def pod_gpu_requests(pod: Json) -> dict[str, int]:
+    """The GPU resources the scheduler reserves for `pod`, by resource name: max(largest init
+    container, sum of containers), with restartable init containers (sidecars) counted alongside the
+    containers, plus pod overhead. A request of 0 is none."""
+    spec = pod.get("spec") or {}
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for container in spec.get("containers") or []:
+        for name, value in _container_requests(container).items():
+            totals[name] += value
+    # Init containers run one after another, each next to the sidecars started before it; sidecars
+    # (restartPolicy Always) then keep running next to the containers.
+    sidecars: dict[str, Decimal] = defaultdict(Decimal)
+    init_peak: dict[str, Decimal] = defaultdict(Decimal)
+    for container in spec.get("initContainers") or []:
+        requests = _container_requests(container)
+        if container.get("restartPolicy") == "Always":
+            for name, value in requests.items():
+                sidecars[name] += value
+                init_peak[name] = max(init_peak[name], sidecars[name])
+        else:
+            for name, value in requests.items():
+                init_peak[name] = max(init_peak[name], value + sidecars[name])
+    result: dict[str, int] = {}
+    overhead = {k: quantity(v) for k, v in (spec.get("overhead") or {}).items() if is_gpu_resource(k)}
+    for name in set(totals) | set(init_peak) | set(sidecars) | set(overhead):
+        value = max(totals[name] + sidecars[name], init_peak[name]) + overhead.get(name, Decimal(0))
+        if value > 0:
+            result[name] = int(value)
+    return result
+
+
+def requests_gpu(pod: Json) -> bool:
+    return bool(pod_gpu_requests(pod))
+
+
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def pod_finished(pod: Json) -> bool:
+    return (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+
+
+def pod_unschedulable_reason(pod: Json) -> str:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return condition.get("reason") or ""
+    return ""
+
+
+# Node selection: a pod's nodeSelector and required node affinity against a node's labels.
+
+
+def expression_matches(expression: Json, labels: Mapping[str, str]) -> bool:
+    key, operator = expression.get("key", ""), expression.get("operator", "")
+    values = expression.get("values") or []
+    if operator == "In":
+        return labels.get(key) in values
+    if operator == "NotIn":
+        return labels.get(key) not in values
+    if operator == "Exists":
+        return key in labels
+    if operator == "DoesNotExist":
+        return key not in labels
+    if operator in ("Gt", "Lt") and key in labels and values:
+        try:
+            have, want = int(labels[key]), int(values[0])
+        except ValueError:
+            return False
+        return have > want if operator == "Gt" else have < want
+    return False
+
+
+def required_affinity_terms(pod: Json) -> list[list[Json]]:
+    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    return [term.get("matchExpressions") or [] for term in required.get("nodeSelectorTerms") or []]
+
+
+def pod_selects(pod: Json, labels: Mapping[str, str], keys: frozenset[str] | None = None) -> bool:
+    """Whether a node with `labels` satisfies the pod's nodeSelector and required node affinity,
+    judging only constraints on `keys` when given."""
+    selector = (pod.get("spec") or {}).get("nodeSelector") or {}
+    for key, value in selector.items():
+        if (keys is None or key in keys) and labels.get(key) != value:
+            return False
+    terms = required_affinity_terms(pod)
+    if not terms:
+        return True
+    # Terms are ORed, expressions inside a term ANDed.
+    return any(
+        all(expression_matches(e, labels) for e in term if keys is None or e.get("key") in keys)
+        for term in terms
+    )
+
+
+def constrained_keys(pod: Json) -> set[str]:
+    """The label keys the pod's placement constrains."""
+    keys = set(((pod.get("spec") or {}).get("nodeSelector") or {}).keys())
+    for term in required_affinity_terms(pod):
+        keys |= {e.get("key", "") for e in term}
+    return keys
+
+
+def names_listed(objects: Iterable[Json], limit: int = 5) -> str:
+    """ "a, b, c and 4 more": object names for a message."""
+    names = sorted(name_of(o) for o in objects)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

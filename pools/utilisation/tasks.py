@@ -1,0 +1,12 @@
+"""Periodic work of the utilisation read side (Celery beat, portal/settings/base.py)."""
+
+from celery import shared_task
+from django.utils import timezone
+
+from pools.utilisation import services
+
+
+@shared_task
+def utilisation_history_compact() -> dict[str, int]:
+    """Roll utilisation samples up into 5-minute and hourly averages and apply retention (beat)."""
+    return services.utilisation_history_compact(now=timezone.now())

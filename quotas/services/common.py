@@ -1,0 +1,132 @@
+"""What the services share: the state move with its audit row, the audited change of desired state
+that the reconciler then carries to the cluster, and queuing that reconcile once the change commits."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.db.models import QuerySet
+
+from portal.models import User
+from portal.services import audit_event_record
+from quotas.models import CapacityRequest, Grant, ServingDeployment, Team
+from quotas.states import RequestState, check_transition
+
+S = RequestState
+# Grants whose objects the cluster should hold: serving deployments may run in them.
+PROVISIONABLE_STATES = frozenset({S.APPROVED, S.PROVISIONING, S.ACTIVE})
+
+
+def snapshot(req: CapacityRequest) -> dict[str, Any]:
+    return {"state": req.state, "gpus": req.gpus, "pool": req.pool_id}
+
+
+def transition(
+    req: CapacityRequest,
+    *,
+    to: str,
+    actor: User | None,
+    action: str,
+    message: str = "",
+    audit_obj: models.Model | None = None,
+    **changes: Any,
+) -> None:
+    """Move a request to state `to` (checked against the state machine) and audit the move."""
+    check_transition(req.state, to)
+    before = snapshot(req)
+    req.state = to
+    for field, value in changes.items():
+        setattr(req, field, value)
+    req.save()
+    audit_event_record(
+        actor=actor,
+        action=action,
+        obj=audit_obj or req,
+        team=req.team,
+        before=before,
+        after=snapshot(req),
+        message=message,
+    )
+
+
+def queue_grant_reconcile(grant: Grant) -> None:
+    # Imported here: tasks import services, and the task must only be queued once the grant is committed.
+    # `robust`: a broker outage must not turn a committed approval into an error page; the
+    # provisioning sweeper queues every grant whose observed generation lags.
+    from quotas.tasks import grant_reconcile
+
+    transaction.on_commit(lambda: grant_reconcile.delay(grant.pk), robust=True)
+
+
+def queue_serving_reconcile(deployment: ServingDeployment) -> None:
+    from quotas.tasks import serving_deployment_reconcile
+
+    transaction.on_commit(lambda: serving_deployment_reconcile.delay(deployment.pk), robust=True)
+
+
+DesiredState = Grant | ServingDeployment
+
+
+def desired_state_change(
+    obj: DesiredState,
+    *,
+    actor: User | None,
+    action: str,
+    team: Team,
+    changes: dict[str, Any],
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    message: str = "",
+) -> None:
+    """Change what the cluster should hold for `obj`: set the fields, bump the generation (so the
+    reconciler and the sweeper see there is something to apply), save, audit, and queue the
+    reconcile for when the transaction commits. Call inside the service's transaction."""
+    before = before if before is not None else {key: getattr(obj, key) for key in changes}
+    for key, value in changes.items():
+        setattr(obj, key, value)
+    desired_state_bump(obj, fields=list(changes))
+    audit_event_record(
+        actor=actor,
+        action=action,
+        obj=obj,
+        team=team,
+        before=before or None,
+        after=(after if after is not None else {key: _plain(v) for key, v in changes.items()}) or None,
+        message=message,
+    )
+
+
+def desired_state_bump(obj: DesiredState, *, fields: Sequence[str] = ()) -> None:
+    """Save `obj` with its generation bumped, and queue its reconcile for when the transaction
+    commits: the level-based reconciler applies whatever the newest generation says."""
+    obj.generation += 1
+    obj.save(update_fields=[*fields, "generation"])
+    if isinstance(obj, Grant):
+        queue_grant_reconcile(obj)
+    else:
+        queue_serving_reconcile(obj)
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def locked_grant(grant: Grant, *, states: frozenset[str], needed: str, code: str) -> Grant:
+    """The grant, row-locked for the rest of the transaction, if its request is in one of `states`;
+    otherwise a ValidationError saying what it is and what was `needed`."""
+    grant = (
+        Grant.objects.select_for_update()
+        .select_related("request", "team", "pool__accelerator")
+        .get(pk=grant.pk)
+    )
+    if grant.request.state not in states:
+        raise ValidationError(
+            f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; {needed}.", code=code
+        )
+    return grant
+
+
+def live_deployments(grant: Grant) -> QuerySet[ServingDeployment]:
+    """The grant's serving deployments that still hold (or may hold) its GPUs."""
+    return ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True)

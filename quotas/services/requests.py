@@ -1,0 +1,376 @@
+"""Capacity requests: creating and validating them, routing them through approval, deciding, cancelling
+and expiring. The final approval creates the grant (quotas.services.grants owns it from there)."""
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from pools.models import Accelerator, NodePool, PoolClass
+from pools.selectors import pools_offering
+from pools.services import pool_preflight_refusal
+from portal.models import User
+from portal.services import audit_event_record
+from quotas import policies, rules
+from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
+from quotas.selectors import pool_capacity, pool_capacity_bulk
+from quotas.services.common import queue_grant_reconcile, snapshot, transition
+from quotas.states import PENDING_STATES, RequestState, check_transition
+
+S = RequestState
+
+
+def _preflight_refusal(req: CapacityRequest) -> str | None:
+    """Why the request's pool cannot be provisioned on its cluster now (settings.PORTAL_PREFLIGHT)."""
+    if not settings.PORTAL_PREFLIGHT:
+        return None
+    pool = NodePool.objects.select_related("cluster", "accelerator").get(pk=req.pool_id)
+    return pool_preflight_refusal(pool=pool)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _memory_fit_error(
+    *, accelerator: Accelerator, parameters: Decimal, precision: str, gpus_per_replica: int, pool_class: str
+) -> str | None:
+    need = rules.model_memory_gib(parameters, precision)
+    offered = accelerator.memory_gib * gpus_per_replica
+    if need <= offered:
+        return None
+    fitting = sorted(
+        {
+            pool.accelerator
+            for pool in pools_offering(pool_class=pool_class)
+            if pool.accelerator.memory_gib * gpus_per_replica >= need
+        },
+        key=lambda acc: (acc.memory_gib, acc.name),
+    )
+    hint = (
+        f"Types that fit with {gpus_per_replica} per replica: {', '.join(a.name for a in fitting)}."
+        if fitting
+        else (
+            f"No {PoolClass(pool_class).label.lower()} accelerator fits it "
+            f"with {gpus_per_replica} per replica."
+        )
+    )
+    spread = rules.units_needed(need, accelerator.memory_gib)
+    return (
+        f"A {parameters}B-parameter model at {precision} needs about {need} GiB per replica; "
+        f"{gpus_per_replica} x {accelerator.name} offers {offered} GiB. {hint} "
+        f"Or span {spread} {accelerator.name} units per replica."
+    )
+
+
+def _validate_request(
+    *,
+    team: Team,
+    requester: User,
+    pool_class: str,
+    accelerator: Accelerator,
+    gpus: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    model_parameters_billion: Decimal | None,
+    model_precision: str,
+    gpus_per_replica: int,
+) -> NodePool:
+    """Check a request against every rule that does not depend on other pending requests; pick its pool."""
+    errors: dict[str, list[str]] = {}
+    if not policies.can_request(user=requester, team_id=team.pk):
+        raise PermissionDenied(f"You are not a member of team {team.slug}.")
+    if pool_class not in PoolClass.values:
+        errors.setdefault("pool_class", []).append(f"Unknown pool class {pool_class!r}.")
+    if gpus < 1:
+        errors.setdefault("gpus", []).append("Ask for at least one GPU.")
+    if gpus_per_replica < 1 or gpus_per_replica > max(gpus, 1):
+        errors.setdefault("gpus_per_replica", []).append(
+            f"GPUs per replica must be between 1 and the GPUs requested ({gpus})."
+        )
+    if ends_at <= starts_at:
+        errors.setdefault("ends_at", []).append("The end must be after the start.")
+    elif (ends_at - starts_at).days > settings.PORTAL_MAX_REQUEST_DAYS:
+        errors.setdefault("ends_at", []).append(
+            f"Requests may last at most {settings.PORTAL_MAX_REQUEST_DAYS} days; ask again to extend."
+        )
+    if ends_at <= timezone.now():
+        errors.setdefault("ends_at", []).append("The end is in the past.")
+    if (model_parameters_billion is None) != (not model_precision):
+        errors.setdefault("model_precision", []).append(
+            "Give both the parameter count and the precision, or neither."
+        )
+    if errors:
+        raise ValidationError(errors)
+
+    if model_parameters_billion is not None:
+        problem = _memory_fit_error(
+            accelerator=accelerator,
+            parameters=model_parameters_billion,
+            precision=model_precision,
+            gpus_per_replica=gpus_per_replica,
+            pool_class=pool_class,
+        )
+        if problem:
+            raise ValidationError({"accelerator": [problem]})
+
+    candidates = list(pools_offering(pool_class=pool_class, accelerator=accelerator))
+    if not candidates:
+        offered = sorted({p.accelerator.name for p in pools_offering(pool_class=pool_class)})
+        raise ValidationError(
+            {
+                "accelerator": [
+                    f"No pool offers {accelerator.name} for {PoolClass(pool_class).label.lower()}. "
+                    f"Offered: {', '.join(offered) or 'nothing yet'}."
+                ]
+            }
+        )
+    # Prefer a pool of the request's own class (batch only borrows), then the one with most room.
+    scored = []
+    figures_by_pool = pool_capacity_bulk(pairs=[(pool, team.pk) for pool in candidates])
+    for pool in candidates:
+        figures = figures_by_pool[(pool.pk, team.pk)]
+        refusal = rules.capacity_refusal(
+            figures, gpus=gpus, pool_name=str(pool), is_batch=pool_class == PoolClass.BATCH
+        )
+        scored.append(
+            (refusal is not None, pool.pool_class != pool_class, -figures.free, pool.pk, pool, refusal)
+        )
+    scored.sort(key=lambda row: row[:4])
+    best = scored[0]
+    if best[0]:
+        raise ValidationError({"gpus": [best[5]]})
+    return best[4]
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def capacity_request_create(
+    *,
+    requester: User,
+    team: Team,
+    pool_class: str,
+    accelerator: Accelerator,
+    gpus: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    purpose: str,
+    cpu: Decimal | None = None,
+    memory_gib: int | None = None,
+    model_parameters_billion: Decimal | None = None,
+    model_precision: str = "",
+    gpus_per_replica: int = 1,
+    submit: bool = True,
+) -> CapacityRequest:
+    if not purpose.strip():
+        raise ValidationError({"purpose": ["Say what the GPUs are for; approvers read it."]})
+    pool = _validate_request(
+        team=team,
+        requester=requester,
+        pool_class=pool_class,
+        accelerator=accelerator,
+        gpus=gpus,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        model_parameters_billion=model_parameters_billion,
+        model_precision=model_precision,
+        gpus_per_replica=gpus_per_replica,
+    )
+    req = CapacityRequest.objects.create(
+        team=team,
+        requester=requester,
+        pool_class=pool_class,
+        accelerator=accelerator,
+        pool=pool,
+        gpus=gpus,
+        cpu=cpu,
+        memory_gib=memory_gib,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        purpose=purpose.strip(),
+        model_parameters_billion=model_parameters_billion,
+        model_precision=model_precision,
+        gpus_per_replica=gpus_per_replica,
+    )
+    audit_event_record(
+        actor=requester, action="capacity_request.created", obj=req, team=team, after=snapshot(req)
+    )
+    if submit:
+        capacity_request_submit(capacity_request=req, actor=requester)
+    return req
+
+
+@transaction.atomic
+def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -> CapacityRequest:
+    req = CapacityRequest.objects.select_for_update().get(pk=capacity_request.pk)
+    if not policies.can_submit(user=actor, capacity_request=req):
+        raise PermissionDenied("Only the requester can submit a draft.")
+    check_transition(req.state, S.PENDING_LEAD)
+
+    _check_window(req)
+    rule = settings.PORTAL_AUTO_APPROVAL.get(req.pool_class)
+    if rules.within_auto_approval(gpus=req.gpus, starts_at=req.starts_at, ends_at=req.ends_at, rule=rule):
+        refusal = _preflight_refusal(req) or _lock_and_check_capacity(req)
+        if refusal is None:
+            _approve_final(
+                req, actor=None, stage=ApprovalDecision.Stage.AUTO, comment="Within the auto-approval rule"
+            )
+            capacity_request.refresh_from_db()
+            return capacity_request
+        note = f"Not auto-approved: {refusal}"
+    else:
+        note = ""
+
+    # A lead's own request (or a team whose only lead is the requester) skips the lead stage:
+    # nobody else on the team could approve it, and nobody approves their own request.
+    other_leads = Membership.objects.filter(team_id=req.team_id, role=Membership.Role.LEAD).exclude(
+        user_id=req.requester_id
+    )
+    target = (
+        S.PENDING_PLATFORM
+        if policies.is_team_lead(user=actor, team_id=req.team_id) or not other_leads.exists()
+        else (S.PENDING_LEAD)
+    )
+    transition(req, to=target, actor=actor, action="capacity_request.submitted", message=note)
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
+    """Lock the pool row so concurrent approvals of its last GPUs serialise, then apply the rules."""
+    pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=req.pool_id)
+    figures = pool_capacity(pool=pool, team_id=req.team_id)
+    return rules.capacity_refusal(
+        figures, gpus=req.gpus, pool_name=str(pool), is_batch=req.pool_class == PoolClass.BATCH
+    )
+
+
+def _approve_final(req: CapacityRequest, *, actor: User | None, stage: str, comment: str) -> Grant:
+    ApprovalDecision.objects.create(
+        request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.APPROVE, comment=comment
+    )
+    transition(req, to=S.APPROVED, actor=actor, action="capacity_request.approved", message=comment)
+    grant = Grant.objects.create(
+        request=req,
+        team=req.team,
+        pool=req.pool,
+        gpus=req.gpus,
+        namespace=Grant.namespace_for(req),
+        starts_at=req.starts_at,
+        ends_at=req.ends_at,
+    )
+    audit_event_record(
+        actor=actor,
+        action="grant.created",
+        obj=grant,
+        team=req.team,
+        after={"gpus": grant.gpus, "pool": str(grant.pool), "namespace": grant.namespace},
+    )
+    queue_grant_reconcile(grant)
+    return grant
+
+
+def _check_window(req: CapacityRequest) -> None:
+    # A request can wait in a queue past its own window; granting it then would hand out GPUs for a
+    # period that is already over.
+    if req.ends_at <= timezone.now():
+        raise ValidationError(
+            f"Request #{req.pk}'s window ended at {req.ends_at:%Y-%m-%d %H:%M} UTC; it can no longer be "
+            "approved. Ask for a new window instead.",
+            code="window_ended",
+        )
+
+
+@transaction.atomic
+def capacity_request_approve(
+    *, capacity_request: CapacityRequest, actor: User, comment: str = ""
+) -> CapacityRequest:
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    stage = policies.decision_stage(user=actor, capacity_request=req)
+    _check_window(req)
+    if stage == ApprovalDecision.Stage.LEAD:
+        ApprovalDecision.objects.create(
+            request=req,
+            stage=stage,
+            approver=actor,
+            decision=ApprovalDecision.Decision.APPROVE,
+            comment=comment,
+        )
+        transition(
+            req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
+        )
+    else:
+        # Before the pool lock: the pre-flight asks the cluster, and nobody should wait on that.
+        refusal = _preflight_refusal(req)
+        if refusal:
+            raise ValidationError(refusal, code="preflight")
+        refusal = _lock_and_check_capacity(req)
+        if refusal:
+            raise ValidationError(refusal, code="capacity")
+        _approve_final(req, actor=actor, stage=stage, comment=comment)
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+@transaction.atomic
+def capacity_request_reject(
+    *, capacity_request: CapacityRequest, actor: User, comment: str
+) -> CapacityRequest:
+    if not comment.strip():
+        raise ValidationError({"comment": ["Say why the request is rejected; the requester reads it."]})
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    stage = policies.decision_stage(user=actor, capacity_request=req)
+    ApprovalDecision.objects.create(
+        request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.REJECT, comment=comment
+    )
+    transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+@transaction.atomic
+def capacity_request_cancel(*, capacity_request: CapacityRequest, actor: User) -> CapacityRequest:
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    if not policies.can_cancel(user=actor, capacity_request=req):
+        raise PermissionDenied("Only the requester or a team lead can cancel a request.")
+    if req.state not in PENDING_STATES | {S.DRAFT}:
+        raise ValidationError(
+            f"Request #{req.pk} is {req.get_state_display().lower()}; "
+            "only drafts and pending requests can be "
+            "cancelled (an approved grant is revoked instead).",
+            code="invalid_transition",
+        )
+    transition(req, to=S.CANCELLED, actor=actor, action="capacity_request.cancelled")
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+@transaction.atomic
+def capacity_request_expire(*, capacity_request: CapacityRequest, now: datetime) -> bool:
+    """pending -> expired once the request's window has ended undecided. False if it changed meanwhile."""
+    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    if req.state not in PENDING_STATES or req.ends_at > now:
+        return False
+    transition(
+        req,
+        to=S.EXPIRED,
+        actor=None,
+        action="capacity_request.expired",
+        message=f"Its window ended at {req.ends_at:%Y-%m-%d %H:%M} UTC before it was decided",
+    )
+    return True
+
+
+def capacity_requests_expire_due(*, now: datetime | None = None) -> list[int]:
+    """Expire every pending request whose window has ended. Each request in its own transaction."""
+    now = now or timezone.now()
+    due = CapacityRequest.objects.filter(ends_at__lte=now, state__in=PENDING_STATES).values_list(
+        "pk", flat=True
+    )
+    return [
+        pk for pk in list(due) if capacity_request_expire(capacity_request=CapacityRequest(pk=pk), now=now)
+    ]
