@@ -956,6 +956,11 @@ def _spawn(name: str, engine: str, argv: list[str], binary: Path, env: dict[str,
             start_new_session=True,
         )
     _engine_pid_file(name, engine).write_text(f"{proc.pid}\n{binary}\n")
+    # Until the exec (or the last of unshare's and sh's), the process still runs another command
+    # line, and _engine_pid would take it for dead.
+    deadline = time.monotonic() + 10.0
+    while proc.poll() is None and _engine_pid(name, engine) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _http_ok(port: int, path: str) -> bool:
@@ -1102,7 +1107,7 @@ def _apply_engine_objects(name: str, bins: Binaries, state: Json, topology_file:
     def established() -> bool:
         for crd in crds:
             live = api.get(f"{_CLUSTER_SCOPED_PATHS['CustomResourceDefinition']}/{crd['metadata']['name']}")
-            conditions = live.get("status", {}).get("conditions", [])
+            conditions = (live.get("status") or {}).get("conditions") or []
             if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 return False
         return True
@@ -1171,11 +1176,14 @@ def _start_engines(
     topology_file: Path = TOPOLOGY_FILE,
     only: Iterable[str] = ENGINES,
     timeout: float = ENGINE_READY_TIMEOUT,
+    refresh: bool = True,
 ) -> None:
-    """Apply what the engines need and start those of `only` that are not running; idempotent."""
+    """Apply what the engines need (unless `refresh` is off and it was applied before) and start
+    those of `only` that are not running; idempotent."""
     started = time.monotonic()
     state = _ensure_engine_state(name, node_bringup)
-    _apply_engine_objects(name, bins, state, topology_file)
+    if refresh or not (_engines_dir(name) / "karpenter" / "instance-types.json").exists():
+        _apply_engine_objects(name, bins, state, topology_file)
     waiting = []
     for engine in only:
         if _engine_pid(name, engine) is not None:
@@ -1189,7 +1197,7 @@ def _start_engines(
     # After Kueue answers, so that a Job created during its start is not refused for nothing.
     _apply_kueue_webhooks(name, bins, state)
     if waiting:
-        log(f"{' and '.join(waiting)} ready {time.monotonic() - started:.1f}s after applying their objects")
+        log(f"{' and '.join(waiting)} ready after {time.monotonic() - started:.1f}s")
 
 
 def stop_karpenter(name: str = DEFAULT_NAME, graceful: bool = False) -> None:
@@ -1202,7 +1210,7 @@ def stop_karpenter(name: str = DEFAULT_NAME, graceful: bool = False) -> None:
 
 def start_karpenter(name: str = DEFAULT_NAME, timeout: float = ENGINE_READY_TIMEOUT) -> None:
     """Start Karpenter again (same ports, instance types and NodePools) and wait until ready."""
-    _start_engines(name, binaries(), only=(KARPENTER,), timeout=timeout)
+    _start_engines(name, binaries(), only=(KARPENTER,), timeout=timeout, refresh=False)
 
 
 def stop_kueue(name: str = DEFAULT_NAME, graceful: bool = False) -> None:
@@ -1215,7 +1223,7 @@ def stop_kueue(name: str = DEFAULT_NAME, graceful: bool = False) -> None:
 
 def start_kueue(name: str = DEFAULT_NAME, timeout: float = ENGINE_READY_TIMEOUT) -> None:
     """Start Kueue again (same port and certificate) and wait until its webhooks answer."""
-    _start_engines(name, binaries(), only=(KUEUE,), timeout=timeout)
+    _start_engines(name, binaries(), only=(KUEUE,), timeout=timeout, refresh=False)
 
 
 # --------------------------------------------------------------------------------------------
