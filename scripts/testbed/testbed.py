@@ -1091,7 +1091,9 @@ def _engine_crds(bins: Binaries) -> list[Json]:
     return [doc for f in files for doc in yaml.load_all(f.read_text(), Loader=loader) if doc]
 
 
-def _apply_engine_objects(name: str, bins: Binaries, state: Json, topology_file: Path) -> None:
+def _apply_engine_objects(name: str, bins: Binaries, state: Json, topology_file: Path) -> bool:
+    """Apply the engines' CRDs, namespaces, KWOKNodeClass and NodePools, and write Karpenter's
+    instance types; returns whether those changed (Karpenter only reads them at start)."""
     api = Api.for_cluster(name)
     for namespace in (KARPENTER_NAMESPACE, KUEUE_NAMESPACE):
         _apply_cluster_scoped(
@@ -1129,10 +1131,13 @@ def _apply_engine_objects(name: str, bins: Binaries, state: Json, topology_file:
         f"{len(crds)} CRDs, a KWOKNodeClass and {len(nodepools)} NodePools applied "
         f"(node bring-up {_format_seconds(float(state['nodeBringUpSeconds']))}s)"
     )
-    # Instance types are read once at Karpenter's start.
     karpenter_dir = _engines_dir(name) / "karpenter"
     karpenter_dir.mkdir(parents=True, exist_ok=True)
-    (karpenter_dir / "instance-types.json").write_text(json.dumps(render_instance_types(topology), indent=2))
+    instance_types = karpenter_dir / "instance-types.json"
+    text = json.dumps(render_instance_types(topology), indent=2)
+    changed = instance_types.exists() and instance_types.read_text() != text
+    instance_types.write_text(text)
+    return changed
 
 
 def _start_karpenter_process(name: str, bins: Binaries, state: Json) -> None:
@@ -1184,8 +1189,10 @@ def _start_engines(
     those of `only` that are not running; idempotent."""
     started = time.monotonic()
     state = _ensure_engine_state(name, node_bringup)
-    if refresh or not (_engines_dir(name) / "karpenter" / "instance-types.json").exists():
-        _apply_engine_objects(name, bins, state, topology_file)
+    applied = refresh or not (_engines_dir(name) / "karpenter" / "instance-types.json").exists()
+    changed = applied and _apply_engine_objects(name, bins, state, topology_file)
+    if changed and _stop_engine(name, KARPENTER, graceful=True):
+        log("the instance types changed: restarting karpenter")
     waiting = []
     for engine in only:
         if _engine_pid(name, engine) is not None:
