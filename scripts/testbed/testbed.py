@@ -1191,10 +1191,12 @@ def _start_engines(
     state = _ensure_engine_state(name, node_bringup)
     applied = refresh or not (_engines_dir(name) / "karpenter" / "instance-types.json").exists()
     changed = applied and _apply_engine_objects(name, bins, state, topology_file)
+    engines = list(only)
     if changed and _stop_engine(name, KARPENTER, graceful=True):
         log("the instance types changed: restarting karpenter")
+        engines += [KARPENTER] if KARPENTER not in engines else []
     waiting = []
-    for engine in only:
+    for engine in engines:
         if _engine_pid(name, engine) is not None:
             continue
         log(f"starting {engine} (log in {cluster_dir(name) / 'logs' / (engine + '.log')})")
