@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import fcntl
+import hashlib
 import http.client
 import json
 import os
@@ -1326,6 +1327,39 @@ def _create(bins: Binaries, name: str, port: int | None) -> None:
             raise
 
 
+def _stages_digest() -> str:
+    return hashlib.sha256(STAGES_FILE.read_bytes()).hexdigest()
+
+
+def _sync_stages(name: str) -> bool:
+    """Give a cluster made with another testbed/kwok-stages.yaml the current one.
+
+    kwokctl keeps the Stages it was created with in kwok.yaml, which kwok-controller reads at
+    start; so the Stage documents there are replaced and kwok-controller is stopped (`up` starts
+    it again). The digest of the file last applied is kept next to kwok.yaml.
+    """
+    marker = cluster_dir(name) / "stages.sha256"
+    digest = _stages_digest()
+    if marker.exists() and marker.read_text().strip() == digest:
+        return False
+    config = cluster_dir(name) / "kwok.yaml"
+    docs = [d for d in yaml.safe_load_all(config.read_text()) if d and d.get("kind") != "Stage"]
+    stages = [d for d in yaml.safe_load_all(STAGES_FILE.read_text()) if d]
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump_all([*docs, *stages], sort_keys=False))
+    tmp.replace(config)
+    log(f"{STAGES_FILE.name} changed since cluster {name!r} was made: restarting kwok-controller")
+    marker.write_text(digest + "\n")
+    return True
+
+
+def _release_node_leases(api: Api) -> None:
+    """Delete the node Leases a previous kwok-controller held. Each kwok process has an identity
+    of its own and leaves alone nodes whose lease another holds until it expires (200 s), so a
+    restarted kwok would not run their pods for minutes."""
+    api.request("DELETE", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", ok=(200, 202))
+
+
 def _start_stopped(bins: Binaries, name: str) -> None:
     stopped = [c for c, running in _component_states(name).items() if not running]
     log(f"cluster {name!r}: starting {', '.join(stopped) or 'nothing, all components run'}")
@@ -1365,9 +1399,11 @@ def up(
     if not states:
         log(f"creating cluster {name!r} (kwokctl, binary runtime, workdir {cluster_dir(name)})")
         _create(bins, name, port)
-    elif not all(states.values()):
+        (cluster_dir(name) / "stages.sha256").write_text(_stages_digest() + "\n")
+    kwok_was_running = states.get("kwok-controller", False)
+    if states and not all(states.values()):
         _start_stopped(bins, name)
-    else:
+    elif states:
         log(f"cluster {name!r} is running; re-applying the topology")
     api = Api.for_cluster(name)
     kubeconfig = _write_kubeconfig(name, api.port)
@@ -1394,6 +1430,10 @@ def up(
         READY_TIMEOUT,
         f"Check {cluster_dir(name) / 'logs' / 'kube-controller-manager.log'}.",
     )
+    if states and (_sync_stages(name) or not kwok_was_running):
+        # Restart kwok-controller on a clean slate (stages and leases), now that the apiserver is up.
+        _stop_component(name, "kwok-controller")
+        _release_node_leases(api)
     # kwok-controller gives up if the apiserver takes more than ~30s to answer, which a busy
     # machine can cause; it starts fine once the apiserver is there.
     if not all(_component_states(name).values()):
