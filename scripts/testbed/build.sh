@@ -19,7 +19,7 @@ log() { printf '[testbed-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 # Checked per component, so that `paths` and fully cached runs work without Go.
 need_go() {
   if ! command -v go >/dev/null 2>&1; then
-    log "ERROR: Go is not installed (needed to build kube-apiserver, etcd and kwok from source)."
+    log "ERROR: Go is not installed (needed to build kube-apiserver, etcd, kwok, Karpenter and Kueue from source)."
     log "Install Go 1.26 or newer and put it on PATH, or point KUBECONFIG at an existing cluster instead."
     exit 2
   fi
