@@ -140,7 +140,8 @@ def binaries() -> Binaries:
         Path(dirs["KARPENTER_DIR"]),
         Path(dirs["KUEUE_DIR"]),
     )
-    missing = [p.name for p in found.all() if not os.access(p, os.X_OK)]
+    # Named with their cache entry: Karpenter's binary is called kwok too.
+    missing = [f"{p.parent.parent.name}/{p.name}" for p in found.all() if not os.access(p, os.X_OK)]
     if missing:
         raise TestbedError(
             f"the testbed binaries are not built (missing {', '.join(missing)} "
