@@ -59,10 +59,12 @@ check-deploy: venv
 # Tests marked `cluster` run against a dedicated local testbed cluster (built from source on first
 # use, reused after). PORTAL_TEST_KUBECONFIG=/path/to/kubeconfig runs them against your own cluster.
 TEST_TESTBED_NAME ?= gpu-portal-test
+# Simulated bring-up delay of elastic-pool nodes on the test cluster (make run keeps 45 s).
+TEST_NODE_BRINGUP_SECONDS ?= 5
 
 test: venv services lint check-deploy $(if $(PORTAL_TEST_KUBECONFIG),,testbed-build)
 	@set -eo pipefail; \
-	kubeconfig="$${PORTAL_TEST_KUBECONFIG:-$$($(PYTHON) scripts/testbed/testbed.py up --name $(TEST_TESTBED_NAME) | tail -n 1)}"; \
+	kubeconfig="$${PORTAL_TEST_KUBECONFIG:-$$($(PYTHON) scripts/testbed/testbed.py up --name $(TEST_TESTBED_NAME) --node-bringup-seconds $(TEST_NODE_BRINGUP_SECONDS) | tail -n 1)}"; \
 	echo "test cluster: $$kubeconfig"; \
 	PORTAL_TEST_KUBECONFIG="$$kubeconfig" $(TEST_ENV) $(PYTHON) -m pytest $(PYTEST_ARGS)
 

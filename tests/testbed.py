@@ -9,6 +9,10 @@
   It FAILS, never skips, when the cluster cannot be reached or started: integration tests that
   silently do not run prove nothing.
 - `k8s_namespace` (function): a fresh, uniquely named namespace, deleted afterwards.
+
+A local testbed cluster (started here, or named by PORTAL_TEST_KUBECONFIG pointing at a testbed's
+own kubeconfig, as `make test` does) also lets tests stop and start its engines, Karpenter and
+Kueue, through the `Testbed` object; for any other cluster those calls fail with the reason.
 """
 
 import base64
@@ -46,6 +50,52 @@ class Testbed:
     kubeconfig_path: Path
     kubeconfig: str = field(repr=False)
     topology: dict[str, Any] = field(repr=False)
+    # A cluster run by scripts/testbed/testbed.py (its processes can be stopped and started).
+    local: bool = False
+
+    # Names the kwok Stages and the engines read (testbed/README.md, "Time that is real").
+    BRING_UP_ANNOTATION = "gpu-portal.example.com/simulated-bring-up-seconds"
+    LOAD_ANNOTATION = "gpu-portal.example.com/simulated-load-seconds"
+    NODEPOOL_LABEL = "karpenter.sh/nodepool"
+
+    def _module(self, what: str) -> ModuleType:
+        if not self.local:
+            _fail(f"{what} needs the local testbed; {self.kubeconfig_path} is not a testbed.py cluster.")
+        return load_testbed_module()
+
+    @property
+    def node_bringup_seconds(self) -> float:
+        """The simulated bring-up delay of elastic-pool nodes (Karpenter's), as `up` recorded it."""
+        value = self._module("the node bring-up delay").node_bringup_seconds(self.name)
+        if value is None:
+            _fail(f"testbed {self.name!r} has no engines set up; run `testbed.py up --name {self.name}`.")
+        return value
+
+    @property
+    def engine_ports(self) -> dict[str, int]:
+        """karpenterMetrics, karpenterHealth, kueueWebhook, kueueHealth (127.0.0.1)."""
+        return self._module("the engine ports").engine_ports(self.name)
+
+    def stop_karpenter(self, graceful: bool = False) -> None:
+        self._module("stopping Karpenter").stop_karpenter(self.name, graceful)
+
+    def start_karpenter(self) -> None:
+        self._module("starting Karpenter").start_karpenter(self.name)
+
+    def stop_kueue(self, graceful: bool = False) -> None:
+        self._module("stopping Kueue").stop_kueue(self.name, graceful)
+
+    def start_kueue(self) -> None:
+        self._module("starting Kueue").start_kueue(self.name)
+
+    def engines_running(self) -> dict[str, bool]:
+        return self._module("engine status").status(self.name).engines
+
+    def render_nodepool(self, pool: dict[str, Any]) -> dict[str, Any]:
+        """A NodePool for an elastic pool entry (as in the topology's `elasticPools`), with this
+        cluster's bring-up delay; the same renderer testbed.py uses."""
+        tb = self._module("rendering a NodePool")
+        return tb.render_nodepool(self.topology, pool, self.node_bringup_seconds)
 
     @property
     def _current(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -128,7 +178,13 @@ def _external(path: str) -> Testbed:
     if not kubeconfig.is_file():
         _fail(f"{KUBECONFIG_ENV}={path} does not name a readable kubeconfig file.")
     tb = load_testbed_module()
-    return Testbed("external", kubeconfig, kubeconfig.read_text(), tb.load_topology())
+    text = kubeconfig.read_text()
+    # testbed.py names the kubeconfig's context after the cluster; `make test` passes the
+    # testbed's own file, which makes the cluster local (its engines can be stopped).
+    context = (yaml.safe_load(text) or {}).get("current-context") or ""
+    if context and tb.kubeconfig_path(context).resolve() == kubeconfig.resolve():
+        return Testbed(context, kubeconfig, text, tb.load_topology(), local=True)
+    return Testbed("external", kubeconfig, text, tb.load_topology())
 
 
 def _check_reachable(testbed: Testbed) -> None:
@@ -136,6 +192,12 @@ def _check_reachable(testbed: Testbed) -> None:
         ops.server_version(testbed.admin)
     except KubeError as exc:
         _fail(f"The test cluster ({testbed.kubeconfig_path}) does not answer: {exc.message}")
+
+
+def _bringup_seconds() -> float:
+    """Node bring-up delay for a test cluster this session creates: short, so tests wait seconds,
+    but not zero, so that "Ready only after the bring-up" means something."""
+    return float(os.environ.get("PORTAL_TEST_NODE_BRINGUP_SECONDS", "5"))
 
 
 @pytest.fixture(scope="session")
@@ -152,12 +214,15 @@ def testbed() -> Iterator[Testbed]:
     with _locked(name) as state:
         problem = ""
         try:
-            if not tb.status(name).running:
-                tb.up(name)
-                # Only a cluster a test session started is ever stopped by one.
-                (state / "started-by-tests").touch()
+            before = tb.status(name)
+            if not before.running:
+                tb.up(name, node_bringup_seconds=_bringup_seconds() if not before.exists else None)
+                # Only a cluster a test session started is ever stopped by one (restarting a
+                # stopped engine of someone's cluster does not count).
+                if not before.components_running:
+                    (state / "started-by-tests").touch()
             kubeconfig = tb.kubeconfig_path(name)
-            bed = Testbed(name, kubeconfig, kubeconfig.read_text(), tb.load_topology())
+            bed = Testbed(name, kubeconfig, kubeconfig.read_text(), tb.load_topology(), local=True)
         except (tb.TestbedError, OSError) as exc:
             problem = str(exc)
         if problem:

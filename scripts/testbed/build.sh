@@ -11,13 +11,15 @@ cache_root="${GPU_PORTAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpu-portal}"
 k8s_dir="$cache_root/k8s-$KUBE_VERSION"
 etcd_dir="$cache_root/etcd-$ETCD_VERSION"
 kwok_dir="$cache_root/kwok-$KWOK_VERSION"
+karpenter_dir="$cache_root/karpenter-$KARPENTER_VERSION"
+kueue_dir="$cache_root/kueue-$KUEUE_VERSION"
 
 log() { printf '[testbed-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 # Checked per component, so that `paths` and fully cached runs work without Go.
 need_go() {
   if ! command -v go >/dev/null 2>&1; then
-    log "ERROR: Go is not installed (needed to build kube-apiserver, etcd and kwok from source)."
+    log "ERROR: Go is not installed (needed to build kube-apiserver, etcd, kwok, Karpenter and Kueue from source)."
     log "Install Go 1.26 or newer and put it on PATH, or point KUBECONFIG at an existing cluster instead."
     exit 2
   fi
@@ -104,6 +106,56 @@ build_kwok() {
   log "kwok $KWOK_VERSION: done"
 }
 
+# The module's source directory in the Go module cache (downloaded when missing).
+module_dir() {
+  go mod download -json "$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error", "no Dir")))'
+}
+
+# Copy the manifests a cluster start needs out of the module cache, so `up` never needs Go.
+copy_manifests() {
+  local dest="$1"; shift
+  mkdir -p "$dest"
+  local file
+  for file in "$@"; do
+    [[ -f "$file" ]] || { log "ERROR: $file is missing from the module"; exit 1; }
+    install -m 0644 "$file" "$dest/"
+  done
+}
+
+build_karpenter() {
+  local out="$karpenter_dir/bin"
+  if [[ -f "$karpenter_dir/.complete" ]]; then log "karpenter $KARPENTER_VERSION: cached in $out"; return; fi
+  need_go
+  rm -rf "$karpenter_dir" && mkdir -p "$out"
+  log "karpenter $KARPENTER_VERSION: fetching the module (sigs.k8s.io/karpenter)"
+  local src
+  src="$(module_dir "sigs.k8s.io/karpenter@$KARPENTER_VERSION")"
+  copy_manifests "$karpenter_dir/crds" "$src"/kwok/charts/crds/*.yaml "$src"/kwok/apis/crds/*.yaml
+  log "karpenter $KARPENTER_VERSION: $(ls "$karpenter_dir/crds" | wc -l) CRDs copied; building its kwok provider (first time only; 1-4 min on 2 cores)"
+  # The provider's command is named kwok like kwok's own controller, hence a bin directory of its own.
+  GOBIN="$out" go install -trimpath -ldflags "-s -w -X sigs.k8s.io/karpenter/pkg/operator.Version=$KARPENTER_VERSION" \
+    "sigs.k8s.io/karpenter/kwok@$KARPENTER_VERSION"
+  touch "$karpenter_dir/.complete"
+  log "karpenter $KARPENTER_VERSION: done"
+}
+
+build_kueue() {
+  local out="$kueue_dir/bin"
+  if [[ -f "$kueue_dir/.complete" ]]; then log "kueue $KUEUE_VERSION: cached in $out"; return; fi
+  need_go
+  rm -rf "$kueue_dir" && mkdir -p "$out"
+  log "kueue $KUEUE_VERSION: fetching the module (sigs.k8s.io/kueue)"
+  local src
+  src="$(module_dir "sigs.k8s.io/kueue@$KUEUE_VERSION")"
+  copy_manifests "$kueue_dir/crds" "$src"/config/components/crd/bases/*.yaml
+  copy_manifests "$kueue_dir/webhook" "$src/config/components/webhook/manifests.yaml"
+  log "kueue $KUEUE_VERSION: $(ls "$kueue_dir/crds" | wc -l) CRDs and the webhook manifests copied; building (first time only; 2-5 min on 2 cores)"
+  GOBIN="$out" go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+    "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  touch "$kueue_dir/.complete"
+  log "kueue $KUEUE_VERSION: done"
+}
+
 # Helm, for the chart's lint, template and dry-run checks (charts/gpu-capacity-portal), and the
 # ServiceMonitor CRD those checks need on the testbed apiserver. Both are version-keyed cache entries.
 helm_dir="$cache_root/helm-$HELM_VERSION"
@@ -147,13 +199,17 @@ build_helm() {
 }
 
 case "${1:-all}" in
-  all) build_etcd; build_kwok; build_kubernetes; build_helm ;;
+  all) build_etcd; build_kwok; build_kubernetes; build_karpenter; build_kueue; build_helm ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   kwok) build_kwok ;;
+  karpenter) build_karpenter ;;
+  kueue) build_kueue ;;
   helm) build_helm ;;
   paths)
     echo "KUBE_BIN=$k8s_dir/bin"; echo "ETCD_BIN=$etcd_dir/bin"; echo "KWOK_BIN=$kwok_dir/bin"
+    echo "KARPENTER_DIR=$karpenter_dir"; echo "KUEUE_DIR=$kueue_dir"
+    echo "KARPENTER_VERSION=$KARPENTER_VERSION"; echo "KUEUE_VERSION=$KUEUE_VERSION"
     echo "HELM_BIN=$helm_dir/bin"; echo "PROMETHEUS_CRDS=$prom_crds_dir" ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|kwok|helm|paths]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|kwok|karpenter|kueue|helm|paths]" >&2; exit 2 ;;
 esac
