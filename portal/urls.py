@@ -10,6 +10,7 @@ from quotas import views as quotas_views
 urlpatterns = [
     path("", quotas_views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("livez", views.livez, name="livez"),
     path(
         "login/",
         auth_views.LoginView.as_view(

@@ -8,7 +8,15 @@ from portal.ui import login_redirect
 
 
 @require_GET
+def livez(request: HttpRequest) -> JsonResponse:
+    """The process answers: for liveness probes, which must not restart every web pod because the
+    database is briefly away (readiness, /healthz, takes the pod out of the Service instead)."""
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
+    """The process answers and reaches its database: for readiness and for load balancers."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok", "database": connection.vendor})

@@ -40,6 +40,11 @@ INSTALLED_APPS = [
     "quotas",
 ]
 
+# When the SSL redirect is on (production), probes and Prometheus still reach these over plain HTTP:
+# they address a pod by IP inside the cluster, and redirecting them would fail every probe and
+# scrape. Nothing here is for browsers (/metrics wants its bearer token).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^livez$", r"^metrics$"]
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
