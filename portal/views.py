@@ -1,3 +1,7 @@
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import views as auth_views
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -27,6 +31,13 @@ def home(request: HttpRequest) -> HttpResponse:
             ],
         },
     )
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login form, offering single sign-on while it is on (read per request, not at import)."""
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return {**super().get_context_data(**kwargs), "oidc_enabled": settings.PORTAL_OIDC_ENABLED}
 
 
 @require_GET

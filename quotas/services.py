@@ -837,7 +837,7 @@ def serving_deployment_delete(*, deployment: ServingDeployment, actor: User) -> 
 
 
 @transaction.atomic
-def membership_set(*, team: Team, user: User, role: str, actor: User | None) -> Membership:
+def membership_set(*, team: Team, user: User, role: str, actor: User | None, message: str = "") -> Membership:
     membership, created = Membership.objects.select_for_update().get_or_create(
         team=team, user=user, defaults={"role": role}
     )
@@ -852,5 +852,20 @@ def membership_set(*, team: Team, user: User, role: str, actor: User | None) -> 
             team=team,
             before=before,
             after={"role": role},
+            message=message,
         )
     return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: User | None, message: str = "") -> None:
+    # Recorded before the delete, while the row still has its id for the audit trail.
+    audit_event_record(
+        actor=actor,
+        action="membership.removed",
+        obj=membership,
+        team=membership.team,
+        before={"role": membership.role},
+        message=message,
+    )
+    membership.delete()

@@ -17,6 +17,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 from pools.kube import ops
 from pools.models import PoolClass
 from tests import factories
+from tests.ui.browser import watch_console
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -39,8 +40,10 @@ def browser() -> Iterator[Browser]:
     with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
         patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        console = watch_console(chromium)
         yield chromium
         chromium.close()
+        console.check()  # no CSP violation in any page of the module
 
 
 def collector_database_url() -> str:
