@@ -136,7 +136,7 @@ def user_roles_sync(*, user: User, roles: GroupRoles, groups: list[str]) -> list
 
 
 class PortalOIDCBackend(OIDCAuthenticationBackend):
-    """mozilla-django-oidc's backend, on while PORTAL_OIDC_ENABLED is (read at run time), with the group mapping."""
+    """mozilla-django-oidc's backend, live while PORTAL_OIDC_ENABLED is on, applying the group mapping."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Django builds every backend for every authenticate() call, password sign-ins included; with single
