@@ -99,8 +99,8 @@ def lockout_response(
         if lockout
         else "Too many failed sign-in attempts: sign-in is locked for a while. Try again later."
     )
-    form = AuthenticationForm(request, data=request.POST or None)
-    form.errors.clear()  # the only error shown is the lockout, not "wrong password"
+    # Unbound: a bound form would authenticate again when its errors are read, counting one more failure.
+    form = AuthenticationForm(request, initial={"username": request.POST.get("username", "")})
     return render(
         request,
         "registration/login.html",
