@@ -326,7 +326,7 @@ PORTAL_OIDC_GROUPS = {
     "AUDITOR_GROUPS": env.list("PORTAL_OIDC_AUDITOR_GROUPS", default=["/auditors"]),
 }
 OIDC_USERNAME_ALGO = "portal.oidc.username_from_email"
-LOGIN_REDIRECT_URL_FAILURE = "login"
+LOGIN_REDIRECT_URL_FAILURE = "/login/"  # the library redirects to it as is, unresolved
 OIDC_USE_PKCE = True
 OIDC_TIMEOUT = env.int("PORTAL_OIDC_TIMEOUT_SECONDS", default=10)
 if PORTAL_OIDC_ENABLED:
