@@ -123,3 +123,26 @@ def test_seed_demo_builds_the_testbed_organisation_and_is_idempotent() -> None:
         name: p["capacity_gpus"] for name, p in expected.items()
     }
     assert _signs_in("alice", settings.DEMO_PASSWORD)
+
+
+def test_seed_demo_for_single_sign_on_matches_the_demo_realm_and_switches_back() -> None:
+    import json
+
+    from portal.sso import roles_from_groups
+
+    out = StringIO()
+    call_command("seed_demo", "--sso", stdout=out)
+    assert "local break-glass account: admin" in out.getvalue()
+    realm = json.loads((settings.BASE_DIR / "testbed" / "gpu-portal-realm.json").read_text())
+    by_email = {u["email"]: u for u in realm["users"]}
+    for user in User.objects.exclude(username="admin"):
+        # The people are Keycloak's: no portal password, and the realm's groups give what the seed gives.
+        assert not user.has_usable_password(), user
+        roles = roles_from_groups(by_email[user.email]["groups"])
+        assert roles.teams == dict(Membership.objects.filter(user=user).values_list("team__slug", "role"))
+        assert (roles.platform_admin, roles.auditor) == (user.is_platform_admin, user.is_auditor), user
+    assert _signs_in("admin", settings.DEMO_PASSWORD)
+    assert not _signs_in("alice", settings.DEMO_PASSWORD)
+
+    _seed()  # `make run` without single sign-on: everyone has the demo password again
+    assert _signs_in("alice", settings.DEMO_PASSWORD)
