@@ -136,7 +136,7 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"Demo data ready: cluster {cluster.name} with {pools} pools."))
         if options["sso"]:
             self.stdout.write(
-                "Single sign-on through Keycloak (password 'demo'): alice (vision member), bob (vision lead), "
+                "Sign-in through Keycloak (password 'demo'): alice (vision member), bob (vision lead), "
                 "carol (nlp member), audrey (auditor), pat (platform admin), vera (vision member); "
                 f"local break-glass account: admin (password {password!r})"
             )
