@@ -70,6 +70,9 @@ class GrantContract:
     team_cluster_role: str = "edit"
     state: str = CONTRACT_ACTIVE
     pod_security: PodSecurity = field(default_factory=PodSecurity)
+    # The PriorityClass's value and preemption policy, which the injection policy sets with its name.
+    priority: int = 0
+    preemption_policy: str = "PreemptLowerPriority"
 
     @property
     def title(self) -> str:
@@ -118,6 +121,10 @@ def namespace(c: GrantContract) -> Manifest:
         a.TAINT_VALUE: c.taint_value,
         a.GPU_TAINT_KEY: c.gpu_taint_key,
         a.PRIORITY_CLASS: c.priority_class_name,
+        a.TAINT_EFFECT: c.taint_effect,
+        a.PRIORITY: str(c.priority),
+        a.PREEMPTION_POLICY: c.preemption_policy,
+        a.ZONES: str(len(c.zones)),
     }
     return {
         "apiVersion": "v1",
@@ -184,25 +191,58 @@ def role_binding(c: GrantContract) -> Manifest:
     }
 
 
-def policy_probe_pod(c: GrantContract) -> Manifest:
-    """A GPU pod that selects no pool, which the grant contract refuses. Only ever created as a dry
-    run: the apiserver refusing it proves the policy binding is in force."""
+# A pool name no grant has: the policy probe selects it, so the injection leaves its placement alone.
+PROBE_POOL = "gpu-grant-policy-probe"
+
+
+def _probe_pod(c: GrantContract, name: str, node_selector: dict[str, str]) -> Manifest:
+    spec: dict[str, Any] = {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "probe",
+                "image": "policy-probe:dry-run",
+                "resources": {"limits": {c.resource: "1"}},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+    }
+    if node_selector:
+        spec["nodeSelector"] = node_selector
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "gpu-grant-policy-probe", "namespace": c.namespace, "labels": c.labels},
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "probe",
-                    "image": "policy-probe:dry-run",
-                    "resources": {"limits": {c.resource: "1"}},
-                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-                }
-            ],
-        },
+        "metadata": {"name": name, "namespace": c.namespace, "labels": c.labels},
+        "spec": spec,
     }
+
+
+def policy_probe_pod(c: GrantContract) -> Manifest:
+    """A GPU pod that selects a pool other than the grant's: the grant contract refuses it, and the
+    injection leaves placement a pod states alone. Only ever created as a dry run: the apiserver
+    refusing it proves the policy binding is in force."""
+    return _probe_pod(c, "gpu-grant-policy-probe", {c.pool_label_key: PROBE_POOL})
+
+
+def injection_probe_pod(c: GrantContract) -> Manifest:
+    """A GPU pod that states nothing of the contract. Only ever created as a dry run: the apiserver
+    admitting it completed (see `injection_missing`) proves the injection policy is in force."""
+    return _probe_pod(c, "gpu-grant-injection-probe", {})
+
+
+def injection_missing(c: GrantContract, pod: Manifest) -> list[str]:
+    """What of the contract the admitted `pod` lacks; empty when the injection completed it."""
+    spec = pod.get("spec") or {}
+    missing = []
+    if (spec.get("nodeSelector") or {}).get(c.pool_label_key) != c.node_selector.get(
+        c.pool_label_key, c.pool
+    ):
+        missing.append(f"nodeSelector {c.pool_label_key}")
+    keys = {t.get("key") for t in spec.get("tolerations") or []}
+    missing += [f"toleration {key}" for key in (c.gpu_taint_key, c.taint_key) if key not in keys]
+    if spec.get("priorityClassName") != c.priority_class_name or spec.get("priority") != c.priority:
+        missing.append(f"priorityClassName {c.priority_class_name} (priority {c.priority})")
+    return missing
 
 
 def grant_objects(c: GrantContract) -> list[Manifest]:

@@ -55,6 +55,7 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
     holding = req.state in HOLDING_STATES
     selector = {str(k): str(v) for k, v in pool.node_selector.items()}
     pool_label_key = POOL_LABEL if POOL_LABEL in selector or not selector else sorted(selector)[0]
+    priority = cluster_manifests.priority_of(req.pool_class)
     return manifests.GrantContract(
         grant_id=grant.pk,
         namespace=grant.namespace,
@@ -84,6 +85,8 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
         team_cluster_role=cfg["TEAM_CLUSTER_ROLE"],
         state=CONTRACT_ACTIVE if holding else req.state,
         pod_security=manifests.PodSecurity(**cfg["POD_SECURITY"]),
+        priority=priority.value,
+        preemption_policy=priority.preemption_policy,
     )
 
 
@@ -260,7 +263,7 @@ def merge_conditions(
             "lastTransitionTime": now.isoformat() if changed else previous["lastTransitionTime"],
             "observedGeneration": generation,
         }
-    order = ["Applied", "QuotaEnforced", "PolicyBound", "Ready"]
+    order = ["Applied", "QuotaEnforced", "PolicyBound", "ContractInjected", "Ready"]
     return sorted(
         by_type.values(), key=lambda c: (order.index(c["type"]) if c["type"] in order else 99, c["type"])
     )
