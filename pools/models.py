@@ -1,3 +1,4 @@
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -270,8 +271,17 @@ class WorkloadWatchState(models.Model):
     stale_since = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
 
+    # The watches write at least every 5 s (pools.utilisation.workloads.HEARTBEAT).
+    SILENT_AFTER = timedelta(seconds=20)
+
     def __str__(self) -> str:
         return f"{self.cluster.name} workloads: {self.state}"
+
+    def freshness(self, now: datetime) -> str:
+        """live, syncing, stale (the cluster does not answer) or silent (the collector stopped)."""
+        if now - self.heartbeat_at > self.SILENT_AFTER:
+            return "silent"
+        return str(self.state)
 
 
 class NamespaceWorkloads(models.Model):

@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pools.kube.objects import (
+    APP_NAME_LABEL,
     CONTRACT_ACTIVE,
+    CONTRACT_PREFIX,
     GPU_RESOURCE,
     HOSTNAME_LABEL,
+    MANAGED_BY_LABEL,
     MODEL_ANNOTATION,
+    PORTAL_PREFIX,
     ZONE_LABEL,
     ContractAnnotation,
     Label,
@@ -281,7 +285,7 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
     labels = {
         **c.labels,
         **selector,
-        "app.kubernetes.io/name": s.name,
+        APP_NAME_LABEL: s.name,
         "app.kubernetes.io/component": "model-server",
     }
     period = 10
@@ -409,4 +413,57 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
                 "spec": spec,
             },
         },
+    }
+
+
+# --- what a team needs to reach its namespace -----------------------------------------------------
+
+
+def _own_marks(values: dict[str, str]) -> dict[str, str]:
+    """`values` without the portal's own labels and annotations: an object a team applies is the
+    team's, and must not look like one the portal manages."""
+    return {
+        k: v
+        for k, v in values.items()
+        if k != MANAGED_BY_LABEL and not k.startswith((f"{PORTAL_PREFIX}/", f"{CONTRACT_PREFIX}/"))
+    }
+
+
+def example_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
+    """A model server the team can apply to its namespace itself: the serving deployments' own
+    builder (the whole contract written out: pool selector, tolerations, GPU limits, priority class,
+    spread, probes and a restricted security context), with the team's labels instead of the
+    portal's and a selector on its name."""
+    manifest = serving_deployment(c, s)
+    selector = {APP_NAME_LABEL: s.name}
+    for meta in (manifest["metadata"], manifest["spec"]["template"]["metadata"]):
+        meta["labels"] = {**_own_marks(meta["labels"]), **selector}
+        meta["annotations"] = _own_marks(meta.get("annotations") or {})
+        if not meta["annotations"]:
+            del meta["annotations"]
+    manifest["spec"]["selector"] = {"matchLabels": selector}
+    for spread in manifest["spec"]["template"]["spec"].get("topologySpreadConstraints") or []:
+        spread["labelSelector"] = {"matchLabels": selector}
+    return manifest
+
+
+def team_kubeconfig(
+    *, cluster: str, server: str, certificate_authority: str, namespace: str, user: str
+) -> Manifest:
+    """A kubeconfig for the grant's namespace that holds no secret: the cluster's address, its CA
+    bundle (public) when the portal knows it, the namespace as the context's default, and an empty
+    user for the team member's own cluster identity (a token, a client certificate or an exec
+    plugin their platform gives them; the portal hands out none)."""
+    entry = {"server": server}
+    if certificate_authority:
+        entry["certificate-authority-data"] = certificate_authority
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": entry}],
+        "contexts": [
+            {"name": namespace, "context": {"cluster": cluster, "namespace": namespace, "user": user}}
+        ],
+        "current-context": namespace,
+        "users": [{"name": user, "user": {}}],
     }

@@ -118,6 +118,31 @@ def serving_spec(deployment: ServingDeployment) -> manifests.ServingSpec:
     )
 
 
+EXAMPLE_NAME = "model-server"
+EXAMPLE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def example_serving_spec(grant: Grant) -> manifests.ServingSpec:
+    """The serving spec of the example manifest on the grant page: one replica of as many GPUs as a
+    replica of the request's model needs (within the grant), from the first allowed registry."""
+    cfg = provisioning_settings()
+    registries = cfg["IMAGE_REGISTRY_ALLOWLIST"] or ["registry.example.com/llm/"]
+    registry = registries[0] if registries[0].endswith("/") else f"{registries[0]}/"
+    return manifests.ServingSpec(
+        deployment_id=0,
+        name=EXAMPLE_NAME,
+        model_name=EXAMPLE_MODEL,
+        image=f"{registry}vllm:stable",
+        replicas=1,
+        gpus_per_replica=max(1, min(grant.request.gpus_per_replica, grant.gpus)),
+        cpu_millis_per_gpu=cfg["SERVING_CPU_MILLIS_PER_GPU"],
+        memory_gib_per_gpu=cfg["SERVING_MEMORY_GIB_PER_GPU"],
+        load_budget_seconds=cfg["MODEL_LOAD_BUDGET_SECONDS"],
+        port=cfg["SERVING_PORT"],
+        health_path=cfg["SERVING_HEALTH_PATH"],
+    )
+
+
 # --- comparing desired and live objects ---------------------------------------------------------
 
 _QUANTITY = re.compile(r"^[+-]?[0-9.]+[a-zA-Z]{0,2}$")
