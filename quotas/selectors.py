@@ -310,6 +310,11 @@ class GrantWorkloads:
         return self.freshness == "live"
 
 
+def grant_of_request(*, user: User, capacity_request: CapacityRequest) -> Grant | None:
+    """The grant of a request, with its pool and nothing else: for the grant page's polls."""
+    return Grant.objects.visible_to(user).select_related("pool").filter(request=capacity_request).first()
+
+
 def grant_workloads_get(*, user: User, grant: Grant, now: datetime) -> GrantWorkloads:
     """The workloads of `grant`'s namespace and why those not running are not, as the collector's
     watches last wrote them: two queries, never a request to the cluster. `grant` must come from a

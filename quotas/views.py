@@ -248,7 +248,7 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     user = request.user
     req = _visible_request(user, pk)
     if request.htmx and request.htmx.target == "grant-workloads":
-        grant = selectors.grant_list(user=user).filter(request_id=req.pk).first()
+        grant = selectors.grant_of_request(user=user, capacity_request=req)
         if grant is None:
             return HttpResponse(status=HTMX_STOP_POLLING)
         context = _workloads_context(user, req, grant)
