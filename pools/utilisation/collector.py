@@ -115,7 +115,7 @@ class ClusterCollector:
         self._thread: threading.Thread | None = None
         self._last_sample: float | None = None
         caches = {"backoff_max": backoff_max, "watch_timeout": watch_timeout}
-        self.nodes = self._cache(KubeSource(cluster, "nodes"), trim_node, **caches)
+        self.nodes = self._cache(KubeSource(cluster, "nodes"), trim_node, notify=self.changed.set, **caches)
         self.pods = self._cache(
             KubeSource(cluster, "pods", field_selector=ACTIVE_PODS), with_pod_status(trim_pod), **caches
         )
@@ -130,12 +130,19 @@ class ClusterCollector:
         self.allowlist = Allowlist.from_setting(settings.PORTAL_GPU_NODE_ALLOWLIST)
 
     def _cache(
-        self, source: KubeSource, transform: Callable[[Json], Json], *, backoff_max: float, watch_timeout: int
+        self,
+        source: KubeSource,
+        transform: Callable[[Json], Json],
+        *,
+        backoff_max: float,
+        watch_timeout: int,
+        notify: Callable[[], None] | None = None,
     ) -> ResourceCache:
         return ResourceCache(
             source,
             transform=transform,
-            on_change=self._notify,
+            # Pods and namespaces wake the workload watches too; nodes only the figures.
+            on_change=notify or self._notify,
             backoff=Backoff(maximum=backoff_max),
             watch_timeout=watch_timeout,
         )

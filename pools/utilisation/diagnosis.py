@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -161,7 +161,7 @@ def trim_workload(obj: Json) -> Json:
     return trimmed
 
 
-def _as_kind(kind: str) -> Any:
+def _as_kind(kind: str) -> Callable[[Json], Json]:
     def trim(obj: Json) -> Json:
         # Lists name the kind once, for the whole list, not on each item.
         return trim_workload({**obj, "kind": kind})
