@@ -1,5 +1,7 @@
-"""Pure builders of the cluster-wide objects the portal owns: one PriorityClass per pool class and the
-ValidatingAdmissionPolicy that makes the apiserver enforce every grant's scheduling contract.
+"""Pure builders of the cluster-wide objects the portal owns: one PriorityClass per pool class, the
+ValidatingAdmissionPolicy that makes the apiserver enforce every grant's scheduling contract, and the
+two MutatingAdmissionPolicies that complete what plain manifests leave out (the contract's placement
+and priority on GPU pods, a selector on Deployments and StatefulSets that give none).
 
 Nothing here talks to a cluster or the database; the functions return plain manifests that
 `pools.kube.ops.apply` server-side applies. Per-grant objects live in `quotas.manifests`.
@@ -9,10 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from pools.kube.objects import (
+    APP_NAME_LABEL,
     CONTRACT_ACTIVE,
+    CONTROLLER_REVISION_HASH_LABEL,
+    GPU_TAINT,
+    HOSTNAME_LABEL,
+    INJECTED_ANNOTATION,
     LABEL_PREFIX,
+    POD_TEMPLATE_HASH_LABEL,
     PRODUCT_LABEL,
     TYPE_LABEL,
+    ZONE_LABEL,
     ContractAnnotation,
     Label,
     managed_labels,
@@ -22,6 +31,9 @@ from pools.models import PoolClass
 Manifest = dict[str, Any]
 
 POLICY_NAME = "gpu-capacity-portal-grant-contract"
+# Mutation runs before validation: this one completes GPU pods, then POLICY_NAME checks them.
+INJECTION_POLICY_NAME = "gpu-capacity-portal-grant-injection"
+SELECTOR_POLICY_NAME = "gpu-capacity-portal-workload-selector"
 
 
 @dataclass(frozen=True)
@@ -56,8 +68,12 @@ def default_priority_class_name(pool_class: str) -> str:
     return f"gpu-{pool_class}"
 
 
+def priority_of(pool_class: str) -> Priority:
+    return PRIORITIES[PoolClass(pool_class)]
+
+
 def priority_class(name: str, pool_class: str) -> Manifest:
-    priority = PRIORITIES[PoolClass(pool_class)]
+    priority = priority_of(pool_class)
     return {
         "apiVersion": "scheduling.k8s.io/v1",
         "kind": "PriorityClass",
@@ -289,6 +305,14 @@ def grant_contract_policy() -> Manifest:
     }
 
 
+def _grant_namespaces() -> Manifest:
+    """The namespaces every binding selects: the portal's, and only those that belong to a grant."""
+    return {
+        "matchLabels": managed_labels(),
+        "matchExpressions": [{"key": Label.GRANT, "operator": "Exists"}],
+    }
+
+
 def grant_contract_binding() -> Manifest:
     """The one binding of the grant contract policy: every portal namespace that belongs to a grant.
 
@@ -304,11 +328,331 @@ def grant_contract_binding() -> Manifest:
         "spec": {
             "policyName": POLICY_NAME,
             "validationActions": ["Deny"],
-            "matchResources": {
-                "namespaceSelector": {
-                    "matchLabels": managed_labels(),
-                    "matchExpressions": [{"key": Label.GRANT, "operator": "Exists"}],
-                }
-            },
+            "matchResources": {"namespaceSelector": _grant_namespaces()},
         },
     }
+
+
+# --- injection: what the grant implies, added to what the pod left out --------------------------
+
+
+def _mutating_binding(policy: str) -> Manifest:
+    """One binding per mutating policy and cluster, for the reason given at grant_contract_binding."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": policy, "labels": managed_labels()},
+        "spec": {"policyName": policy, "matchResources": {"namespaceSelector": _grant_namespaces()}},
+    }
+
+
+def _json_pointer(cel_key: str) -> str:
+    return f"jsonpatch.escapeKey({cel_key})"
+
+
+def grant_injection_policy() -> Manifest:
+    """The MutatingAdmissionPolicy that completes a GPU pod with what its grant implies.
+
+    For a pod the grant admits (only the granted resource, at most the grant's units per pod, the
+    grant active), it adds what the pod left out and never changes what it states: the pool's node
+    selector unless the pod constrains the pool itself (or names an accelerator type or GPU product
+    in its node affinity that the grant does not cover), a toleration of the GPU taint and one of the
+    pool's taint unless the pod tolerates a taint with that key already, the grant's PriorityClass
+    (name, value and preemption policy) unless the pod names a class, and for pods of a Deployment,
+    ReplicaSet or StatefulSet without any topology spread the zone and host spread of the serving
+    deployments. What it added is listed in the pod's INJECTED_ANNOTATION.
+
+    A pod the grant does not admit is left as it is, so the contract policy (which runs after every
+    mutation) refuses it with its own message. Pods without GPUs are never touched. The policy
+    fails open (Ignore): a pod it could not complete is still checked by the contract policy, and
+    grant reconciles notice (the ContractInjected condition) when injection is not in force.
+    """
+    a = ContractAnnotation
+    required = (
+        a.RESOURCE,
+        a.MAX_PER_POD,
+        a.POOL_LABEL_KEY,
+        a.POOL,
+        a.ACCELERATOR_TYPE,
+        a.PRODUCT,
+        a.TAINT_KEY,
+        a.TAINT_VALUE,
+        a.TAINT_EFFECT,
+        a.GPU_TAINT_KEY,
+        a.PRIORITY_CLASS,
+        a.PRIORITY,
+        a.PREEMPTION_POLICY,
+        a.ZONES,
+    )
+
+    def ann(key: str) -> str:
+        return f"variables.contract[{_cel_quote(key)}]"
+
+    limits = "(has(c.resources) && has(c.resources.limits) ? c.resources.limits : {})"
+    spread_selector = (
+        "Object.spec.topologySpreadConstraints.labelSelector{matchLabels: "
+        "{variables.spreadKey: variables.labels[variables.spreadKey]}}"
+    )
+
+    def zone_spread(when: str, min_domains: str = "") -> str:
+        return (
+            "Object.spec.topologySpreadConstraints{maxSkew: 1, "
+            f"topologyKey: {_cel_quote(ZONE_LABEL)}, whenUnsatisfiable: {_cel_quote(when)}, "
+            f"{min_domains}labelSelector: {spread_selector}, "
+            "nodeAffinityPolicy: 'Honor', nodeTaintsPolicy: 'Honor'}"
+        )
+
+    host_spread = (
+        "Object.spec.topologySpreadConstraints{maxSkew: 1, "
+        f"topologyKey: {_cel_quote(HOSTNAME_LABEL)}, whenUnsatisfiable: 'ScheduleAnyway', "
+        f"labelSelector: {spread_selector}}}"
+    )
+    gpu_taint = _cel_quote(GPU_TAINT["value"])
+    gpu_effect = _cel_quote(GPU_TAINT["effect"])
+    injected = _cel_quote(INJECTED_ANNOTATION)
+    variables = [
+        {"name": "contract", "expression": "namespaceObject.metadata.?annotations.orValue({})"},
+        {
+            "name": "containers",
+            "expression": (
+                "object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : [])"
+            ),
+        },
+        {
+            "name": "gpuResources",
+            "expression": (
+                f"variables.containers.map(c, {limits}.filter(k, k.startsWith('nvidia.com/'))).flatten()"
+            ),
+        },
+        {
+            "name": "complete",
+            "expression": f"[{', '.join(_cel_quote(k) for k in required)}].all(k, k in variables.contract)",
+        },
+        {
+            # The same count as the contract policy's (init containers counted alongside).
+            "name": "gpus",
+            "expression": (
+                f"!variables.complete ? 0 : variables.containers.map(c, {ann(a.RESOURCE)} in {limits} ? "
+                f"quantity(string({limits}[{ann(a.RESOURCE)}])).asInteger() : 0).sum()"
+            ),
+        },
+        {
+            "name": "admitted",
+            "expression": (
+                "variables.complete && "
+                f"variables.contract[?{_cel_quote(a.STATE)}].orValue('') == {_cel_quote(CONTRACT_ACTIVE)} && "
+                f"variables.gpuResources.all(r, r == {ann(a.RESOURCE)}) && "
+                f"variables.gpus > 0 && variables.gpus <= int({ann(a.MAX_PER_POD)})"
+            ),
+        },
+        {"name": "selector", "expression": "object.spec.?nodeSelector.orValue({})"},
+        {
+            "name": "affinity",
+            "expression": (
+                "object.spec.?affinity.?nodeAffinity.?requiredDuringSchedulingIgnoredDuringExecution"
+                ".?nodeSelectorTerms.orValue([]).map(t, t.?matchExpressions.orValue([])).flatten()"
+            ),
+        },
+        {
+            # Placement the pod states itself is left alone: a pod that names the pool key (any
+            # value) or an accelerator type or product the grant does not cover in its affinity
+            # is refused by the contract policy, or kept off the pool, as its author wrote it.
+            "name": "injectPool",
+            "expression": (
+                f"!({ann(a.POOL_LABEL_KEY)} in variables.selector) && "
+                f"!variables.affinity.exists(e, e.key == {ann(a.POOL_LABEL_KEY)}) && "
+                "variables.affinity.all(e, "
+                f"(e.key != {_cel_quote(TYPE_LABEL)} || (e.operator == 'In' && "
+                f"e.?values.orValue([]).all(v, v == {ann(a.ACCELERATOR_TYPE)}))) && "
+                f"(e.key != {_cel_quote(PRODUCT_LABEL)} || (e.operator == 'In' && "
+                f"e.?values.orValue([]).all(v, v == {ann(a.PRODUCT)}))))"
+            ),
+        },
+        {"name": "tolerations", "expression": "object.spec.?tolerations.orValue([])"},
+        {
+            "name": "missingTolerations",
+            "expression": (
+                f"(variables.tolerations.exists(t, t.?key.orValue('') == {ann(a.GPU_TAINT_KEY)}) ? [] : "
+                f"[{{'key': {ann(a.GPU_TAINT_KEY)}, 'operator': 'Equal', "
+                f"'value': {gpu_taint}, 'effect': {gpu_effect}}}]) + "
+                f"(variables.tolerations.exists(t, t.?key.orValue('') == {ann(a.TAINT_KEY)}) || "
+                f"{ann(a.TAINT_KEY)} == {ann(a.GPU_TAINT_KEY)} ? [] : "
+                f"[{{'key': {ann(a.TAINT_KEY)}, 'operator': 'Equal', "
+                f"'value': {ann(a.TAINT_VALUE)}, 'effect': {ann(a.TAINT_EFFECT)}}}])"
+            ),
+        },
+        {"name": "injectPriority", "expression": "object.spec.?priorityClassName.orValue('') == ''"},
+        {"name": "labels", "expression": "object.metadata.?labels.orValue({})"},
+        {
+            "name": "spreadKey",
+            "expression": (
+                f"{_cel_quote(POD_TEMPLATE_HASH_LABEL)} in variables.labels ? "
+                f"{_cel_quote(POD_TEMPLATE_HASH_LABEL)} : "
+                f"({_cel_quote(CONTROLLER_REVISION_HASH_LABEL)} in variables.labels ? "
+                f"{_cel_quote(CONTROLLER_REVISION_HASH_LABEL)} : '')"
+            ),
+        },
+        {
+            "name": "injectSpread",
+            "expression": (
+                "variables.spreadKey != '' && size(object.spec.?topologySpreadConstraints.orValue([])) == 0"
+            ),
+        },
+        {
+            "name": "added",
+            "expression": (
+                "(variables.injectPool ? ['nodeSelector'] : []) + "
+                "(size(variables.missingTolerations) > 0 ? ['tolerations'] : []) + "
+                "(variables.injectPriority ? ['priorityClassName'] : []) + "
+                "(variables.injectSpread ? ['topologySpreadConstraints'] : [])"
+            ),
+        },
+    ]
+    pool_key = ann(a.POOL_LABEL_KEY)
+    patches = " + ".join(
+        [
+            "(!variables.injectPool ? [] : size(variables.selector) > 0 ? "
+            f"[JSONPatch{{op: 'add', path: '/spec/nodeSelector/' + {_json_pointer(pool_key)}, "
+            f"value: {ann(a.POOL)}}}] : "
+            f"[JSONPatch{{op: 'add', path: '/spec/nodeSelector', value: {{{pool_key}: {ann(a.POOL)}}}}}])",
+            # Lists are created empty and filled one item at a time: the apiserver (v1.36) cannot turn
+            # a CEL list of maps into a patch value.
+            "(size(variables.missingTolerations) == 0 || size(variables.tolerations) > 0 ? [] : "
+            "[JSONPatch{op: 'add', path: '/spec/tolerations', value: []}]) + "
+            "variables.missingTolerations.map(t, "
+            "JSONPatch{op: 'add', path: '/spec/tolerations/-', value: t})",
+            # The Priority admission plugin has already resolved the empty class to priority 0.
+            "(!variables.injectPriority ? [] : ["
+            f"JSONPatch{{op: 'add', path: '/spec/priorityClassName', value: {ann(a.PRIORITY_CLASS)}}}, "
+            f"JSONPatch{{op: 'add', path: '/spec/priority', value: int({ann(a.PRIORITY)})}}, "
+            f"JSONPatch{{op: 'add', path: '/spec/preemptionPolicy', value: {ann(a.PREEMPTION_POLICY)}}}])",
+            "(!variables.injectSpread ? [] : ["
+            "JSONPatch{op: 'add', path: '/spec/topologySpreadConstraints', value: []}, "
+            "JSONPatch{op: 'add', path: '/spec/topologySpreadConstraints/-', "
+            f"value: int({ann(a.ZONES)}) > 1 ? "
+            f"{zone_spread('DoNotSchedule', f'minDomains: int({ann(a.ZONES)}), ')} : "
+            f"{zone_spread('ScheduleAnyway')}}}, "
+            f"JSONPatch{{op: 'add', path: '/spec/topologySpreadConstraints/-', value: {host_spread}}}])",
+            "(size(variables.added) == 0 ? [] : size(object.metadata.?annotations.orValue({})) > 0 ? "
+            f"[JSONPatch{{op: 'add', path: '/metadata/annotations/' + {_json_pointer(injected)}, "
+            "value: variables.added.join(',')}] : "
+            f"[JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{{injected}: "
+            "variables.added.join(',')}}])",
+        ]
+    )
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": INJECTION_POLICY_NAME, "labels": managed_labels()},
+        "spec": {
+            "failurePolicy": "Ignore",
+            # Every patch adds only what is still missing, so running again after a webhook changed
+            # the pod is harmless.
+            "reinvocationPolicy": "IfNeeded",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": managed_labels()},
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                    }
+                ],
+            },
+            "matchConditions": [
+                {
+                    "name": "gpu-pod",
+                    "expression": (
+                        "(object.spec.containers + (has(object.spec.initContainers) ? "
+                        f"object.spec.initContainers : [])).exists(c, {limits}.exists(k, "
+                        "k.startsWith('nvidia.com/')))"
+                    ),
+                }
+            ],
+            "variables": variables,
+            "mutations": [
+                {
+                    "patchType": "JSONPatch",
+                    "jsonPatch": {"expression": f"!variables.admitted ? [] : {patches}"},
+                }
+            ],
+        },
+    }
+
+
+def grant_injection_binding() -> Manifest:
+    return _mutating_binding(INJECTION_POLICY_NAME)
+
+
+def workload_selector_policy() -> Manifest:
+    """The MutatingAdmissionPolicy that gives a Deployment, ReplicaSet or StatefulSet created without a
+    selector the one apps/v1 used to default: its template's labels, or `app.kubernetes.io/name:
+    <its name>` on both when the template has none. Hand-written manifests (the design document's
+    own example among them) often leave both out, which apps/v1 refuses. A selector the workload
+    states is never touched; the policy fails open, leaving the apiserver's own refusal."""
+    template_labels = "object.spec.?template.?metadata.?labels.orValue({})"
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": SELECTOR_POLICY_NAME, "labels": managed_labels()},
+        "spec": {
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": managed_labels()},
+                "resourceRules": [
+                    {
+                        "apiGroups": ["apps"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["deployments", "replicasets", "statefulsets"],
+                    }
+                ],
+            },
+            "matchConditions": [
+                {
+                    # The apiserver hands an absent selector over as an empty one.
+                    "name": "no-selector",
+                    "expression": (
+                        "size(object.spec.?selector.?matchLabels.orValue({})) == 0 && "
+                        "size(object.spec.?selector.?matchExpressions.orValue([])) == 0"
+                    ),
+                }
+            ],
+            "variables": [
+                {"name": "templateLabels", "expression": template_labels},
+                {
+                    "name": "name",
+                    "expression": (
+                        "object.metadata.?name.orValue('') != '' ? object.metadata.name : "
+                        "object.metadata.?generateName.orValue('')"
+                    ),
+                },
+                {
+                    "name": "labels",
+                    "expression": (
+                        "size(variables.templateLabels) > 0 ? variables.templateLabels : "
+                        f"{{{_cel_quote(APP_NAME_LABEL)}: variables.name}}"
+                    ),
+                },
+            ],
+            "mutations": [
+                {
+                    "patchType": "JSONPatch",
+                    "jsonPatch": {
+                        "expression": (
+                            "(size(variables.templateLabels) > 0 ? [] : [JSONPatch{op: 'add', "
+                            "path: '/spec/template/metadata/labels', value: variables.labels}]) + "
+                            "[JSONPatch{op: 'add', path: '/spec/selector', "
+                            "value: Object.spec.selector{matchLabels: variables.labels}}]"
+                        )
+                    },
+                }
+            ],
+        },
+    }
+
+
+def workload_selector_binding() -> Manifest:
+    return _mutating_binding(SELECTOR_POLICY_NAME)

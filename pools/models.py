@@ -1,3 +1,4 @@
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -255,3 +256,56 @@ class TeamUsageSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.team_id} in {self.pool_id} @ {self.at:%Y-%m-%d %H:%M:%S}: {self.gpu_seconds:.0f} GPU-s"
+
+
+# ----------------------------------------------------------------------------------------------
+# Workloads of portal namespaces and why those not running are not, written by the collector's
+# workload watches (pools/utilisation/workloads.py). Their own tables: the figures above are
+# written on another beat and by other code.
+
+
+class WorkloadWatchState(models.Model):
+    """Whether the collector's view of a cluster's workloads is current."""
+
+    cluster = models.OneToOneField(Cluster, on_delete=models.CASCADE, related_name="workload_watch")
+    state = models.CharField(max_length=10, choices=CollectorState.choices, default=CollectorState.SYNCING)
+    heartbeat_at = models.DateTimeField(help_text="Last write; an old one means the collector is not running")
+    observed_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last time every workload watch was current"
+    )
+    stale_since = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    # The watches write at least every 5 s (pools.utilisation.workloads.HEARTBEAT).
+    SILENT_AFTER = timedelta(seconds=20)
+
+    def __str__(self) -> str:
+        return f"{self.cluster.name} workloads: {self.state}"
+
+    def freshness(self, now: datetime) -> str:
+        """live, syncing, stale (the cluster does not answer) or silent (the collector stopped)."""
+        if now - self.heartbeat_at > self.SILENT_AFTER:
+            return "silent"
+        return str(self.state)
+
+
+class NamespaceWorkloads(models.Model):
+    """The workloads of one portal namespace as the collector last saw them (pools.utilisation.
+    diagnosis: kind, name, state, pods, GPUs and the cluster's reasons for what is not running).
+    Keyed by namespace, not grant: the cluster knows namespaces; the grant page looks its own up."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="namespace_workloads")
+    namespace = models.CharField(max_length=63)
+    workloads = models.JSONField(default=list, blank=True)
+    troubled = models.PositiveIntegerField(default=0, help_text="Workloads not (fully) running")
+    changed_at = models.DateTimeField(help_text="When the collector last saw something change here")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "namespace"], name="namespace_workloads_unique")
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.cluster_id}/{self.namespace}: {len(self.workloads)} workloads, {self.troubled} troubled"
+        )

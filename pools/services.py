@@ -65,10 +65,21 @@ _APPLIED = (
     ("priorityclasses", "scheduling.k8s.io"),
     ("validatingadmissionpolicies", "admissionregistration.k8s.io"),
     ("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
+    ("mutatingadmissionpolicies", "admissionregistration.k8s.io"),
+    ("mutatingadmissionpolicybindings", "admissionregistration.k8s.io"),
+)
+# What the collector watches to explain why a grant's workloads are not running.
+_WATCHED_WORKLOADS = (
+    ("events", ""),
+    ("deployments", "apps"),
+    ("replicasets", "apps"),
+    ("statefulsets", "apps"),
+    ("jobs", "batch"),
 )
 # What the collector, the provisioner and revocation do; registration names whichever is missing.
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     *_each(("list", "watch"), (("nodes", ""), ("pods", ""), ("namespaces", ""))),
+    *_each(("list", "watch"), _WATCHED_WORKLOADS),
     *_each(("get", "create", "patch"), _APPLIED),
     *_each(
         ("delete",),
@@ -539,11 +550,16 @@ def cluster_policy_objects(cluster: Cluster) -> list[Manifest]:
         *manifests.priority_classes(names),
         manifests.grant_contract_policy(),
         manifests.grant_contract_binding(),
+        manifests.grant_injection_policy(),
+        manifests.grant_injection_binding(),
+        manifests.workload_selector_policy(),
+        manifests.workload_selector_binding(),
     ]
 
 
 def cluster_policies_apply(*, cluster: Cluster) -> list[str]:
-    """Apply the cluster-wide objects (PriorityClasses, the grant contract policy and its binding),
+    """Apply the cluster-wide objects (PriorityClasses, the grant contract policy, the injection and
+    workload-selector policies, and their bindings),
     and delete any other policy binding the portal made (it once made one per grant: the one binding
     covers those namespaces now, and two would check every pod twice).
 

@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pools.kube.objects import (
+    APP_NAME_LABEL,
     CONTRACT_ACTIVE,
+    CONTRACT_PREFIX,
     GPU_RESOURCE,
     HOSTNAME_LABEL,
+    MANAGED_BY_LABEL,
     MODEL_ANNOTATION,
+    PORTAL_PREFIX,
     ZONE_LABEL,
     ContractAnnotation,
     Label,
@@ -70,6 +74,9 @@ class GrantContract:
     team_cluster_role: str = "edit"
     state: str = CONTRACT_ACTIVE
     pod_security: PodSecurity = field(default_factory=PodSecurity)
+    # The PriorityClass's value and preemption policy, which the injection policy sets with its name.
+    priority: int = 0
+    preemption_policy: str = "PreemptLowerPriority"
 
     @property
     def title(self) -> str:
@@ -118,6 +125,10 @@ def namespace(c: GrantContract) -> Manifest:
         a.TAINT_VALUE: c.taint_value,
         a.GPU_TAINT_KEY: c.gpu_taint_key,
         a.PRIORITY_CLASS: c.priority_class_name,
+        a.TAINT_EFFECT: c.taint_effect,
+        a.PRIORITY: str(c.priority),
+        a.PREEMPTION_POLICY: c.preemption_policy,
+        a.ZONES: str(len(c.zones)),
     }
     return {
         "apiVersion": "v1",
@@ -184,25 +195,58 @@ def role_binding(c: GrantContract) -> Manifest:
     }
 
 
-def policy_probe_pod(c: GrantContract) -> Manifest:
-    """A GPU pod that selects no pool, which the grant contract refuses. Only ever created as a dry
-    run: the apiserver refusing it proves the policy binding is in force."""
+# A pool name no grant has: the policy probe selects it, so the injection leaves its placement alone.
+PROBE_POOL = "gpu-grant-policy-probe"
+
+
+def _probe_pod(c: GrantContract, name: str, node_selector: dict[str, str]) -> Manifest:
+    spec: dict[str, Any] = {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "probe",
+                "image": "policy-probe:dry-run",
+                "resources": {"limits": {c.resource: "1"}},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+    }
+    if node_selector:
+        spec["nodeSelector"] = node_selector
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "gpu-grant-policy-probe", "namespace": c.namespace, "labels": c.labels},
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "probe",
-                    "image": "policy-probe:dry-run",
-                    "resources": {"limits": {c.resource: "1"}},
-                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-                }
-            ],
-        },
+        "metadata": {"name": name, "namespace": c.namespace, "labels": c.labels},
+        "spec": spec,
     }
+
+
+def policy_probe_pod(c: GrantContract) -> Manifest:
+    """A GPU pod that selects a pool other than the grant's: the grant contract refuses it, and the
+    injection leaves placement a pod states alone. Only ever created as a dry run: the apiserver
+    refusing it proves the policy binding is in force."""
+    return _probe_pod(c, "gpu-grant-policy-probe", {c.pool_label_key: PROBE_POOL})
+
+
+def injection_probe_pod(c: GrantContract) -> Manifest:
+    """A GPU pod that states nothing of the contract. Only ever created as a dry run: the apiserver
+    admitting it completed (see `injection_missing`) proves the injection policy is in force."""
+    return _probe_pod(c, "gpu-grant-injection-probe", {})
+
+
+def injection_missing(c: GrantContract, pod: Manifest) -> list[str]:
+    """What of the contract the admitted `pod` lacks; empty when the injection completed it."""
+    spec = pod.get("spec") or {}
+    missing = []
+    if (spec.get("nodeSelector") or {}).get(c.pool_label_key) != c.node_selector.get(
+        c.pool_label_key, c.pool
+    ):
+        missing.append(f"nodeSelector {c.pool_label_key}")
+    keys = {t.get("key") for t in spec.get("tolerations") or []}
+    missing += [f"toleration {key}" for key in (c.gpu_taint_key, c.taint_key) if key not in keys]
+    if spec.get("priorityClassName") != c.priority_class_name or spec.get("priority") != c.priority:
+        missing.append(f"priorityClassName {c.priority_class_name} (priority {c.priority})")
+    return missing
 
 
 def grant_objects(c: GrantContract) -> list[Manifest]:
@@ -241,7 +285,7 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
     labels = {
         **c.labels,
         **selector,
-        "app.kubernetes.io/name": s.name,
+        APP_NAME_LABEL: s.name,
         "app.kubernetes.io/component": "model-server",
     }
     period = 10
@@ -369,4 +413,57 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
                 "spec": spec,
             },
         },
+    }
+
+
+# --- what a team needs to reach its namespace -----------------------------------------------------
+
+
+def _own_marks(values: dict[str, str]) -> dict[str, str]:
+    """`values` without the portal's own labels and annotations: an object a team applies is the
+    team's, and must not look like one the portal manages."""
+    return {
+        k: v
+        for k, v in values.items()
+        if k != MANAGED_BY_LABEL and not k.startswith((f"{PORTAL_PREFIX}/", f"{CONTRACT_PREFIX}/"))
+    }
+
+
+def example_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
+    """A model server the team can apply to its namespace itself: the serving deployments' own
+    builder (the whole contract written out: pool selector, tolerations, GPU limits, priority class,
+    spread, probes and a restricted security context), with the team's labels instead of the
+    portal's and a selector on its name."""
+    manifest = serving_deployment(c, s)
+    selector = {APP_NAME_LABEL: s.name}
+    for meta in (manifest["metadata"], manifest["spec"]["template"]["metadata"]):
+        meta["labels"] = {**_own_marks(meta["labels"]), **selector}
+        meta["annotations"] = _own_marks(meta.get("annotations") or {})
+        if not meta["annotations"]:
+            del meta["annotations"]
+    manifest["spec"]["selector"] = {"matchLabels": selector}
+    for spread in manifest["spec"]["template"]["spec"].get("topologySpreadConstraints") or []:
+        spread["labelSelector"] = {"matchLabels": selector}
+    return manifest
+
+
+def team_kubeconfig(
+    *, cluster: str, server: str, certificate_authority: str, namespace: str, user: str
+) -> Manifest:
+    """A kubeconfig for the grant's namespace that holds no secret: the cluster's address, its CA
+    bundle (public) when the portal knows it, the namespace as the context's default, and an empty
+    user for the team member's own cluster identity (a token, a client certificate or an exec
+    plugin their platform gives them; the portal hands out none)."""
+    entry = {"server": server}
+    if certificate_authority:
+        entry["certificate-authority-data"] = certificate_authority
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": entry}],
+        "contexts": [
+            {"name": namespace, "context": {"cluster": cluster, "namespace": namespace, "user": user}}
+        ],
+        "current-context": namespace,
+        "users": [{"name": user, "user": {}}],
     }

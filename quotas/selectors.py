@@ -2,13 +2,23 @@
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import CharField, Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Cast, Coalesce
 
-from pools.models import Accelerator, Cluster, NodePool, PoolClass, PoolUtilisation
+from pools.models import (
+    Accelerator,
+    Cluster,
+    NamespaceWorkloads,
+    NodePool,
+    PoolClass,
+    PoolUtilisation,
+    WorkloadWatchState,
+)
 from pools.selectors import pools_offering
 from portal.models import AuditEvent, User
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, ServingDeployment, Team
@@ -275,3 +285,52 @@ def grant_measured_usage(*, grants: Iterable[Grant]) -> dict[int, dict[str, int]
             if grant_id is not None:
                 usage[grant_id] = {"gpus": row.get("gpus", 0), "pending_gpus": row.get("pending_gpus", 0)}
     return usage
+
+
+# --- what runs in a grant's namespace -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GrantWorkloads:
+    """What the collector last saw in a grant's namespace (pools.utilisation.diagnosis rows)."""
+
+    namespace: str
+    # live, syncing, stale (the cluster does not answer), silent (the collector stopped) or none
+    freshness: str
+    observed_at: datetime | None = None
+    stale_since: datetime | None = None
+    # The collector's error (admins and auditors only: it can name the cluster's internals).
+    last_error: str = ""
+    changed_at: datetime | None = None
+    workloads: list[dict[str, Any]] = field(default_factory=list)
+    troubled: int = 0
+
+    @property
+    def current(self) -> bool:
+        return self.freshness == "live"
+
+
+def grant_of_request(*, user: User, capacity_request: CapacityRequest) -> Grant | None:
+    """The grant of a request, with its pool and nothing else: for the grant page's polls."""
+    return Grant.objects.visible_to(user).select_related("pool").filter(request=capacity_request).first()
+
+
+def grant_workloads_get(*, user: User, grant: Grant, now: datetime) -> GrantWorkloads:
+    """The workloads of `grant`'s namespace and why those not running are not, as the collector's
+    watches last wrote them: two queries, never a request to the cluster. `grant` must come from a
+    scoped selector (grant_list)."""
+    cluster_id = grant.pool.cluster_id
+    state = WorkloadWatchState.objects.filter(cluster_id=cluster_id).first()
+    if state is None:
+        return GrantWorkloads(namespace=grant.namespace, freshness="none")
+    found = NamespaceWorkloads.objects.filter(cluster_id=cluster_id, namespace=grant.namespace).first()
+    return GrantWorkloads(
+        namespace=grant.namespace,
+        freshness=state.freshness(now),
+        observed_at=state.observed_at,
+        stale_since=state.heartbeat_at if state.freshness(now) == "silent" else state.stale_since,
+        last_error=state.last_error if user.sees_everything else "",
+        changed_at=found.changed_at if found else None,
+        workloads=found.workloads if found else [],
+        troubled=found.troubled if found else 0,
+    )

@@ -14,6 +14,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING, HttpResponseClientRedirect
 
@@ -28,6 +29,7 @@ from portal.ui import (
     writer_required,
 )
 from quotas import policies, rules, selectors, services
+from quotas.access import grant_access_get
 from quotas.forms import CapacityRequestForm, DecisionForm, ReasonForm, ServingDeploymentForm
 from quotas.models import CapacityRequest, Grant, ServingDeployment
 from quotas.rules import PoolCapacity
@@ -231,10 +233,27 @@ def _decision_context(user: User, req: CapacityRequest) -> dict:
     }
 
 
+def _workloads_context(user: User, req: CapacityRequest, grant: Grant) -> dict:
+    workloads = selectors.grant_workloads_get(user=user, grant=grant, now=timezone.now())
+    # Pods may outlive the grant (nothing replaces them, but they run until they end): the region
+    # keeps following the namespace while it holds capacity or still runs something.
+    polling = grant.namespace_deleted_at is None and (
+        req.state in HOLDING_STATES or bool(workloads.workloads)
+    )
+    return {"req": req, "grant": grant, "workloads": workloads, "workloads_polling": polling}
+
+
 @login_required
 def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     user = request.user
     req = _visible_request(user, pk)
+    if request.htmx and request.htmx.target == "grant-workloads":
+        grant = selectors.grant_of_request(user=user, capacity_request=req)
+        if grant is None:
+            return HttpResponse(status=HTMX_STOP_POLLING)
+        context = _workloads_context(user, req, grant)
+        status = 200 if context["workloads_polling"] else HTMX_STOP_POLLING
+        return render(request, "quotas/partials/grant_workloads.html", context, status=status)
     live = _live_context(user, req)
     if request.htmx and request.htmx.target == "request-live":
         status = 200 if live["in_flight"] else HTMX_STOP_POLLING
@@ -252,6 +271,9 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         and live["grant"].gpus > 1,
         "reason_form": ReasonForm(),
     }
+    if live["grant"] is not None:
+        context |= _workloads_context(user, req, live["grant"])
+        context["access"] = grant_access_get(grant=live["grant"])
     return render(request, "quotas/request_detail.html", context)
 
 
@@ -319,6 +341,26 @@ def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 def grant_detail(request: HttpRequest, pk: int) -> HttpResponse:
     grant = get_object_or_404(selectors.grant_list(user=request.user), pk=pk)
     return redirect(reverse("quotas:request_detail", args=[grant.request_id]) + "#grant")
+
+
+def _download(text: str, filename: str) -> HttpResponse:
+    response = HttpResponse(text, content_type="application/yaml; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@login_required
+def grant_kubeconfig(request: HttpRequest, pk: int) -> HttpResponse:
+    """The namespace's kubeconfig, without any secret, as a file."""
+    grant = get_object_or_404(selectors.grant_list(user=request.user), pk=pk)
+    return _download(grant_access_get(grant=grant).kubeconfig, f"{grant.namespace}-kubeconfig.yaml")
+
+
+@login_required
+def grant_example_manifest(request: HttpRequest, pk: int) -> HttpResponse:
+    """A model server for the namespace, from the serving deployments' builder, as a file."""
+    grant = get_object_or_404(selectors.grant_list(user=request.user), pk=pk)
+    return _download(grant_access_get(grant=grant).example_manifest, f"{grant.namespace}-example.yaml")
 
 
 @writer_required

@@ -1,4 +1,10 @@
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -8,6 +14,7 @@ from pools.models import Accelerator, NodePool, PoolClass
 from portal.models import User
 from quotas.models import Membership, Team
 from tests import factories
+from tests.common import REPO_ROOT, database_url
 
 # The Kubernetes testbed fixtures (`testbed`, `k8s_namespace`) for tests marked `cluster`.
 pytest_plugins = ["tests.testbed", "tests.keycloak"]
@@ -78,3 +85,61 @@ def world(db: None, settings: Any) -> World:
         embedding=factories.pool("embedding-l4", PoolClass.EMBEDDING, l4, capacity=8),
         experimentation=factories.pool("experimentation-mig", PoolClass.EXPERIMENTATION, mig, capacity=64),
     )
+
+
+@dataclass
+class CollectorProcess:
+    """A real `manage.py collect_utilisation` process on the test database; its output in a file
+    (a pipe nobody reads would block it once full)."""
+
+    process: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, as a service manager stops it; (exit code, output)."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        return self.process.returncode, self.output()
+
+
+@pytest.fixture
+def collector_process(tmp_path: Path) -> Iterator[Callable[[str], CollectorProcess]]:
+    started: list[CollectorProcess] = []
+
+    def start(cluster_name: str) -> CollectorProcess:
+        from django.conf import settings
+
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(settings.DATABASES["default"]),
+            "DJANGO_SETTINGS_MODULE": "portal.settings.test",
+        }
+        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the collector is an ordinary process
+        log = tmp_path / f"collector-{cluster_name}-{len(started)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "manage.py",
+                    "collect_utilisation",
+                    "--cluster",
+                    cluster_name,
+                    "--interval",
+                    "15",
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(CollectorProcess(process, log))
+        return started[-1]
+
+    yield start
+    for collector in started:
+        if collector.process.poll() is None:
+            collector.process.kill()
+            collector.process.wait(timeout=30)

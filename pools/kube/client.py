@@ -187,6 +187,12 @@ def kubeconfig_server(text: str) -> str:
     return str(cluster["server"])
 
 
+def kubeconfig_certificate_authority(text: str) -> str:
+    """The base64 CA bundle of the kubeconfig's current cluster, or "": public, unlike the rest."""
+    cluster, _ = _current(kubeconfig_check(text))
+    return str(cluster.get("certificate-authority-data") or "")
+
+
 def _with_default_timeout(request: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(request)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

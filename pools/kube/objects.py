@@ -35,6 +35,12 @@ GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+# Set by the workload controllers on the pods they create: the hash names the template revision, so
+# the pods of one revision of one Deployment (or StatefulSet) share it and nobody else's pods do.
+POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+CONTROLLER_REVISION_HASH_LABEL = "controller-revision-hash"
+# The recommended label naming an application; the selector of a Deployment that gave none.
+APP_NAME_LABEL = "app.kubernetes.io/name"
 # Effects that keep pods without a matching toleration off a node.
 REPELLING_EFFECTS = ("NoSchedule", "NoExecute")
 
@@ -85,6 +91,8 @@ class Label:
 
 
 MODEL_ANNOTATION = f"{PORTAL_PREFIX}/model"
+# On pods the injection policy completed: what it added (nodeSelector, tolerations, ...), comma-separated.
+INJECTED_ANNOTATION = f"{PORTAL_PREFIX}/injected"
 
 
 class ContractAnnotation:
@@ -106,6 +114,14 @@ class ContractAnnotation:
     TAINT_VALUE = f"{CONTRACT_PREFIX}/taint-value"
     GPU_TAINT_KEY = f"{CONTRACT_PREFIX}/gpu-taint-key"
     PRIORITY_CLASS = f"{CONTRACT_PREFIX}/priority-class"
+    # Read only by the injection policy, which completes pods with what the grant implies: the
+    # pool taint's effect, the PriorityClass's value and preemption policy (the Priority admission
+    # plugin runs before any admission policy, so whoever sets the class name must set these too),
+    # and the number of zones of the pool (the zone spread of serving deployments).
+    TAINT_EFFECT = f"{CONTRACT_PREFIX}/taint-effect"
+    PRIORITY = f"{CONTRACT_PREFIX}/priority"
+    PREEMPTION_POLICY = f"{CONTRACT_PREFIX}/preemption-policy"
+    ZONES = f"{CONTRACT_PREFIX}/zones"
 
 
 # The value the STATE annotation has while the grant may run GPU pods.
@@ -371,3 +387,75 @@ def names_listed(objects: Iterable[Json], limit: int = 5) -> str:
     names = sorted(name_of(o) for o in objects)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+# Workloads: controllers, readiness, container troubles and the events that explain them.
+
+# Event reasons the diagnosis reads (pools.utilisation.workloads watches each with a field selector).
+FAILED_CREATE_REASON = "FailedCreate"  # a controller's pod create was refused (quota, policy, ...)
+NOMINATED_REASON = "Nominated"  # Karpenter: a node is being brought up for the pod
+SCALE_UP_REASON = "TriggeredScaleUp"  # cluster-autoscaler: a node group is growing for the pod
+NODE_BRING_UP_REASONS = (NOMINATED_REASON, SCALE_UP_REASON)
+
+# Container waiting reasons, by what the team has to do about them.
+IMAGE_PULL_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "RegistryUnavailable",
+        "SignatureValidationFailed",
+    }
+)
+CRASH_LOOP_REASON = "CrashLoopBackOff"
+CONTAINER_ERROR_REASONS = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError", "PreStartHookError"}
+)
+
+
+def controller_of(obj: Json) -> Json | None:
+    """The owner reference marked as controller (kind, name, uid), or None for a bare object."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return {"kind": ref.get("kind", ""), "name": ref.get("name", ""), "uid": ref.get("uid", "")}
+    return None
+
+
+def condition_of(obj: Json, kind: str) -> Json | None:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return condition
+    return None
+
+
+def pod_ready(pod: Json) -> bool:
+    condition = condition_of(pod, "Ready")
+    return condition is not None and condition.get("status") == "True"
+
+
+def container_troubles(pod: Json) -> list[Json]:
+    """Containers (init ones included) waiting for a reason the team must act on: the image cannot be
+    pulled, the container keeps crashing, or it cannot be created or started. Each with the kubelet's
+    message, its restart count and how it last ended."""
+    status = pod.get("status") or {}
+    troubles = []
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason") or ""
+        if reason not in IMAGE_PULL_REASONS | CONTAINER_ERROR_REASONS | {CRASH_LOOP_REASON}:
+            continue
+        last = ((container.get("lastState") or {}).get("terminated")) or {}
+        ended = ""
+        if last:
+            ended = f"{last.get('reason') or 'terminated'} (exit code {last.get('exitCode', '?')})"
+        troubles.append(
+            {
+                "container": container.get("name", ""),
+                "reason": reason,
+                "message": waiting.get("message") or "",
+                "restarts": int(container.get("restartCount") or 0),
+                "last": ended,
+            }
+        )
+    return troubles

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kubernetes import client as k8s
 from kubernetes.watch.watch import iter_resp_lines
 
 from pools.kube.client import CONNECT_TIMEOUT, READ_TIMEOUT, ClusterAccess, connect
@@ -86,10 +87,23 @@ class _KubeWatchStream:
         self._response.close()
 
 
-class KubeSource:
-    """Nodes, namespaces or pods (of all namespaces) of one cluster, optionally narrowed by selectors."""
+# What a KubeSource can list and watch: the API class and its list-everything method, per kind.
+_LISTERS: dict[str, tuple[type, str]] = {
+    "nodes": (k8s.CoreV1Api, "list_node"),
+    "namespaces": (k8s.CoreV1Api, "list_namespace"),
+    "pods": (k8s.CoreV1Api, "list_pod_for_all_namespaces"),
+    "events": (k8s.CoreV1Api, "list_event_for_all_namespaces"),
+    "deployments": (k8s.AppsV1Api, "list_deployment_for_all_namespaces"),
+    "replicasets": (k8s.AppsV1Api, "list_replica_set_for_all_namespaces"),
+    "statefulsets": (k8s.AppsV1Api, "list_stateful_set_for_all_namespaces"),
+    "jobs": (k8s.BatchV1Api, "list_job_for_all_namespaces"),
+}
 
-    KINDS = ("nodes", "namespaces", "pods")
+
+class KubeSource:
+    """Objects of one kind (of all namespaces) of one cluster, optionally narrowed by selectors."""
+
+    KINDS = tuple(_LISTERS)
 
     def __init__(
         self,
@@ -108,12 +122,8 @@ class KubeSource:
         self.name = f"{cluster.name}/{kind}"
 
     def _call(self, **kwargs: Any) -> Any:
-        core = connect(self.cluster).core
-        fn = {
-            "nodes": core.list_node,
-            "namespaces": core.list_namespace,
-            "pods": core.list_pod_for_all_namespaces,
-        }[self.kind]
+        api, method = _LISTERS[self.kind]
+        fn = getattr(api(connect(self.cluster).api), method)
         if self.field_selector:
             kwargs["field_selector"] = self.field_selector
         if self.label_selector:

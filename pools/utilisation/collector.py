@@ -28,6 +28,7 @@ from pools.models import Cluster, CollectorState
 from pools.utilisation.figures import ClusterFigures, compute
 from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
 from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
+from pools.utilisation.workloads import WorkloadWatch, with_pod_status
 
 logger = logging.getLogger(__name__)
 
@@ -109,32 +110,51 @@ class ClusterCollector:
         self.interval = interval
         self.heartbeat = heartbeat
         self.changed = threading.Event()
+        self.workload_changes = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_sample: float | None = None
         caches = {"backoff_max": backoff_max, "watch_timeout": watch_timeout}
-        self.nodes = self._cache(KubeSource(cluster, "nodes"), trim_node, **caches)
-        self.pods = self._cache(KubeSource(cluster, "pods", field_selector=ACTIVE_PODS), trim_pod, **caches)
+        self.nodes = self._cache(KubeSource(cluster, "nodes"), trim_node, notify=self.changed.set, **caches)
+        self.pods = self._cache(
+            KubeSource(cluster, "pods", field_selector=ACTIVE_PODS), with_pod_status(trim_pod), **caches
+        )
         self.namespaces = self._cache(
             KubeSource(cluster, "namespaces", label_selector=PORTAL_NAMESPACES), trim_namespace, **caches
         )
         self.caches = (self.nodes, self.pods, self.namespaces)
+        # Why the workloads of portal namespaces are not running: its own watches, thread and table.
+        self.workloads = WorkloadWatch(
+            cluster, pods=self.pods, namespaces=self.namespaces, changed=self.workload_changes, **caches
+        )
         self.allowlist = Allowlist.from_setting(settings.PORTAL_GPU_NODE_ALLOWLIST)
 
     def _cache(
-        self, source: KubeSource, transform: Callable[[Json], Json], *, backoff_max: float, watch_timeout: int
+        self,
+        source: KubeSource,
+        transform: Callable[[Json], Json],
+        *,
+        backoff_max: float,
+        watch_timeout: int,
+        notify: Callable[[], None] | None = None,
     ) -> ResourceCache:
         return ResourceCache(
             source,
             transform=transform,
-            on_change=self.changed.set,
+            # Pods and namespaces wake the workload watches too; nodes only the figures.
+            on_change=notify or self._notify,
             backoff=Backoff(maximum=backoff_max),
             watch_timeout=watch_timeout,
         )
 
+    def _notify(self) -> None:
+        self.changed.set()
+        self.workload_changes.set()
+
     def start(self) -> None:
         for cache in self.caches:
             cache.start()
+        self.workloads.start()
         self._thread = threading.Thread(target=self.run, name=f"collector {self.cluster.name}", daemon=True)
         self._thread.start()
 
@@ -143,6 +163,7 @@ class ClusterCollector:
         self.changed.set()
         for cache in self.caches:
             cache.stop()
+        self.workloads.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 

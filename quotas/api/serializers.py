@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from pools.models import PoolClass
 from pools.selectors import accelerator_list
+from pools.utilisation.diagnosis import STATE_LABELS, TITLES
 from portal.api.serializers import BoundedDateTimeField
 from portal.models import AuditEvent
 from quotas import selectors
@@ -239,6 +240,61 @@ class ShrinkInputSerializer(serializers.Serializer):
     gpus = serializers.IntegerField(
         min_value=1, max_value=100_000, help_text="The grant's new, lower GPU count"
     )
+
+
+# --- what runs in a grant's namespace, and how to reach it ----------------------------------------
+
+
+class WorkloadProblemSerializer(serializers.Serializer):
+    reason = serializers.ChoiceField(
+        choices=sorted(TITLES), help_text="Why, as a code: see docs/utilisation.md (Why isn't it running?)"
+    )
+    title = serializers.CharField()
+    message = serializers.CharField(help_text="The cluster's own words (the apiserver, scheduler or kubelet)")
+    count = serializers.IntegerField(help_text="Pods affected, or times a pod create was refused")
+    pods = serializers.ListField(child=serializers.CharField(), help_text="A few of the pods affected")
+
+
+class WorkloadSerializer(serializers.Serializer):
+    kind = serializers.CharField(
+        help_text="Deployment, StatefulSet, Job, ReplicaSet, Pod, or the pods' controller"
+    )
+    name = serializers.CharField()
+    state = serializers.ChoiceField(choices=sorted(STATE_LABELS))
+    state_label = serializers.CharField()
+    desired = serializers.IntegerField(help_text="Pods it should have now")
+    pods = serializers.IntegerField(help_text="Pods it has")
+    ready = serializers.IntegerField()
+    gpus_per_pod = serializers.DictField(child=serializers.IntegerField(), help_text="GPU resource -> units")
+    gpus_held = serializers.IntegerField(help_text="GPU units its pods on nodes hold")
+    created = serializers.DateTimeField(allow_null=True)
+    problems = WorkloadProblemSerializer(many=True)
+
+
+class GrantWorkloadsSerializer(serializers.Serializer):
+    namespace = serializers.CharField()
+    freshness = serializers.ChoiceField(
+        choices=["live", "syncing", "stale", "silent", "none"],
+        help_text="live: current; stale: the cluster does not answer; silent: the collector stopped; "
+        "none: no collector watches the cluster",
+    )
+    observed_at = serializers.DateTimeField(allow_null=True)
+    stale_since = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField(help_text="The collector's error (admins and auditors only)")
+    changed_at = serializers.DateTimeField(allow_null=True, help_text="When something last changed here")
+    troubled = serializers.IntegerField(help_text="Workloads not (fully) running")
+    workloads = WorkloadSerializer(many=True)
+
+
+class GrantAccessSerializer(serializers.Serializer):
+    cluster = serializers.CharField()
+    api_server = serializers.CharField(help_text="The cluster's API endpoint")
+    namespace = serializers.CharField()
+    group = serializers.CharField(help_text="The group the namespace's RoleBinding binds")
+    cluster_role = serializers.CharField()
+    kubeconfig = serializers.CharField(help_text="YAML without any secret: add your own cluster identity")
+    example_manifest = serializers.CharField(help_text="YAML: a model server built like serving deployments")
+    example = serializers.JSONField(help_text="The same manifest as JSON")
 
 
 # --- serving deployments --------------------------------------------------------------------------

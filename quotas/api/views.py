@@ -8,6 +8,7 @@ PermissionDenied the API's exception handler turns into 400/409 and 403.
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -22,6 +23,7 @@ from portal.api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent
 from portal.api.permissions import SeesEverything
 from portal.models import AuditEvent
 from quotas import selectors, services
+from quotas.access import grant_access_get
 from quotas.api import filtersets
 from quotas.api import serializers as s
 from quotas.models import CapacityRequest, Grant, ServingDeployment, Team
@@ -233,6 +235,31 @@ class GrantViewSet(viewsets.ReadOnlyModelViewSet):
     def delete_namespace(self, request: Request, pk: str) -> Response:
         grant = services.grant_namespace_delete(grant=self.get_object(), actor=request.user)
         return self._answer(grant)
+
+    @extend_schema(
+        summary="Workloads of the grant's namespace",
+        description="Why isn't it running? The Deployments, StatefulSets, Jobs and bare pods of the grant's "
+        "namespace with their GPU requests and state, and for each one not (fully) running the cluster's own "
+        "reasons, grouped and counted: creates refused by the contract or the quota, unschedulable pods with "
+        "the scheduler's message, pods waiting for a node, image pull failures, crash loops. Read from what "
+        "the collector's watches last saw (`freshness`), never from the cluster during the call.",
+        responses=s.GrantWorkloadsSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def workloads(self, request: Request, pk: str) -> Response:
+        found = selectors.grant_workloads_get(user=request.user, grant=self.get_object(), now=timezone.now())
+        return Response(s.GrantWorkloadsSerializer(found).data)
+
+    @extend_schema(
+        summary="How to reach the grant's namespace",
+        description="The cluster's API endpoint, the namespace, the group its RoleBinding binds, a "
+        "kubeconfig without any secret (you sign in with your own cluster identity) and an example manifest "
+        "built like the portal's serving deployments.",
+        responses=s.GrantAccessSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def access(self, request: Request, pk: str) -> Response:
+        return Response(s.GrantAccessSerializer(grant_access_get(grant=self.get_object())).data)
 
 
 @extend_schema_view(

@@ -55,6 +55,7 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
     holding = req.state in HOLDING_STATES
     selector = {str(k): str(v) for k, v in pool.node_selector.items()}
     pool_label_key = POOL_LABEL if POOL_LABEL in selector or not selector else sorted(selector)[0]
+    priority = cluster_manifests.priority_of(req.pool_class)
     return manifests.GrantContract(
         grant_id=grant.pk,
         namespace=grant.namespace,
@@ -84,6 +85,8 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
         team_cluster_role=cfg["TEAM_CLUSTER_ROLE"],
         state=CONTRACT_ACTIVE if holding else req.state,
         pod_security=manifests.PodSecurity(**cfg["POD_SECURITY"]),
+        priority=priority.value,
+        preemption_policy=priority.preemption_policy,
     )
 
 
@@ -107,6 +110,31 @@ def serving_spec(deployment: ServingDeployment) -> manifests.ServingSpec:
         gpus_per_replica=deployment.gpus_per_replica,
         args=tuple(str(a) for a in deployment.args),
         env=tuple(sorted((str(k), str(v)) for k, v in deployment.env.items())),
+        cpu_millis_per_gpu=cfg["SERVING_CPU_MILLIS_PER_GPU"],
+        memory_gib_per_gpu=cfg["SERVING_MEMORY_GIB_PER_GPU"],
+        load_budget_seconds=cfg["MODEL_LOAD_BUDGET_SECONDS"],
+        port=cfg["SERVING_PORT"],
+        health_path=cfg["SERVING_HEALTH_PATH"],
+    )
+
+
+EXAMPLE_NAME = "model-server"
+EXAMPLE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def example_serving_spec(grant: Grant) -> manifests.ServingSpec:
+    """The serving spec of the example manifest on the grant page: one replica of as many GPUs as a
+    replica of the request's model needs (within the grant), from the first allowed registry."""
+    cfg = provisioning_settings()
+    registries = cfg["IMAGE_REGISTRY_ALLOWLIST"] or ["registry.example.com/llm/"]
+    registry = registries[0] if registries[0].endswith("/") else f"{registries[0]}/"
+    return manifests.ServingSpec(
+        deployment_id=0,
+        name=EXAMPLE_NAME,
+        model_name=EXAMPLE_MODEL,
+        image=f"{registry}vllm:stable",
+        replicas=1,
+        gpus_per_replica=max(1, min(grant.request.gpus_per_replica, grant.gpus)),
         cpu_millis_per_gpu=cfg["SERVING_CPU_MILLIS_PER_GPU"],
         memory_gib_per_gpu=cfg["SERVING_MEMORY_GIB_PER_GPU"],
         load_budget_seconds=cfg["MODEL_LOAD_BUDGET_SECONDS"],
@@ -260,7 +288,7 @@ def merge_conditions(
             "lastTransitionTime": now.isoformat() if changed else previous["lastTransitionTime"],
             "observedGeneration": generation,
         }
-    order = ["Applied", "QuotaEnforced", "PolicyBound", "Ready"]
+    order = ["Applied", "QuotaEnforced", "PolicyBound", "ContractInjected", "Ready"]
     return sorted(
         by_type.values(), key=lambda c: (order.index(c["type"]) if c["type"] in order else 99, c["type"])
     )

@@ -11,7 +11,7 @@ from django.utils import timezone
 from pools.kube import ops
 from pools.kube.errors import Invalid, PermanentKubeError, TemporaryKubeError
 from pools.kube.objects import quota_key
-from pools.manifests import POLICY_NAME
+from pools.manifests import INJECTION_POLICY_NAME, POLICY_NAME
 from pools.models import Cluster
 from quotas import manifests, services
 from quotas.models import Grant, ServingDeployment
@@ -69,21 +69,45 @@ def _policy_refusal(cluster: Cluster, contract: manifests.GrantContract) -> str 
     return None
 
 
+def _injection_gap(cluster: Cluster, contract: manifests.GrantContract) -> str | None:
+    """What the injection policy did not add to a dry-run GPU pod that states nothing of the contract,
+    or None once it completes such pods in the namespace."""
+    try:
+        pod = ops.create(cluster, manifests.injection_probe_pod(contract), dry_run=True)
+    except Invalid as exc:
+        if "exceeded quota" in exc.message:
+            # The quota's admission runs after the contract policy, which therefore admitted the
+            # probe: only a completed pod passes it. The quota is simply in use.
+            return None
+        return exc.message
+    missing = manifests.injection_missing(contract, pod)
+    return (
+        "a GPU pod that states nothing of the contract was admitted without " + ", ".join(missing)
+        if missing
+        else None
+    )
+
+
 def _await_enforcement(
     cluster: Cluster, contract: manifests.GrantContract, quota: dict[str, Any]
-) -> tuple[dict[str, Any], str | None]:
-    """Wait (boundedly) until the quota controller reports the limit just applied and the apiserver
-    enforces the policy binding; returns the live quota and the policy's refusal of the probe."""
+) -> tuple[dict[str, Any], str | None, str | None]:
+    """Wait (boundedly) until the quota controller reports the limit just applied, the apiserver
+    enforces the policy binding and (for an active grant) injects the contract; returns the live
+    quota, the policy's refusal of the probe and what the injection still misses."""
     deadline = time.monotonic() + ENFORCEMENT_WAIT_SECONDS
     refusal = None
+    gap = "not checked yet" if contract.active else None
     pause = ENFORCEMENT_FIRST_POLL_SECONDS
     while True:
         if not _quota_observed(contract, quota):
             quota = ops.get(cluster, "v1", "ResourceQuota", manifests.QUOTA_NAME, contract.namespace) or quota
         if refusal is None:
             refusal = _policy_refusal(cluster, contract)
-        if (_quota_observed(contract, quota) and refusal is not None) or time.monotonic() >= deadline:
-            return quota, refusal
+        if gap is not None:
+            gap = _injection_gap(cluster, contract)
+        done = _quota_observed(contract, quota) and refusal is not None and gap is None
+        if done or time.monotonic() >= deadline:
+            return quota, refusal, gap
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
 
@@ -133,6 +157,31 @@ def _policy_condition(
     )
 
 
+def _injection_condition(contract: manifests.GrantContract, gap: str | None) -> Condition:
+    if not contract.active:
+        return Condition(
+            "ContractInjected",
+            "False",
+            "GrantEnded",
+            "The grant has ended: GPU pods are refused, so nothing is injected into them.",
+        )
+    if gap is not None:
+        return Condition(
+            "ContractInjected",
+            "False",
+            "NotInjectedYet",
+            f"Policy {INJECTION_POLICY_NAME} does not complete GPU pods in {contract.namespace} yet: {gap}",
+        )
+    return Condition(
+        "ContractInjected",
+        "True",
+        "Injected",
+        f"Policy {INJECTION_POLICY_NAME} adds the pool's node selector, the GPU and pool tolerations and "
+        f"priority class {contract.priority_class_name} to GPU pods in {contract.namespace} that leave them "
+        "out.",
+    )
+
+
 def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
     contract = grant_contract(grant)
     compare = grant.observed_generation >= generation or not contract.active
@@ -142,7 +191,7 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
     ]
     applied = {title(r.manifest): r for r in results}
     quota_applied = applied[title(manifests.resource_quota(contract))]
-    quota, refusal = _await_enforcement(cluster, contract, quota_applied.live)
+    quota, refusal, gap = _await_enforcement(cluster, contract, quota_applied.live)
 
     audits = []
     if grant.observed_generation >= generation:
@@ -179,12 +228,14 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
     policy_condition = _policy_condition(
         contract, applied[f"ValidatingAdmissionPolicy {POLICY_NAME}"].live, refusal
     )
+    injection_condition = _injection_condition(contract, gap)
     conditions = [
         Condition(
             "Applied", "True", "Applied", f"{len(results)} objects in place at generation {generation}."
         ),
         quota_condition,
         policy_condition,
+        injection_condition,
     ]
     if not contract.active:
         ended = RequestState(grant.request.state).label.lower()
@@ -197,7 +248,7 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
                 f"zero; namespace {contract.namespace} is kept until a platform admin deletes it.",
             )
         )
-    elif quota_condition.status == "True" and policy_condition.status == "True":
+    elif all(c.status == "True" for c in (quota_condition, policy_condition, injection_condition)):
         conditions.append(
             Condition(
                 "Ready",
@@ -208,11 +259,17 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
             )
         )
     else:
-        blocking = quota_condition if quota_condition.status != "True" else policy_condition
+        blocking = next(
+            c for c in (quota_condition, policy_condition, injection_condition) if c.status != "True"
+        )
         conditions.append(Condition("Ready", "False", blocking.reason, blocking.message))
-    if policy_condition.status != "True":
-        forget_cluster_wide(cluster)  # the policy or its binding may be gone: apply them next time
-    waiting = quota_condition.status != "True" or policy_condition.reason == "NotEnforcedYet"
+    if policy_condition.status != "True" or injection_condition.reason == "NotInjectedYet":
+        forget_cluster_wide(cluster)  # a policy or a binding may be gone: apply them next time
+    waiting = (
+        quota_condition.status != "True"
+        or policy_condition.reason == "NotEnforcedYet"
+        or injection_condition.reason == "NotInjectedYet"
+    )
     return Outcome(conditions, audits, requeue_after=POLL_SECONDS if waiting else None)
 
 

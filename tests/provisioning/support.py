@@ -216,7 +216,8 @@ class HoldingProxy:
     """Plain HTTP in, the testbed apiserver (HTTPS, admin client certificate) out.
 
     `hold(pattern)` parks every request whose "METHOD path" matches until `release()`; a parked
-    request is then dropped unanswered, as it would be for a client that died meanwhile.
+    request is then dropped unanswered, as it would be for a client that died meanwhile. `seen`
+    lists every request that came through.
     """
 
     def __init__(self, kubeconfig: str) -> None:
@@ -237,6 +238,9 @@ class HoldingProxy:
         self._pattern: re.Pattern[str] | None = None
         self._released = threading.Event()
         self.held = 0
+        # Every request that reached the proxy, as "METHOD path": what a test may count.
+        self.seen: list[str] = []
+        self._seen_lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -247,6 +251,8 @@ class HoldingProxy:
 
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy._seen_lock:
+                    proxy.seen.append(f"{self.command} {self.path}")
                 pattern = proxy._pattern
                 if pattern is not None and pattern.search(f"{self.command} {self.path}"):
                     proxy.held += 1

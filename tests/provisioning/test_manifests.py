@@ -92,12 +92,29 @@ def test_namespace_carries_ownership_labels_pod_security_and_the_contract() -> N
     assert annotations[a.PRIORITY_CLASS] == "gpu-interactive-inference"
 
 
-def test_every_contract_annotation_the_policy_reads_is_set_on_the_namespace() -> None:
-    policy = json.dumps(pm.grant_contract_policy())
-    read = set(re.findall(r"variables\.contract\['([^']+)'\]", policy))
+def _annotations_read(policy: dict) -> set[str]:
+    return set(re.findall(r"variables\.contract\[\??'([^']+)'\]", json.dumps(policy)))
+
+
+def test_every_contract_annotation_the_policies_read_is_set_on_the_namespace() -> None:
+    validating, injecting = (
+        _annotations_read(pm.grant_contract_policy()),
+        _annotations_read(pm.grant_injection_policy()),
+    )
     declared = {v for k, v in vars(ContractAnnotation).items() if not k.startswith("_")}
-    assert read == declared
-    assert read <= qm.namespace(contract())["metadata"]["annotations"].keys()
+    assert validating | injecting == declared
+    assert declared <= qm.namespace(contract())["metadata"]["annotations"].keys()
+    # The injection completes what the contract policy checks, so it reads all of it.
+    assert validating - {ContractAnnotation.GRANT} <= injecting
+
+
+def test_namespace_tells_the_injection_the_priority_zones_and_taint_effect() -> None:
+    a = ContractAnnotation
+    annotations = qm.namespace(contract(priority=50000, preemption_policy="Never"))["metadata"]["annotations"]
+    assert annotations[a.PRIORITY] == "50000"
+    assert annotations[a.PREEMPTION_POLICY] == "Never"
+    assert annotations[a.ZONES] == "2"
+    assert annotations[a.TAINT_EFFECT] == "NoSchedule"
 
 
 def test_quota_holds_the_granted_gpus_and_the_defaults_unscoped() -> None:
@@ -222,6 +239,107 @@ def test_every_policy_message_names_the_grant() -> None:
         assert validation["messageExpression"].startswith(
             f"'grant ' + variables.contract['{ContractAnnotation.GRANT}']"
         )
+
+
+def test_mutating_policies_touch_only_creates_in_portal_namespaces_and_fail_open() -> None:
+    injection, selector = pm.grant_injection_policy()["spec"], pm.workload_selector_policy()["spec"]
+    for spec in (injection, selector):
+        # A policy that cannot run leaves the pod to the contract policy, which still refuses it.
+        assert spec["failurePolicy"] == "Ignore"
+        assert spec["matchConstraints"]["namespaceSelector"] == {
+            "matchLabels": {"app.kubernetes.io/managed-by": "gpu-capacity-portal"}
+        }
+        assert {op for rule in spec["matchConstraints"]["resourceRules"] for op in rule["operations"]} == {
+            "CREATE"
+        }
+        assert [m["patchType"] for m in spec["mutations"]] == ["JSONPatch"]
+    assert injection["matchConstraints"]["resourceRules"][0]["resources"] == ["pods"]
+    assert selector["matchConstraints"]["resourceRules"][0]["resources"] == [
+        "deployments",
+        "replicasets",
+        "statefulsets",
+    ]
+    # Only pods the grant admits are completed: nothing is added to a pod the contract refuses.
+    assert injection["mutations"][0]["jsonPatch"]["expression"].startswith("!variables.admitted ? [] :")
+
+
+def test_each_mutating_policy_has_its_one_binding_on_grant_namespaces() -> None:
+    for policy, binding in (
+        (pm.grant_injection_policy(), pm.grant_injection_binding()),
+        (pm.workload_selector_policy(), pm.workload_selector_binding()),
+    ):
+        assert binding["kind"] == "MutatingAdmissionPolicyBinding"
+        assert binding["metadata"]["name"] == policy["metadata"]["name"]
+        assert binding["spec"] == {
+            "policyName": policy["metadata"]["name"],
+            "matchResources": pm.grant_contract_binding()["spec"]["matchResources"],
+        }
+
+
+def test_probes_break_the_contract_where_injection_cannot_help_or_state_nothing_of_it() -> None:
+    c = contract()
+    policy_probe = qm.policy_probe_pod(c)["spec"]
+    # A pool the pod names itself is never replaced, so the contract policy still refuses it.
+    assert policy_probe["nodeSelector"] == {POOL_LABEL: qm.PROBE_POOL}
+    assert c.pool != qm.PROBE_POOL
+    plain = qm.injection_probe_pod(c)
+    assert "nodeSelector" not in plain["spec"] and "tolerations" not in plain["spec"]
+    assert "priorityClassName" not in plain["spec"]
+    assert qm.injection_missing(c, plain) == [
+        f"nodeSelector {POOL_LABEL}",
+        f"toleration {GPU_TAINT_KEY}",
+        f"toleration {POOL_LABEL}",
+        "priorityClassName gpu-interactive-inference (priority 0)",
+    ]
+    completed = {
+        "spec": {
+            "nodeSelector": {POOL_LABEL: "interactive-a100"},
+            "tolerations": [{"key": GPU_TAINT_KEY}, {"key": POOL_LABEL}],
+            "priorityClassName": "gpu-interactive-inference",
+            "priority": 0,
+        }
+    }
+    assert qm.injection_missing(c, completed) == []
+
+
+def test_example_deployment_is_the_serving_builder_with_the_teams_labels() -> None:
+    c, s = contract(), serving(replicas=2)
+    example, served = qm.example_deployment(c, s), qm.serving_deployment(c, s)
+    template = example["spec"]["template"]
+    assert example["spec"]["selector"] == {"matchLabels": {"app.kubernetes.io/name": "chat"}}
+    for labels in (example["metadata"]["labels"], template["metadata"]["labels"]):
+        assert labels == {"app.kubernetes.io/name": "chat", "app.kubernetes.io/component": "model-server"}
+    assert "annotations" not in example["metadata"]
+    spreads = template["spec"]["topologySpreadConstraints"]
+    assert {json.dumps(t["labelSelector"]) for t in spreads} == {
+        json.dumps({"matchLabels": {"app.kubernetes.io/name": "chat"}})
+    }
+    # Everything of the contract is the serving deployment's.
+    for key in ("nodeSelector", "tolerations", "priorityClassName", "securityContext", "containers"):
+        assert template["spec"][key] == served["spec"]["template"]["spec"][key]
+
+
+def test_team_kubeconfig_holds_no_secret() -> None:
+    config = qm.team_kubeconfig(
+        cluster="prod",
+        server="https://k8s.example.com",
+        certificate_authority="Q0E=",
+        namespace="ns",
+        user="me",
+    )
+    assert config["users"] == [{"name": "me", "user": {}}]
+    assert config["clusters"] == [
+        {
+            "name": "prod",
+            "cluster": {"server": "https://k8s.example.com", "certificate-authority-data": "Q0E="},
+        }
+    ]
+    assert config["contexts"][0]["context"] == {"cluster": "prod", "namespace": "ns", "user": "me"}
+    assert config["current-context"] == "ns"
+    bare = qm.team_kubeconfig(
+        cluster="prod", server="https://x", certificate_authority="", namespace="ns", user="me"
+    )
+    assert "certificate-authority-data" not in bare["clusters"][0]["cluster"]
 
 
 # --- serving deployments --------------------------------------------------------------------------

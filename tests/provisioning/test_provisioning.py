@@ -126,6 +126,7 @@ def test_approval_applies_exactly_the_specified_objects(org: Org, worker, wait_f
         "Applied": ("True", "Applied"),
         "QuotaEnforced": ("True", "QuotaActive"),
         "PolicyBound": ("True", "Enforced"),
+        "ContractInjected": ("True", "Injected"),
         "Ready": ("True", "Provisioned"),
     }
     assert all(c["observedGeneration"] == grant.generation for c in grant.conditions)

@@ -2,27 +2,18 @@
 deleted within 5 seconds, without a reload. The collector is the real `collect_utilisation`
 process, started on the test database."""
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.test import Client
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from pools.kube import ops
 from pools.models import PoolClass
 from tests import factories
-from tests.common import database_url
 from tests.ui.browser import launch, watch_console
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -37,43 +28,6 @@ def browser() -> Iterator[Browser]:
         yield chromium
         chromium.close()
         console.check()  # no CSP violation in any page of the module
-
-
-@pytest.fixture
-def collector_process():
-    started = []
-
-    def start(cluster_name: str) -> subprocess.Popen:
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url(settings.DATABASES["default"]),
-            "DJANGO_SETTINGS_MODULE": "portal.settings.test",
-        }
-        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the collector is an ordinary process
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "collect_utilisation",
-                "--cluster",
-                cluster_name,
-                "--interval",
-                "15",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 def test_dashboard_follows_gpu_pods_without_reload(
@@ -108,7 +62,6 @@ def test_dashboard_follows_gpu_pods_without_reload(
     assert page.evaluate("window.notReloaded") is True
 
     context.close()
-    collector.send_signal(signal.SIGTERM)
-    output, _ = collector.communicate(timeout=30)
-    assert collector.returncode == 0, output
+    returncode, output = collector.stop()
+    assert returncode == 0, output
     assert f"watching {cluster.name}" in output
