@@ -220,6 +220,23 @@ def test_secrets_are_referenced_by_name_and_never_written(rendered: Rendered) ->
                 assert "value" in entry or set(source) in ({"secretKeyRef"}, {"fieldRef"}), entry
 
 
+def test_the_group_mapping_reaches_every_pod(rendered: Rendered) -> None:
+    groups = merged_values(rendered.value_set)["oidc"]["groups"]
+    oidc = rendered.value_set in ("everything", "production")
+    for workload in rendered.workloads():
+        for container in containers(workload):
+            env = env_of(container)
+            if not oidc:
+                assert "PORTAL_OIDC_GROUPS_CLAIM" not in env
+                continue
+            assert env["PORTAL_OIDC_GROUPS_CLAIM"]["value"] == groups["claim"]
+            assert env["PORTAL_OIDC_TEAM_GROUP"]["value"] == groups["teamGroup"]
+            # "everything" sets its own admin group (support.EVERYTHING); lists arrive comma-joined.
+            admins = ["/ops/platform"] if rendered.value_set == "everything" else groups["adminGroups"]
+            assert env["PORTAL_OIDC_ADMIN_GROUPS"]["value"] == ",".join(admins)
+            assert env["PORTAL_OIDC_AUDITOR_GROUPS"]["value"] == ",".join(groups["auditorGroups"])
+
+
 def test_the_chart_maps_every_variable_production_requires() -> None:
     # A variable production starts requiring fails here until the chart provides it.
     assert set(SECRET_ENV) | {"PORTAL_ALLOWED_HOSTS"} == production_required_env()
@@ -574,6 +591,15 @@ BAD_VALUES = [
         "at '/config/env/PORTAL_SECRET_KEY': value must be 'set by the chart",
     ),
     (("oidc.enabled=true",), "at '/oidc/tokenEndpoint': '' does not match pattern"),
+    (
+        (
+            "oidc.enabled=true",
+            "oidc.authorizationEndpoint=https://sso.example.com/auth",
+            "oidc.tokenEndpoint=https://sso.example.com/token",
+            "oidc.userEndpoint=https://sso.example.com/userinfo",
+        ),
+        "at '/oidc/jwksEndpoint': '' does not match pattern",
+    ),
     (("ingress.enabled=true",), "at '/ingress/hosts': minItems: got 0, want 1"),
     (("replicas=3",), "additional properties 'replicas' not allowed"),
     # Relations between values, which the templates check.

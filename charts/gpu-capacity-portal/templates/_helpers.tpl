@@ -125,6 +125,18 @@ before any of the chart's own objects exist.
   value: {{ .scopes | quote }}
 - name: PORTAL_OIDC_CREATE_USER
   value: {{ .createUser | quote }}
+{{- with .groups }}
+- name: PORTAL_OIDC_GROUPS_CLAIM
+  value: {{ .claim | quote }}
+- name: PORTAL_OIDC_TEAM_GROUP
+  value: {{ .teamGroup | quote }}
+- name: PORTAL_OIDC_LEAD_GROUP
+  value: {{ .leadGroup | quote }}
+- name: PORTAL_OIDC_ADMIN_GROUPS
+  value: {{ join "," .adminGroups | quote }}
+- name: PORTAL_OIDC_AUDITOR_GROUPS
+  value: {{ join "," .auditorGroups | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- range $name, $value := .Values.config.env }}
