@@ -283,7 +283,7 @@ def test_two_collectors_share_two_clusters_and_take_over(world, testbed, second_
         # A clean stop hands everything back at once.
         assert not CollectorLease.objects.exclude(holder="").exists()
 
-        held = {one.pk: {3}, two.pk: {2}}  # GPUs the grant's pod held while it ran
+        held = {pools[one.pk].pk: {3}, pools[two.pk].pk: {2}}  # GPUs the grant's pod held while it ran
         counts = assert_periods_never_overlap(list(pools.values()), held)
         assert all(n >= 10 for n in counts.values()), counts
         assert "lease lost" in paused.text() or "another replica holds the lease" in paused.text(), (
