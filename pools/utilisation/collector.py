@@ -395,9 +395,15 @@ class Supervisor:
             except DatabaseError:
                 logger.warning("collector: acquiring the lease of cluster %s failed", pk, exc_info=True)
                 continue
-            if lease is not None:
-                self.held[pk] = _Held(lease, time.monotonic() + self.lease_seconds)
+            if lease is None:
+                continue
+            self.held[pk] = _Held(lease, time.monotonic() + self.lease_seconds)
+            try:
                 self._start(wanted[pk], lease)
+            except Exception:
+                # A lease held without a collector would keep the cluster unwatched for good.
+                logger.exception("collector %s: could not start; giving its lease back", wanted[pk].name)
+                self._drop(pk, release=True, why="it could not start")
 
     def _start(self, cluster: Cluster, lease: LeaseToken) -> None:
         logger.info(
