@@ -293,15 +293,15 @@ class Supervisor:
         names: list[str] | None = None,
         interval: float = 15.0,
         holder: str | None = None,
-        lease: float | None = None,
-        renew: float | None = None,
+        lease_for: float | None = None,
+        renew_every: float | None = None,
         **collector_options: Any,
     ) -> None:
         self.names = names
         self.interval = interval
         self.holder = holder or holder_id()
-        self.lease_seconds = lease or lease_seconds()
-        self.renew_seconds = renew or renew_seconds()
+        self.lease_seconds = lease_for or lease_seconds()
+        self.renew_seconds = renew_every or renew_seconds()
         if self.renew_seconds * 2 > self.lease_seconds:
             # One missed renewal must not cost the lease.
             raise ValueError(

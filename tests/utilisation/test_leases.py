@@ -232,7 +232,7 @@ def test_supervisors_share_clusters_fairly_and_hand_them_over(settings):
     for c in clusters:
         c.kubeconfig = "current-context: ["
         c.save()
-    options = {"interval": 5, "backoff_max": 1, "lease": 3, "renew": 1}
+    options = {"interval": 5, "backoff_max": 1, "lease_for": 3, "renew_every": 1}
     one, two = Supervisor(holder="one", **options), Supervisor(holder="two", **options)
     stops = [threading.Event(), threading.Event()]
     threads = [threading.Thread(target=s.run, args=(e,)) for s, e in zip((one, two), stops, strict=True)]
