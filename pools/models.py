@@ -309,3 +309,41 @@ class NamespaceWorkloads(models.Model):
         return (
             f"{self.cluster_id}/{self.namespace}: {len(self.workloads)} workloads, {self.troubled} troubled"
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Scaling the collector out: which replica watches which cluster (pools/utilisation/leases.py).
+
+
+class CollectorLease(models.Model):
+    """The right to watch one cluster and write its figures and history. Taken, renewed and given
+    up with single atomic UPDATEs against the database's clock; `epoch` grows with every
+    acquisition and is the fencing token: a write carries (holder, epoch) and is refused, in its own
+    transaction, once either has moved on."""
+
+    cluster = models.OneToOneField(
+        Cluster, on_delete=models.CASCADE, primary_key=True, related_name="collector_lease"
+    )
+    holder = models.CharField(max_length=200, blank=True, help_text="The replica holding it; empty: free")
+    epoch = models.PositiveBigIntegerField(default=0, help_text="Acquisitions so far: the fencing token")
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    renewed_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_sample_at = models.DateTimeField(
+        null=True, blank=True, help_text="Time of the cluster's last history sample, by whichever holder"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id}: {self.holder or '(free)'} #{self.epoch}"
+
+
+class CollectorReplica(models.Model):
+    """A running collector process that shares the clusters with the others (one not started with
+    --cluster): the replicas count each other to take a fair share each."""
+
+    holder = models.CharField(max_length=200, unique=True)
+    started_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.holder

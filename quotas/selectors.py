@@ -31,6 +31,19 @@ def holding_grant_count(*, pool_id: int) -> int:
     return Grant.objects.filter(pool_id=pool_id, request__state__in=HOLDING_STATES).count()
 
 
+def grant_cluster_id(*, grant_id: int) -> int | None:
+    """The cluster a grant's reconcile talks to (its shard queue is chosen by it)."""
+    return Grant.objects.filter(pk=grant_id).values_list("pool__cluster_id", flat=True).first()
+
+
+def serving_deployment_cluster_id(*, deployment_id: int) -> int | None:
+    return (
+        ServingDeployment.objects.filter(pk=deployment_id)
+        .values_list("grant__pool__cluster_id", flat=True)
+        .first()
+    )
+
+
 def teams_of(*, user: User) -> QuerySet[Team]:
     return Team.objects.filter(memberships__user=user).distinct()
 

@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from django.core.management import get_commands
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 
+from pools.queues import DEFAULT_QUEUE, shard_queues
 from tests.chart.dockerfile import dockerfile
 from tests.chart.support import production_required_env
 from tests.testbed import REPO_ROOT
@@ -69,8 +70,33 @@ def required_variables(compose: dict[str, Any]) -> set[str]:
 
 
 def test_the_stack_has_the_portal_processes(compose: dict[str, Any]) -> None:
-    assert set(portal_services(compose)) == {"migrate", "web", "worker", "beat", "collector"}
+    shards = {f"worker-clusters-{i}" for i in range(_shard_count(compose))}
+    assert set(portal_services(compose)) == {"migrate", "web", "worker", "beat", "collector"} | shards
     assert {"postgres", "redis"} <= set(compose["services"])
+    # Collector replicas share the clusters through leases: more than one is safe, and survives one.
+    assert compose["services"]["collector"]["deploy"]["replicas"] >= 2
+
+
+def _shard_count(compose: dict[str, Any]) -> int:
+    (count,) = {
+        int(s["environment"]["PORTAL_CLUSTER_QUEUE_SHARDS"]) for s in portal_services(compose).values()
+    }
+    return count
+
+
+def test_every_queue_the_router_uses_has_its_own_workers(compose: dict[str, Any]) -> None:
+    """The default queue and each shard queue PORTAL_CLUSTER_QUEUE_SHARDS routes to are consumed by
+    a worker service of their own, and by no other."""
+    consumed = {}
+    for name, service in portal_services(compose).items():
+        command = service.get("command", [])
+        if command[:4] == ["celery", "-A", "portal", "worker"]:
+            consumed[name] = command[command.index("--queues") + 1].split(",")
+    assert all(len(queues) == 1 for queues in consumed.values()), consumed
+    with override_settings(PORTAL_CLUSTER_QUEUE_SHARDS=_shard_count(compose)):
+        expected = [DEFAULT_QUEUE, *shard_queues()]
+    assert sorted(q for queues in consumed.values() for q in queues) == sorted(expected)
+    assert consumed["worker"] == [DEFAULT_QUEUE]
 
 
 def test_every_portal_service_gets_what_production_requires(compose: dict[str, Any]) -> None:

@@ -3,17 +3,22 @@
 One ClusterCollector per cluster holds list+watch caches of its nodes and pods (pools.kube.watch).
 Whenever they change (at most every DEBOUNCE seconds) and at least every HEARTBEAT seconds, it
 recomputes the figures (pools.utilisation) and writes them; every `interval` seconds it also
-records a history sample. A Supervisor runs the collectors of all enabled clusters and follows
-clusters being added, removed or given new credentials; `manage.py collect_utilisation` runs it.
+records a history sample. A Supervisor runs the collectors of the enabled clusters whose lease it
+holds (pools/utilisation/leases.py: replicas share the clusters, each watched by exactly one) and
+follows clusters being added, removed or given new credentials; `manage.py collect_utilisation`
+runs it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +31,19 @@ from pools.kube.objects import Label
 from pools.kube.watch import Backoff, KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState
 from pools.utilisation.figures import ClusterFigures, compute
+from pools.utilisation.leases import (
+    LeaseLost,
+    LeaseToken,
+    collector_lease_acquire,
+    collector_lease_release,
+    collector_lease_renew,
+    collector_leases_free,
+    collector_replica_heartbeat,
+    collector_replica_leave,
+    holder_id,
+    lease_seconds,
+    renew_seconds,
+)
 from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
 from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
 from pools.utilisation.workloads import WorkloadWatch, with_pod_status
@@ -105,8 +123,13 @@ class ClusterCollector:
         heartbeat: float = HEARTBEAT,
         backoff_max: float = 30.0,
         watch_timeout: int = 60,
+        lease: LeaseToken | None = None,
     ) -> None:
         self.cluster = cluster
+        # Every write carries it and is refused once another replica took the cluster over (None:
+        # unfenced, for a collector run on its own, as tests do).
+        self.lease = lease
+        self.fenced = threading.Event()
         self.interval = interval
         self.heartbeat = heartbeat
         self.changed = threading.Event()
@@ -176,6 +199,11 @@ class ClusterCollector:
                     break
                 try:
                     self.publish()
+                except LeaseLost:
+                    # Another replica watches the cluster now; the supervisor stops our watches.
+                    logger.warning("collector %s: lease lost, no longer writing", self.cluster.name)
+                    self.fenced.set()
+                    break
                 except Exception:
                     # Neither the database restarting nor one odd object may end the collector: the
                     # next round retries, and a collector that stays broken shows as silent.
@@ -226,6 +254,7 @@ class ClusterCollector:
             last_error="; ".join(sorted({s.last_error for s in statuses if s.last_error})),
             lists=sum(s.lists for s in statuses),
             figures=figures,
+            lease=self.lease,
         )
         if figures is not None:
             self._sample(figures, now)
@@ -241,7 +270,7 @@ class ClusterCollector:
             # After a gap (stale cluster, stopped collector) the sample stands for one interval
             # only: usage nobody observed is not billed.
             seconds = min(elapsed, 2 * self.interval)
-        utilisation_snapshot_record(figures=figures, at=now, seconds=seconds)
+        utilisation_snapshot_record(figures=figures, at=now, seconds=seconds, lease=self.lease)
         self._last_sample = tick
 
 
@@ -259,16 +288,49 @@ def _credentials_key(cluster: Cluster) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+@dataclass
+class _Held:
+    lease: LeaseToken
+    # Monotonic time until which the lease is surely ours: the moment the last successful renewal
+    # was sent, plus the lease duration (the database counted from a later moment).
+    valid_until: float
+
+
 class Supervisor:
-    """Runs one collector per enabled cluster (or per named cluster) and follows changes."""
+    """One replica of the collector: runs one ClusterCollector per enabled cluster (or per named
+    cluster) whose lease it holds, and follows changes.
+
+    Every `renew` seconds (a round): say it is alive, renew its leases (stopping the collector of
+    any it lost, or could not renew in time), stop collectors of clusters disabled, removed or given
+    new credentials, give up leases above its fair share (clusters / live replicas, rounded up; one
+    a round, so a new replica gets its share without a stampede), and acquire free or expired
+    leases up to that share. A replica started with --cluster takes every named cluster it can and
+    does not count as a replica for the others' shares.
+    """
 
     def __init__(
-        self, *, names: list[str] | None = None, interval: float = 15.0, **collector_options: Any
+        self,
+        *,
+        names: list[str] | None = None,
+        interval: float = 15.0,
+        holder: str | None = None,
+        lease_for: float | None = None,
+        renew_every: float | None = None,
+        **collector_options: Any,
     ) -> None:
         self.names = names
         self.interval = interval
+        self.holder = holder or holder_id()
+        self.lease_seconds = lease_for or lease_seconds()
+        self.renew_seconds = renew_every or renew_seconds()
+        if self.renew_seconds * 2 > self.lease_seconds:
+            # One missed renewal must not cost the lease.
+            raise ValueError(
+                f"renew every {self.renew_seconds}s is too slow for a {self.lease_seconds}s lease"
+            )
         self.collector_options = collector_options
         self.collectors: dict[int, tuple[str, ClusterCollector]] = {}
+        self.held: dict[int, _Held] = {}
 
     def clusters(self) -> list[Cluster]:
         qs = Cluster.objects.filter(enabled=True)
@@ -276,32 +338,123 @@ class Supervisor:
             qs = qs.filter(name__in=self.names)
         return list(qs)
 
+    def _drop(self, pk: int, *, release: bool, why: str) -> None:
+        """Stop the cluster's collector first (so its writes end), then give the lease up if asked."""
+        entry = self.collectors.pop(pk, None)
+        held = self.held.pop(pk, None)
+        if entry is not None:
+            logger.info("collector %s: stopping (%s)", entry[1].cluster.name, why)
+            entry[1].stop()
+        if release and held is not None:
+            try:
+                collector_lease_release(lease=held.lease)
+            except DatabaseError:
+                logger.warning(
+                    "collector: releasing the lease of cluster %s failed; it expires by itself", pk
+                )
+
+    def _renew(self) -> None:
+        for pk, held in list(self.held.items()):
+            entry = self.collectors.get(pk)
+            if entry is not None and entry[1].fenced.is_set():
+                self._drop(pk, release=False, why="its write was refused: another replica holds the lease")
+                continue
+            sent = time.monotonic()
+            try:
+                renewed = collector_lease_renew(lease=held.lease, seconds=self.lease_seconds)
+            except DatabaseError:
+                logger.warning("collector: renewing the lease of cluster %s failed", pk, exc_info=True)
+                # Stop before the lease can expire: by the next round it might be someone else's.
+                if time.monotonic() + self.renew_seconds >= held.valid_until:
+                    self._drop(pk, release=False, why="its lease could not be renewed in time")
+                continue
+            if renewed:
+                held.valid_until = sent + self.lease_seconds
+            else:
+                self._drop(pk, release=False, why="another replica holds the lease")
+
+    def _replicas(self) -> int | None:
+        """Live replicas, this one included (None: a --cluster replica, which takes all it can).
+        Said before the leases are renewed, so a dead replica's entry expires before its leases
+        do and the others' shares already count without it when they find its leases free."""
+        if self.names:
+            return None
+        return collector_replica_heartbeat(holder=self.holder, seconds=self.lease_seconds)
+
     def sync(self) -> None:
         close_old_connections()
+        try:
+            replicas = self._replicas()
+        finally:
+            # Even when the database does not answer: a lease not renewed in time stops its collector.
+            self._renew()
         wanted = {c.pk: c for c in self.clusters()}
         for pk in list(self.collectors):
-            key, collector = self.collectors[pk]
-            if pk not in wanted or _credentials_key(wanted[pk]) != key:
-                logger.info("collector %s: stopping", collector.cluster.name)
-                collector.stop()
-                del self.collectors[pk]
-        for pk, cluster in wanted.items():
-            if pk not in self.collectors:
-                logger.info("collector %s: starting (snapshot every %ss)", cluster.name, self.interval)
-                collector = ClusterCollector(cluster, interval=self.interval, **self.collector_options)
-                collector.start()
-                self.collectors[pk] = (_credentials_key(cluster), collector)
+            key, _ = self.collectors[pk]
+            if pk not in wanted:
+                self._drop(pk, release=True, why="disabled or removed")
+            elif _credentials_key(wanted[pk]) != key:
+                # Same lease, new collector: the old one is stopped before the new one starts.
+                lease = self.held[pk].lease
+                self.collectors.pop(pk)[1].stop()
+                self._start(wanted[pk], lease)
+        for pk in list(self.held):
+            if pk not in wanted:
+                self._drop(pk, release=True, why="disabled or removed")
+        share = len(wanted) if replicas is None else math.ceil(len(wanted) / max(replicas, 1))
+        if len(self.held) > share:
+            pk = next(reversed(self.held))
+            self._drop(pk, release=True, why=f"a fair share is {share} cluster(s)")
+        candidates = [pk for pk in collector_leases_free(cluster_ids=list(wanted)) if pk not in self.held]
+        # Replicas starting together should not all reach for the same lease first.
+        random.shuffle(candidates)
+        for pk in candidates:
+            if len(self.held) >= share:
+                break
+            try:
+                lease = collector_lease_acquire(cluster_id=pk, holder=self.holder, seconds=self.lease_seconds)
+            except DatabaseError:
+                logger.warning("collector: acquiring the lease of cluster %s failed", pk, exc_info=True)
+                continue
+            if lease is None:
+                continue
+            self.held[pk] = _Held(lease, time.monotonic() + self.lease_seconds)
+            try:
+                self._start(wanted[pk], lease)
+            except Exception:
+                # A lease held without a collector would keep the cluster unwatched for good.
+                logger.exception("collector %s: could not start; giving its lease back", wanted[pk].name)
+                self._drop(pk, release=True, why="it could not start")
 
-    def run(self, stop: threading.Event, resync: float = 30.0) -> None:
+    def _start(self, cluster: Cluster, lease: LeaseToken) -> None:
+        logger.info(
+            "collector %s: starting (lease #%s of %s; snapshot every %ss)",
+            cluster.name,
+            lease.epoch,
+            self.holder,
+            self.interval,
+        )
+        collector = ClusterCollector(cluster, interval=self.interval, lease=lease, **self.collector_options)
+        collector.start()
+        self.collectors[cluster.pk] = (_credentials_key(cluster), collector)
+
+    def run(self, stop: threading.Event, resync: float | None = None) -> None:
+        """Rounds every `resync` seconds (default: the renew interval) until `stop` is set; then
+        stop every collector and release its lease, so another replica takes over at once."""
+        pace = min(resync or self.renew_seconds, self.renew_seconds)
         try:
             while not stop.is_set():
                 try:
                     self.sync()
                 except DatabaseError:
-                    logger.exception("collector: reading the clusters failed")
-                stop.wait(resync)
+                    logger.exception("collector: reading the clusters or the leases failed")
+                stop.wait(pace)
         finally:
-            for _, collector in self.collectors.values():
-                collector.stop()
-            self.collectors.clear()
+            for pk in list(self.collectors) + list(self.held):
+                self._drop(pk, release=True, why="shutting down")
+            if not self.names:
+                try:
+                    collector_replica_leave(holder=self.holder)
+                except DatabaseError:
+                    logger.warning("collector: leaving the replica list failed; the entry expires by itself")
             connection.close()

@@ -10,6 +10,10 @@ History tiers (a week of one pool costs 1,440 + 2,016 + 168 = 3,624 pool rows; t
 - 1-hour averages, kept 90 days.
 `utilisation_history_compact` (Celery beat, every 5 minutes) rolls complete buckets up into the
 next tier, then deletes what is past its retention.
+
+Fencing: a collector replica passes its `lease` (pools/utilisation/leases.py) and its writes happen
+only while it holds the cluster's lease, checked in the same transaction; history periods never
+overlap, whichever replica wrote the one before (the lease row keeps the last sample's time).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from django.db.models import Max, Min
 
 from pools.models import (
     ClusterUtilisation,
+    CollectorLease,
     CollectorState,
     PoolSnapshot,
     PoolUtilisation,
@@ -32,6 +37,7 @@ from pools.models import (
     TeamUsageSnapshot,
 )
 from pools.utilisation.figures import HISTORY_FIGURES, ClusterFigures, PoolFigures, Rollup
+from pools.utilisation.leases import LeaseToken, collector_lease_fence
 
 R = SnapshotResolution
 RETENTION: dict[int, timedelta] = {
@@ -72,9 +78,15 @@ def utilisation_publish(
     last_error: str = "",
     lists: int = 0,
     figures: ClusterFigures | None = None,
+    lease: LeaseToken | None = None,
 ) -> None:
     """Record the collector's state for a cluster and, when given, the current figures of its
-    pools. Without figures (syncing, or stale) each pool keeps its last known figures."""
+    pools. Without figures (syncing, or stale) each pool keeps its last known figures. With
+    `lease`, only while it holds the cluster (LeaseLost otherwise, and nothing is written)."""
+    if lease is not None:
+        if lease.cluster_id != cluster_id:
+            raise ValueError(f"lease of cluster {lease.cluster_id} used for cluster {cluster_id}")
+        collector_lease_fence(lease=lease)
     defaults: dict[str, Any] = {
         "state": state,
         "heartbeat_at": now,
@@ -101,8 +113,22 @@ def utilisation_publish(
 
 
 @transaction.atomic
-def utilisation_snapshot_record(*, figures: ClusterFigures, at: datetime, seconds: float) -> None:
-    """One raw history sample of every pool in `figures`, standing for `seconds` of time."""
+def utilisation_snapshot_record(
+    *, figures: ClusterFigures, at: datetime, seconds: float, lease: LeaseToken | None = None
+) -> int:
+    """One raw history sample of every pool in `figures`, standing for `seconds` of time up to
+    `at`; returns the pool rows written. With `lease`, only while it holds the cluster (LeaseLost
+    otherwise), and never reaching back before the cluster's previous sample: after a takeover the
+    new holder's first sample stands only for the time since the old holder's last one, and a
+    sample not later than that one is not written at all, so no period is counted twice."""
+    if lease is not None:
+        held = collector_lease_fence(lease=lease)
+        if held.last_sample_at is not None:
+            since_last = (at - held.last_sample_at).total_seconds()
+            if since_last <= 0:
+                return 0
+            seconds = min(seconds, since_last)
+        CollectorLease.objects.filter(cluster_id=lease.cluster_id).update(last_sample_at=at)
     pool_rows, team_rows = [], []
     for pool_id, pool_figures in figures.pools.items():
         totals = pool_figures.totals()
@@ -132,6 +158,7 @@ def utilisation_snapshot_record(*, figures: ClusterFigures, at: datetime, second
         ]
     PoolSnapshot.objects.bulk_create(pool_rows)
     TeamUsageSnapshot.objects.bulk_create(team_rows)
+    return len(pool_rows)
 
 
 def _rollup_pools(source_rows: Iterable[PoolSnapshot], target: int) -> list[PoolSnapshot]:

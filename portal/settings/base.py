@@ -225,6 +225,17 @@ PORTAL_PROVISIONING = {
 # Approval checks that the pool's selector matches Ready, tainted nodes of its cluster.
 PORTAL_PREFLIGHT = env.bool("PORTAL_PREFLIGHT", default=True)
 
+# --- Scaling out (docs/utilisation.md "Scaling out", README "Scaling out") ----------------------------
+# Collector replicas share the clusters through one lease per cluster in the database: a replica
+# renews its leases every RENEW seconds and a lease not renewed for LEASE seconds may be taken by
+# another replica, so a dead replica's clusters are watched again within LEASE + RENEW seconds.
+PORTAL_COLLECTOR_LEASE_SECONDS = env.float("PORTAL_COLLECTOR_LEASE_SECONDS", default=15.0)
+PORTAL_COLLECTOR_RENEW_SECONDS = env.float("PORTAL_COLLECTOR_RENEW_SECONDS", default=5.0)
+# Cluster-bound tasks (grant and serving reconciles, inventory sync, policies apply) go to the queue
+# `clusters-<cluster id mod N>` when N > 0, each consumed by its own worker pool, so one slow or
+# unreachable cluster holds up only its shard; 0 keeps every task on the default queue ("celery").
+PORTAL_CLUSTER_QUEUE_SHARDS = env.int("PORTAL_CLUSTER_QUEUE_SHARDS", default=0)
+
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6390/0")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
@@ -250,6 +261,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Cluster-bound tasks to their cluster's shard queue (PORTAL_CLUSTER_QUEUE_SHARDS); the rest, the
+# beat's periodic tasks included, to the default queue.
+CELERY_TASK_ROUTES = ("pools.queues.route_task",)
 # The whole beat schedule, in one place.
 CELERY_BEAT_SCHEDULE = {
     "expire-grants": {"task": "quotas.tasks.grants_expire_due", "schedule": timedelta(seconds=60)},

@@ -154,6 +154,8 @@ EVERYTHING = (
     'json:networkPolicy.egress=[{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]',
     "config.allowedHosts[0]=portal.internal.example.com",
     "config.env.PORTAL_PREFLIGHT=false",
+    "worker.clusterShards.count=3",
+    "collector.replicas=3",
 )
 MINIMAL = (
     "rbac.create=false",
@@ -163,6 +165,7 @@ MINIMAL = (
     "migrations.enabled=false",
     "web.replicas=1",
     "worker.replicas=0",
+    "collector.replicas=1",
 )
 VALUE_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "default": ((), ()),

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 from django.core.management import get_commands
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 
+from pools.queues import DEFAULT_QUEUE, shard_queues
 from pools.services import REQUIRED_PERMISSIONS, Permission
 from tests.chart.dockerfile import dockerfile
 from tests.chart.support import (
@@ -23,6 +24,7 @@ from tests.chart.support import (
     KUBE_VERSION,
     NAMESPACE,
     RELEASE,
+    VALUE_SETS,
     Helm,
     Obj,
     Rendered,
@@ -42,13 +44,27 @@ SECRET_ENV = {
     "PORTAL_CREDENTIALS_KEYS": "credentialsKeys",
     "PORTAL_METRICS_TOKEN": "metricsToken",
 }
-COMPONENTS = {"web", "worker", "beat", "collector", "migrate"}
-# Components that talk to Kubernetes and so get the ServiceAccount's token.
-CLUSTER_CLIENTS = {"web", "worker", "collector"}
+BASE_COMPONENTS = {"web", "worker", "beat", "collector", "migrate"}
+
+
+def shard_workers(value_set: str) -> set[str]:
+    """The worker Deployments of the shard queues (worker.clusterShards.count of the value set)."""
+    count = merged_values(value_set)["worker"]["clusterShards"]["count"]
+    return {f"worker-clusters-{i}" for i in range(count)}
+
+
+def components(value_set: str) -> set[str]:
+    every = BASE_COMPONENTS | shard_workers(value_set)
+    return every - {"migrate"} if value_set == "minimal" else every
+
+
+def cluster_clients(value_set: str) -> set[str]:
+    """Components that talk to Kubernetes and so get the ServiceAccount's token."""
+    return {"web", "worker", "collector"} | shard_workers(value_set)
 
 
 def merged_values(value_set: str) -> Obj:
-    """values.yaml with the set's values files laid over it (the --set items touch no secret names)."""
+    """values.yaml with the set's values files and plain --set items laid over it."""
 
     def merge(base: Obj, over: Obj) -> Obj:
         out = dict(base)
@@ -61,8 +77,19 @@ def merged_values(value_set: str) -> Obj:
         return out
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    if value_set == "production":
-        values = merge(values, yaml.safe_load((CHART / "values-production.yaml").read_text()))
+    files, sets = VALUE_SETS[value_set]
+    for name in files:
+        values = merge(values, yaml.safe_load((CHART / name).read_text()))
+    # Plain `a.b.c=scalar` items too (as --set reads them); list and JSON items are left out.
+    for item in sets:
+        path, _, raw = item.partition("=")
+        if "[" in path or ":" in path:
+            continue
+        *parents, leaf = path.split(".")
+        over: Obj = {leaf: yaml.safe_load(raw)}
+        for key in reversed(parents):
+            over = {key: over}
+        values = merge(values, over)
     return values
 
 
@@ -151,8 +178,8 @@ def test_helm_assumes_a_current_kubernetes_without_kube_version(helm: Helm, tmp_
 def test_every_pod_meets_pod_security_restricted(rendered: Rendered) -> None:
     image = dockerfile()
     workloads = rendered.workloads()
-    assert {w["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads} == (
-        COMPONENTS - {"migrate"} if rendered.value_set == "minimal" else COMPONENTS
+    assert {w["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads} == components(
+        rendered.value_set
     )
     for workload in workloads:
         spec = pod_spec(workload)
@@ -322,9 +349,7 @@ def test_web_probes_use_the_health_endpoint(rendered: Rendered) -> None:
         assert get["path"] == reverse(url_name) and get["port"] == "http", probe
         assert get["httpHeaders"] == [{"name": "X-Forwarded-Proto", "value": "https"}], probe
     # The other processes serve nothing, so they have no port to probe.
-    for name in COMPONENTS - {"web"}:
-        if name == "migrate" and rendered.value_set == "minimal":
-            continue
+    for name in components(rendered.value_set) - {"web"}:
         assert "ports" not in containers(rendered.component(name))[0]
 
 
@@ -427,12 +452,16 @@ def test_web_replicas_hpa_and_pdb_agree(rendered: Rendered) -> None:
         assert not pdbs
 
 
-def test_beat_and_collector_run_exactly_once(rendered: Rendered) -> None:
-    for name in ("beat", "collector"):
-        deployment = rendered.component(name)
-        assert deployment["spec"]["replicas"] == 1
-        # A rolling update would run the old and the new process side by side.
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+def test_beat_runs_exactly_once_and_collectors_as_many_as_asked(rendered: Rendered) -> None:
+    beat = rendered.component("beat")
+    assert beat["spec"]["replicas"] == 1
+    # A rolling update would run the old and the new beat side by side: every task queued twice.
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    # Collector replicas share the clusters through leases (one watcher per cluster), so their
+    # count is a value, and old and new pods may overlap during a rolling update.
+    collector = rendered.component("collector")
+    assert collector["spec"]["replicas"] == merged_values(rendered.value_set)["collector"]["replicas"]
+    assert collector["spec"]["strategy"]["type"] == "RollingUpdate"
 
 
 def test_selectors_pick_their_own_component_only(rendered: Rendered) -> None:
@@ -492,10 +521,10 @@ def test_cluster_role_is_exactly_what_the_cluster_layer_needs(rendered: Rendered
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
     ]
     assert account["automountServiceAccountToken"] is False
-    for name in COMPONENTS - {"migrate"}:
+    for name in components(rendered.value_set) - {"migrate"}:
         spec = pod_spec(rendered.component(name))
         assert spec["serviceAccountName"] == account["metadata"]["name"]
-        assert spec["automountServiceAccountToken"] is (name in CLUSTER_CLIENTS), name
+        assert spec["automountServiceAccountToken"] is (name in cluster_clients(rendered.value_set)), name
 
 
 def test_service_monitor_scrapes_metrics_with_the_token(rendered: Rendered) -> None:
@@ -558,6 +587,21 @@ def test_commands_fit_the_image_and_the_app(rendered: Rendered) -> None:
     worker = containers(rendered.component("worker"))[0]["command"]
     beat = containers(rendered.component("beat"))[0]["command"]
     assert worker[:4] == ["celery", "-A", "portal", "worker"]
+    # The default queue, and one worker pool for each shard queue the setting routes to.
+    queues = {"worker": DEFAULT_QUEUE}
+    for name in shard_workers(rendered.value_set):
+        command = containers(rendered.component(name))[0]["command"]
+        assert command[:4] == ["celery", "-A", "portal", "worker"], name
+        queues[name] = command[command.index("--queues") + 1]
+    assert worker[worker.index("--queues") + 1] == DEFAULT_QUEUE
+    shards = {
+        env_of(containers(rendered.component(name))[0])["PORTAL_CLUSTER_QUEUE_SHARDS"]["value"]
+        for name in components(rendered.value_set) - {"migrate"}
+    }
+    assert len(shards) == 1  # every process that queues tasks routes them alike
+    (count,) = shards
+    with override_settings(PORTAL_CLUSTER_QUEUE_SHARDS=int(count)):
+        assert sorted(queues.values()) == sorted([DEFAULT_QUEUE, *shard_queues()])
     assert beat[:4] == ["celery", "-A", "portal", "beat"]
     # beat's schedule file must be on the one writable mount.
     assert beat[beat.index("--schedule") + 1].startswith("/tmp/")
@@ -577,6 +621,12 @@ def test_commands_fit_the_image_and_the_app(rendered: Rendered) -> None:
 BAD_VALUES = [
     (("web.replicas=-1",), "at '/web/replicas': minimum: got -1, want 1"),
     (("worker.replicas=-1",), "at '/worker/replicas': minimum: got -1, want 0"),
+    (("collector.replicas=-1",), "at '/collector/replicas': minimum: got -1, want 0"),
+    (("worker.clusterShards.count=-1",), "at '/worker/clusterShards/count': minimum: got -1, want 0"),
+    (
+        ("config.env.PORTAL_CLUSTER_QUEUE_SHARDS=4",),
+        "at '/config/env/PORTAL_CLUSTER_QUEUE_SHARDS': value must be 'set by the chart",
+    ),
     (("secrets.databaseUrl.name=",), "at '/secrets/databaseUrl/name': minLength: got 0, want 1"),
     (("secrets.metricsToken.name=null",), "at '/secrets/metricsToken': missing property 'name'"),
     (

@@ -58,13 +58,21 @@ def conditions(obj: Grant | ServingDeployment) -> dict[str, tuple[str, str]]:
 
 @dataclass
 class Worker:
-    """`celery worker -B` in its own process group, on the test database and the given broker."""
+    """`celery worker -B` in its own process group, on the test database and the given broker
+    (`queues` and `beat` make a worker of some shard queues only, without beat)."""
 
     env: dict[str, str]
     workdir: Path
     name: str
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # Only these queues (comma-separated; empty: the default queue), and with or without beat.
+    queues: str = ""
+    beat: bool = True
+
+    @property
+    def schedule_path(self) -> Path:
+        return self.workdir / f"{self.name}-beat-schedule"
 
     @property
     def log_path(self) -> Path:
@@ -86,8 +94,12 @@ class Worker:
                 "-A",
                 "portal",
                 "worker",
-                "--beat",
-                f"--schedule={self.workdir / f'{self.name}-beat-schedule'}",
+                *(
+                    ["--beat", f"--schedule={self.workdir / f'{self.name}-beat-schedule'}"]
+                    if self.beat
+                    else []
+                ),
+                *([f"--queues={self.queues}"] if self.queues else []),
                 "--pool=prefork",
                 "--concurrency=1",
                 "--loglevel=INFO",

@@ -98,6 +98,8 @@ before any of the chart's own objects exist.
   value: {{ .Values.config.sslRedirect | quote }}
 - name: PORTAL_LOG_LEVEL
   value: {{ .Values.config.logLevel | quote }}
+- name: PORTAL_CLUSTER_QUEUE_SHARDS
+  value: {{ .Values.worker.clusterShards.count | quote }}
 {{ include "portal.secretEnv" (dict "env" "PORTAL_SECRET_KEY" "ref" .Values.secrets.secretKey) }}
 {{ include "portal.secretEnv" (dict "env" "DATABASE_URL" "ref" .Values.secrets.databaseUrl) }}
 {{ include "portal.secretEnv" (dict "env" "CELERY_BROKER_URL" "ref" .Values.secrets.brokerUrl) }}

@@ -1,7 +1,9 @@
 """`manage.py collect_utilisation [--cluster NAME]... [--interval 15]`: the utilisation collector.
 
-A long-lived process: one list+watch collector per enabled cluster (docs/utilisation.md). Run one
-process per cluster set; two collectors on the same cluster would both record history.
+A long-lived process: one list+watch collector per enabled cluster whose lease it holds
+(docs/utilisation.md, "Scaling out"). Run as many replicas as you like: they share the clusters
+(each watched by exactly one), and a dead replica's clusters are taken over within
+PORTAL_COLLECTOR_LEASE_SECONDS + PORTAL_COLLECTOR_RENEW_SECONDS (15 + 5 s by default).
 """
 
 import signal
@@ -59,6 +61,12 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        scope = ", ".join(clusters) if clusters else "every enabled cluster"
-        self.stdout.write(f"collect_utilisation: watching {scope}; a history sample every {interval:g}s")
-        Supervisor(names=clusters, interval=interval, backoff_max=backoff_max).run(stop)
+        supervisor = Supervisor(names=clusters, interval=interval, backoff_max=backoff_max)
+        scope = ", ".join(clusters) if clusters else "every enabled cluster (a fair share of them)"
+        self.stdout.write(
+            f"collect_utilisation: watching {scope}; a history sample every {interval:g}s; "
+            f"replica {supervisor.holder}, leases of {supervisor.lease_seconds:g}s renewed every "
+            f"{supervisor.renew_seconds:g}s"
+        )
+        self.stdout.flush()
+        supervisor.run(stop)
