@@ -26,6 +26,7 @@ from pools.kube.objects import Label
 from pools.kube.watch import Backoff, KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState
 from pools.utilisation.figures import ClusterFigures, compute
+from pools.utilisation.nodegroups import NodeGroupWatch
 from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
 from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
 
@@ -48,7 +49,8 @@ def trim_node(node: Json) -> Json:
     meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
     return {
         "metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {}},
-        "spec": {"unschedulable": bool(spec.get("unschedulable"))},
+        # Taints: the approval pre-flight reads them from the collector's inventory.
+        "spec": {"unschedulable": bool(spec.get("unschedulable")), "taints": spec.get("taints") or []},
         "status": {
             "allocatable": status.get("allocatable") or {},
             "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"],
@@ -119,6 +121,9 @@ class ClusterCollector:
             KubeSource(cluster, "namespaces", label_selector=PORTAL_NAMESPACES), trim_namespace, **caches
         )
         self.caches = (self.nodes, self.pods, self.namespaces)
+        # Node groups, bring-up times, the autoscaler's health and the pre-flight's inventory.
+        self.nodegroups = NodeGroupWatch(cluster, on_change=self.changed.set, **caches)
+        self._last_publish: datetime | None = None
         self.allowlist = Allowlist.from_setting(settings.PORTAL_GPU_NODE_ALLOWLIST)
 
     def _cache(
@@ -135,6 +140,7 @@ class ClusterCollector:
     def start(self) -> None:
         for cache in self.caches:
             cache.start()
+        self.nodegroups.start()
         self._thread = threading.Thread(target=self.run, name=f"collector {self.cluster.name}", daemon=True)
         self._thread.start()
 
@@ -143,6 +149,7 @@ class ClusterCollector:
         self.changed.set()
         for cache in self.caches:
             cache.stop()
+        self.nodegroups.stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -185,14 +192,18 @@ class ClusterCollector:
             namespace_labels = {
                 ns["metadata"]["name"]: ns["metadata"]["labels"] for ns in self.namespaces.snapshot()
             }
+            nodes, pools = self.nodes.snapshot(), collector_pool_specs(cluster_id=self.cluster.pk)
             figures = compute(
-                self.nodes.snapshot(),
+                nodes,
                 self.pods.snapshot(),
-                collector_pool_specs(cluster_id=self.cluster.pk),
+                pools,
                 collector_grant_specs(cluster_id=self.cluster.pk, namespace_labels=namespace_labels),
                 now,
                 allowed_on_gpu_nodes=self.allowlist.allows,
+                created_since=self._last_publish,
             )
+            self.nodegroups.update(figures=figures, pools=pools, nodes=nodes, now=now)
+            self._last_publish = now
         contacts = [s.last_contact for s in statuses if s.last_contact]
         stale_since = [s.stale_since for s in statuses if s.stale_since]
         utilisation_publish(
