@@ -123,7 +123,7 @@ def instance_catalogue() -> dict[str, dict[str, int]]:
     return {str(k): {str(r): int(n) for r, n in v.items()} for k, v in settings.PORTAL_INSTANCE_TYPES.items()}
 
 
-def _node_groups(cluster: Cluster, nodes: list[dict[str, Any]]) -> list[NodeGroup]:
+def cluster_node_groups(cluster: Cluster, nodes: list[dict[str, Any]]) -> list[NodeGroup]:
     """The cluster's node groups: its Karpenter NodePools (none when it does not serve the API) and
     the cluster-autoscaler groups declared on the cluster record. Raises KubeError."""
     try:
@@ -238,7 +238,7 @@ def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
                 }
             )
         nodes = ops.list_objects(cluster, "v1", "Node")
-        groups = _node_groups(cluster, nodes)
+        groups = cluster_node_groups(cluster, nodes)
     except KubeError as exc:
         raise _as_validation_error(cluster, exc) from exc
     finally:
@@ -496,7 +496,7 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
     try:
         version = ops.server_version(cluster)
         nodes = ops.list_objects(cluster, "v1", "Node")
-        groups = _node_groups(cluster, nodes)
+        groups = cluster_node_groups(cluster, nodes)
     except KubeError as exc:
         _record_failure(cluster, exc.message)
         raise _as_validation_error(cluster, exc) from exc

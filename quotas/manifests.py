@@ -15,6 +15,7 @@ from pools.kube.objects import (
     GPU_RESOURCE,
     HOSTNAME_LABEL,
     MODEL_ANNOTATION,
+    SIMULATED_LOAD_ANNOTATION,
     ZONE_LABEL,
     ContractAnnotation,
     Label,
@@ -229,6 +230,9 @@ class ServingSpec:
     load_budget_seconds: int = 900
     port: int = 8000
     health_path: str = "/health"
+    # Only where the testbed simulates model loading (PORTAL_SIMULATED_MODEL_LOAD): seconds until a
+    # replica is Ready. None on real clusters, where the annotation is not set.
+    simulated_load_seconds: int | None = None
 
 
 def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
@@ -349,6 +353,9 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
             # Without it a pool whose other zone has no free GPU yet would stack every replica in one.
             spread[0]["minDomains"] = len(c.zones)
         spec["topologySpreadConstraints"] = spread
+    pod_annotations = {MODEL_ANNOTATION: s.model_name}
+    if s.simulated_load_seconds is not None:
+        pod_annotations[SIMULATED_LOAD_ANNOTATION] = str(s.simulated_load_seconds)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -365,7 +372,7 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
             "progressDeadlineSeconds": s.load_budget_seconds,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "template": {
-                "metadata": {"labels": labels, "annotations": {MODEL_ANNOTATION: s.model_name}},
+                "metadata": {"labels": labels, "annotations": pod_annotations},
                 "spec": spec,
             },
         },

@@ -5,146 +5,272 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('pools', '0004_figure_help_texts'),
+        ("pools", "0004_figure_help_texts"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='cluster',
-            name='autoscaler_health_url',
-            field=models.URLField(blank=True, help_text="Optional health endpoint of the cluster's autoscaler, e.g. http://karpenter.kube-system:8081/readyz (Karpenter) or http://cluster-autoscaler.kube-system:8085/health-check; without it, autoscaling counts as unavailable only when pending pods get no node", max_length=300),
+            model_name="cluster",
+            name="autoscaler_health_url",
+            field=models.URLField(
+                blank=True,
+                help_text="Optional health endpoint of the cluster's autoscaler, e.g. http://karpenter.kube-system:8081/readyz (Karpenter) or http://cluster-autoscaler.kube-system:8085/health-check; without it, autoscaling counts as unavailable only when pending pods get no node",
+                max_length=300,
+            ),
         ),
         migrations.AddField(
-            model_name='cluster',
-            name='autoscaler_node_groups',
-            field=models.JSONField(blank=True, default=dict, help_text='Cluster-autoscaler node groups, by name, as their cloud node groups are tagged for scale from zero: {"gpu-h100": {"minSize": 0, "maxSize": 4, "instanceType": "p5.48xlarge", "zones": [...], "tags": {"k8s.io/cluster-autoscaler/node-template/label/<key>": "<value>", "k8s.io/cluster-autoscaler/node-template/taint/<key>": "<value>:NoSchedule", "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu": "8"}}}. Karpenter NodePools are read from the cluster and need no entry here.'),
+            model_name="cluster",
+            name="autoscaler_node_groups",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text='Cluster-autoscaler node groups, by name, as their cloud node groups are tagged for scale from zero: {"gpu-h100": {"minSize": 0, "maxSize": 4, "instanceType": "p5.48xlarge", "zones": [...], "tags": {"k8s.io/cluster-autoscaler/node-template/label/<key>": "<value>", "k8s.io/cluster-autoscaler/node-template/taint/<key>": "<value>:NoSchedule", "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu": "8"}}}. Karpenter NodePools are read from the cluster and need no entry here.',
+            ),
         ),
         migrations.AddField(
-            model_name='nodepool',
-            name='node_groups',
-            field=models.JSONField(blank=True, default=list, help_text="Node groups that make this pool's nodes (set by inventory sync)"),
+            model_name="nodepool",
+            name="node_groups",
+            field=models.JSONField(
+                blank=True,
+                default=list,
+                help_text="Node groups that make this pool's nodes (set by inventory sync)",
+            ),
         ),
         migrations.AddField(
-            model_name='nodepool',
-            name='queue_wait_target_seconds',
-            field=models.PositiveIntegerField(default=60, help_text='Longest an interactive pod should wait for a GPU; the warm-pool advice sizes to it'),
+            model_name="nodepool",
+            name="queue_wait_target_seconds",
+            field=models.PositiveIntegerField(
+                default=60,
+                help_text="Longest an interactive pod should wait for a GPU; the warm-pool advice sizes to it",
+            ),
         ),
         migrations.AddField(
-            model_name='poolsnapshot',
-            name='gpu_arrivals_per_hour',
-            field=models.FloatField(default=0, help_text='Units asked for by new GPU pods per hour over the last 15 minutes (placeholders excluded). (average over the bucket)'),
+            model_name="poolsnapshot",
+            name="gpu_arrivals_per_hour",
+            field=models.FloatField(
+                default=0,
+                help_text="Units asked for by new GPU pods per hour over the last 15 minutes (placeholders excluded). (average over the bucket)",
+            ),
         ),
         migrations.AddField(
-            model_name='poolsnapshot',
-            name='gpu_pod_arrivals_per_hour',
-            field=models.FloatField(default=0, help_text='New GPU pods per hour on the pool over the last 15 minutes (placeholders excluded). (average over the bucket)'),
+            model_name="poolsnapshot",
+            name="gpu_pod_arrivals_per_hour",
+            field=models.FloatField(
+                default=0,
+                help_text="New GPU pods per hour on the pool over the last 15 minutes (placeholders excluded). (average over the bucket)",
+            ),
         ),
         migrations.AddField(
-            model_name='poolsnapshot',
-            name='nodes_provisioning',
-            field=models.FloatField(default=0, help_text='Nodes the autoscaler is bringing up: asked for and not yet Ready with their GPUs. (average over the bucket)'),
+            model_name="poolsnapshot",
+            name="nodes_provisioning",
+            field=models.FloatField(
+                default=0,
+                help_text="Nodes the autoscaler is bringing up: asked for and not yet Ready with their GPUs. (average over the bucket)",
+            ),
         ),
         migrations.AddField(
-            model_name='poolsnapshot',
-            name='placeholder_gpus',
-            field=models.FloatField(default=0, help_text='Units held by warm-headroom placeholder pods; an interactive pod preempts them at once. (average over the bucket)'),
+            model_name="poolsnapshot",
+            name="placeholder_gpus",
+            field=models.FloatField(
+                default=0,
+                help_text="Units held by warm-headroom placeholder pods; an interactive pod preempts them at once. (average over the bucket)",
+            ),
         ),
         migrations.AddField(
-            model_name='poolsnapshot',
-            name='pods_waiting_node',
-            field=models.FloatField(default=0, help_text='Pending GPU pods the scheduler cannot place yet: they wait for GPUs or a new node. (average over the bucket)'),
+            model_name="poolsnapshot",
+            name="pods_waiting_node",
+            field=models.FloatField(
+                default=0,
+                help_text="Pending GPU pods the scheduler cannot place yet: they wait for GPUs or a new node. (average over the bucket)",
+            ),
         ),
         migrations.AddField(
-            model_name='poolsnapshot',
-            name='pods_waiting_quota',
-            field=models.FloatField(default=0, help_text="Pending GPU pods held back by a scheduling gate (a queue's quota admission, such as Kueue's). (average over the bucket)"),
+            model_name="poolsnapshot",
+            name="pods_waiting_quota",
+            field=models.FloatField(
+                default=0,
+                help_text="Pending GPU pods held back by a scheduling gate (a queue's quota admission, such as Kueue's). (average over the bucket)",
+            ),
         ),
         migrations.AddField(
-            model_name='poolutilisation',
-            name='gpu_arrivals_per_hour',
-            field=models.FloatField(default=0, help_text='Units asked for by new GPU pods per hour over the last 15 minutes (placeholders excluded).'),
+            model_name="poolutilisation",
+            name="gpu_arrivals_per_hour",
+            field=models.FloatField(
+                default=0,
+                help_text="Units asked for by new GPU pods per hour over the last 15 minutes (placeholders excluded).",
+            ),
         ),
         migrations.AddField(
-            model_name='poolutilisation',
-            name='gpu_pod_arrivals_per_hour',
-            field=models.FloatField(default=0, help_text='New GPU pods per hour on the pool over the last 15 minutes (placeholders excluded).'),
+            model_name="poolutilisation",
+            name="gpu_pod_arrivals_per_hour",
+            field=models.FloatField(
+                default=0,
+                help_text="New GPU pods per hour on the pool over the last 15 minutes (placeholders excluded).",
+            ),
         ),
         migrations.AddField(
-            model_name='poolutilisation',
-            name='node_bringup_last_seconds',
-            field=models.FloatField(default=0, help_text="Time to node of the pool's newest node: from the autoscaler's request until Ready with GPUs."),
+            model_name="poolutilisation",
+            name="node_bringup_last_seconds",
+            field=models.FloatField(
+                default=0,
+                help_text="Time to node of the pool's newest node: from the autoscaler's request until Ready with GPUs.",
+            ),
         ),
         migrations.AddField(
-            model_name='poolutilisation',
-            name='node_bringup_p95_seconds',
-            field=models.FloatField(default=0, help_text="95th percentile of the time to node over the pool's last 20 new nodes."),
+            model_name="poolutilisation",
+            name="node_bringup_p95_seconds",
+            field=models.FloatField(
+                default=0, help_text="95th percentile of the time to node over the pool's last 20 new nodes."
+            ),
         ),
         migrations.AddField(
-            model_name='poolutilisation',
-            name='nodes_provisioning',
-            field=models.PositiveIntegerField(default=0, help_text='Nodes the autoscaler is bringing up: asked for and not yet Ready with their GPUs.'),
+            model_name="poolutilisation",
+            name="nodes_provisioning",
+            field=models.PositiveIntegerField(
+                default=0,
+                help_text="Nodes the autoscaler is bringing up: asked for and not yet Ready with their GPUs.",
+            ),
         ),
         migrations.AddField(
-            model_name='poolutilisation',
-            name='placeholder_gpus',
-            field=models.PositiveIntegerField(default=0, help_text='Units held by warm-headroom placeholder pods; an interactive pod preempts them at once.'),
+            model_name="poolutilisation",
+            name="placeholder_gpus",
+            field=models.PositiveIntegerField(
+                default=0,
+                help_text="Units held by warm-headroom placeholder pods; an interactive pod preempts them at once.",
+            ),
         ),
         migrations.AddField(
-            model_name='poolutilisation',
-            name='pods_waiting_node',
-            field=models.PositiveIntegerField(default=0, help_text='Pending GPU pods the scheduler cannot place yet: they wait for GPUs or a new node.'),
+            model_name="poolutilisation",
+            name="pods_waiting_node",
+            field=models.PositiveIntegerField(
+                default=0,
+                help_text="Pending GPU pods the scheduler cannot place yet: they wait for GPUs or a new node.",
+            ),
         ),
         migrations.AddField(
-            model_name='poolutilisation',
-            name='pods_waiting_quota',
-            field=models.PositiveIntegerField(default=0, help_text="Pending GPU pods held back by a scheduling gate (a queue's quota admission, such as Kueue's)."),
+            model_name="poolutilisation",
+            name="pods_waiting_quota",
+            field=models.PositiveIntegerField(
+                default=0,
+                help_text="Pending GPU pods held back by a scheduling gate (a queue's quota admission, such as Kueue's).",
+            ),
         ),
         migrations.CreateModel(
-            name='ClusterInventory',
+            name="ClusterInventory",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('document', models.JSONField(default=dict)),
-                ('digest', models.CharField(blank=True, max_length=64)),
-                ('changed_at', models.DateTimeField(help_text='When the content last changed')),
-                ('node_groups_served', models.BooleanField(default=False, help_text="The cluster serves Karpenter's NodePool API")),
-                ('node_groups_error', models.TextField(blank=True, help_text='Why node groups could not be read (last known kept)')),
-                ('autoscaler_state', models.CharField(choices=[('available', 'Available'), ('unavailable', 'Unavailable'), ('unknown', 'Unknown'), ('none', 'No autoscaler')], default='unknown', max_length=12)),
-                ('autoscaler_message', models.TextField(blank=True)),
-                ('autoscaler_since', models.DateTimeField(blank=True, help_text='Since when the state holds', null=True)),
-                ('cluster', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='inventory', to='pools.cluster')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("document", models.JSONField(default=dict)),
+                ("digest", models.CharField(blank=True, max_length=64)),
+                ("changed_at", models.DateTimeField(help_text="When the content last changed")),
+                (
+                    "node_groups_served",
+                    models.BooleanField(
+                        default=False, help_text="The cluster serves Karpenter's NodePool API"
+                    ),
+                ),
+                (
+                    "node_groups_error",
+                    models.TextField(
+                        blank=True, help_text="Why node groups could not be read (last known kept)"
+                    ),
+                ),
+                (
+                    "autoscaler_state",
+                    models.CharField(
+                        choices=[
+                            ("available", "Available"),
+                            ("unavailable", "Unavailable"),
+                            ("unknown", "Unknown"),
+                            ("none", "No autoscaler"),
+                        ],
+                        default="unknown",
+                        max_length=12,
+                    ),
+                ),
+                ("autoscaler_message", models.TextField(blank=True)),
+                (
+                    "autoscaler_since",
+                    models.DateTimeField(blank=True, help_text="Since when the state holds", null=True),
+                ),
+                (
+                    "cluster",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="inventory",
+                        to="pools.cluster",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='WarmHeadroom',
+            name="WarmHeadroom",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('gpus_wanted', models.PositiveIntegerField(default=0)),
-                ('gpus_held', models.PositiveIntegerField(default=0, help_text='Units of placeholders running')),
-                ('pods_pending', models.PositiveIntegerField(default=0, help_text='Placeholders waiting for a node')),
-                ('placeholders', models.JSONField(blank=True, default=list)),
-                ('conditions', models.JSONField(blank=True, default=list)),
-                ('reconciled_at', models.DateTimeField(blank=True, null=True)),
-                ('pool', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='warm', to='pools.nodepool')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("gpus_wanted", models.PositiveIntegerField(default=0)),
+                (
+                    "gpus_held",
+                    models.PositiveIntegerField(default=0, help_text="Units of placeholders running"),
+                ),
+                (
+                    "pods_pending",
+                    models.PositiveIntegerField(default=0, help_text="Placeholders waiting for a node"),
+                ),
+                ("placeholders", models.JSONField(blank=True, default=list)),
+                ("conditions", models.JSONField(blank=True, default=list)),
+                ("reconciled_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "pool",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="warm", to="pools.nodepool"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='NodeBringUp',
+            name="NodeBringUp",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('node_group', models.CharField(max_length=253)),
-                ('name', models.CharField(help_text='The NodeClaim', max_length=253)),
-                ('instance_type', models.CharField(blank=True, max_length=100)),
-                ('created_at', models.DateTimeField()),
-                ('ready_at', models.DateTimeField()),
-                ('seconds', models.FloatField()),
-                ('cluster', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='bringups', to='pools.cluster')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("node_group", models.CharField(max_length=253)),
+                ("name", models.CharField(help_text="The NodeClaim", max_length=253)),
+                ("instance_type", models.CharField(blank=True, max_length=100)),
+                ("created_at", models.DateTimeField()),
+                ("ready_at", models.DateTimeField()),
+                ("seconds", models.FloatField()),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="bringups",
+                        to="pools.cluster",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-ready_at'],
-                'indexes': [models.Index(fields=['cluster', 'node_group', '-ready_at'], name='pools_nodeb_cluster_727be4_idx')],
-                'constraints': [models.UniqueConstraint(fields=('cluster', 'name'), name='bringup_unique_per_cluster')],
+                "ordering": ["-ready_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["cluster", "node_group", "-ready_at"], name="pools_nodeb_cluster_727be4_idx"
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("cluster", "name"), name="bringup_unique_per_cluster")
+                ],
             },
         ),
     ]

@@ -24,10 +24,12 @@ tb = load_testbed_module()
 
 
 class FakeCluster:
-    """Stands in for pools.kube.ops: serves a node list, or fails like an unreachable cluster."""
+    """Stands in for pools.kube.ops: serves a node list (and Karpenter NodePools, none unless a test
+    sets them), or fails like an unreachable cluster."""
 
     def __init__(self, nodes: list[dict[str, Any]]) -> None:
         self.nodes = nodes
+        self.nodepools: list[dict[str, Any]] = []
         self.down = False
         self.calls = 0
 
@@ -42,6 +44,8 @@ class FakeCluster:
         return {**manifest, "status": {"allowed": True}}
 
     def list_objects(self, cluster: Cluster, api_version: str, kind: str, **kw: Any) -> list[dict[str, Any]]:
+        if (api_version, kind) == ("karpenter.sh/v1", "NodePool"):
+            return copy.deepcopy(self.nodepools)
         assert (api_version, kind) == ("v1", "Node")
         return copy.deepcopy(self.nodes)
 
