@@ -239,7 +239,10 @@ def nodegroup_from_nodepool(
             resources[kind] = {k: int(v) for k, v in known[kind].items() if v}
         elif stated:
             resources[kind] = dict(stated)
-    ready = condition_of(nodepool, "Ready")
+    # Unknown (Karpenter has not looked yet) is no verdict; only an explicit False stops launches.
+    status = (condition_of(nodepool, "Ready") or {}).get("status")
+    verdict = {"True": True, "False": False}.get(status or "")
+    ready = condition_of(nodepool, "Ready") or {}
     return NodeGroup(
         name=name_of(nodepool),
         kind=KARPENTER,
@@ -250,10 +253,8 @@ def nodegroup_from_nodepool(
         resources=resources,
         limits={k: _int(v) for k, v in (spec.get("limits") or {}).items()},
         zones=zones,
-        ready=None if ready is None else ready.get("status") == "True",
-        message=""
-        if ready is None or ready.get("status") == "True"
-        else (ready.get("message") or ready.get("reason") or ""),
+        ready=verdict,
+        message=(ready.get("message") or ready.get("reason") or "") if verdict is False else "",
     )
 
 

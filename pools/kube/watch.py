@@ -361,6 +361,8 @@ class ResourceCache:
                 )
                 self._stop.wait(delay)
             except Exception:
+                if self._stop.is_set():
+                    break  # stop() closed the stream under a read in progress
                 # A bug must not leave a dead thread behind a cache that still looks current.
                 logger.exception("%s: unexpected failure; listing again", self.source.name)
                 self._mark_stale(
