@@ -183,66 +183,65 @@ def run(sizes: tuple[int, ...] = (50, 200), repeats: int = 3, workdir: str = "va
     with testbed_cluster(CLUSTER_NAME) as kubeconfig:
         _prepare(kubeconfig)
         app.control.purge()
-        # The approvals' pre-flight reads the collector's live inventory, as in production.
-        from pools.models import Cluster, ClusterInventory
-        from pools.utilisation.collector import ClusterCollector
+        # The approvals' pre-flight reads the collector's live inventory: the collector runs in its own
+        # process, as in production.
+        from pools.models import ClusterInventory
 
-        collector = ClusterCollector(Cluster.objects.get(name="local"), interval=5, backoff_max=2)
-        collector.start()
-        wait_for("the collector's inventory", lambda: ClusterInventory.objects.exists(), 60)
+        collector_args = [sys.executable, "manage.py", "collect_utilisation", "--cluster", "local"]
         worker_args = [
             sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool=prefork",
             f"--concurrency={WORKER_CONCURRENCY}", "--loglevel=WARNING", "--hostname=bench@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
-        try:
-            with process(worker_args, os.path.join(workdir, "provisioning-worker.log")) as worker:
-                time.sleep(3)
-                if worker.poll() is not None:
-                    raise RuntimeError(
-                        f"the celery worker exited at start; see {workdir}/provisioning-worker.log"
-                    )
-                run_no = 0
-                for n in sizes:
-                    series = {
-                        k: Series(f"{k} with {n} grants", "s")
-                        for k in ("portal", "kubectl_one_at_a_time", "kubectl_directory")
-                    }
-                    ratios = {
-                        k: Series(f"portal/{k} with {n} grants", "x") for k in ("one_at_a_time", "directory")
-                    }
-                    runs = []
-                    objects = 0
-                    for _ in range(repeats):
-                        run_no += 1
-                        ids = _requests(run_no, n)
-                        portal = _portal(ids, timeout=max(300.0, 5.0 * n))
-                        one = _one_at_a_time(kubeconfig, _baseline_manifests(ids, f"kc1-{run_no}"))
-                        directory_objects = _baseline_manifests(ids, f"kcd-{run_no}")
-                        directory = _directory(kubeconfig, directory_objects)
-                        objects = len(directory_objects)
-                        r = {
-                            **portal,
-                            "kubectl_one_at_a_time_seconds": one,
-                            "kubectl_directory_seconds": directory,
-                            "objects": objects,
-                        }
-                        runs.append(r)
-                        series["portal"].values.append(portal["seconds"])
-                        series["kubectl_one_at_a_time"].values.append(one)
-                        series["kubectl_directory"].values.append(directory)
-                        ratios["one_at_a_time"].values.append(portal["seconds"] / one)
-                        ratios["directory"].values.append(portal["seconds"] / directory)
-                        log("provisioning", f"n={n}: {r}")
-                    out["sizes"][n] = {
+        with (
+            process(collector_args, os.path.join(workdir, "provisioning-collector.log")),
+            process(worker_args, os.path.join(workdir, "provisioning-worker.log")) as worker,
+        ):
+            wait_for("the collector's inventory", lambda: ClusterInventory.objects.exists(), 60)
+            time.sleep(3)
+            if worker.poll() is not None:
+                raise RuntimeError(
+                    f"the celery worker exited at start; see {workdir}/provisioning-worker.log"
+                )
+            run_no = 0
+            for n in sizes:
+                series = {
+                    k: Series(f"{k} with {n} grants", "s")
+                    for k in ("portal", "kubectl_one_at_a_time", "kubectl_directory")
+                }
+                ratios = {
+                    k: Series(f"portal/{k} with {n} grants", "x") for k in ("one_at_a_time", "directory")
+                }
+                runs = []
+                objects = 0
+                for _ in range(repeats):
+                    run_no += 1
+                    ids = _requests(run_no, n)
+                    portal = _portal(ids, timeout=max(300.0, 5.0 * n))
+                    one = _one_at_a_time(kubeconfig, _baseline_manifests(ids, f"kc1-{run_no}"))
+                    directory_objects = _baseline_manifests(ids, f"kcd-{run_no}")
+                    directory = _directory(kubeconfig, directory_objects)
+                    objects = len(directory_objects)
+                    r = {
+                        **portal,
+                        "kubectl_one_at_a_time_seconds": one,
+                        "kubectl_directory_seconds": directory,
                         "objects": objects,
-                        "seconds": {k: s.summary() for k, s in series.items()},
-                        "objects_per_second": {k: objects / s.summary()["median"] for k, s in series.items()},
-                        "ratio": {k: s.summary() for k, s in ratios.items()},
-                        "runs": runs,
                     }
-        finally:
-            collector.stop()
+                    runs.append(r)
+                    series["portal"].values.append(portal["seconds"])
+                    series["kubectl_one_at_a_time"].values.append(one)
+                    series["kubectl_directory"].values.append(directory)
+                    ratios["one_at_a_time"].values.append(portal["seconds"] / one)
+                    ratios["directory"].values.append(portal["seconds"] / directory)
+                    log("provisioning", f"n={n}: {r}")
+                out["sizes"][n] = {
+                    "objects": objects,
+                    "seconds": {k: s.summary() for k, s in series.items()},
+                    "objects_per_second": {k: objects / s.summary()["median"] for k, s in series.items()},
+                    "ratio": {k: s.summary() for k, s in ratios.items()},
+                    "runs": runs,
+                }
 
     return out
 

@@ -371,7 +371,11 @@ def _elastic(e: Json) -> list[str]:
             "",
             f"`capacity_request_approve` with the pre-flight on, {lat['samples']} approvals each: live "
             f"cluster p50 {_num(lat['live_ms']['p50'], 1)} ms, p95 {_num(lat['live_ms']['p95'], 1)} ms (no "
-            f"request to the cluster); a cluster the collector marks stale is refused in p50 "
+            "request to the cluster; the pre-flight alone p50 "
+            f"{_num((lat.get('preflight_ms') or {}).get('p50'), 1)} ms, p95 "
+            f"{_num((lat.get('preflight_ms') or {}).get('p95'), 1)} ms, the rest is the approval's own "
+            "locks, grant and audit rows and queueing the reconcile); a cluster the collector marks stale is "
+            "refused in p50 "
             f"{_num(lat['stale_ms']['p50'], 1)} ms, max {_num(lat['stale_ms']['max'], 1)} ms "
             f"({', '.join(lat['stale_reason'])}).",
         ]

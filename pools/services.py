@@ -20,7 +20,15 @@ from pools import manifests
 from pools.holders import holders_count
 from pools.kube import client, ops
 from pools.kube.discovery import AcceleratorSpec, DiscoveredPool, Inventory, discover
-from pools.kube.errors import InvalidKubeconfig, KubeError, NotFound, TLSError, Unauthorized, Unreachable
+from pools.kube.errors import (
+    Forbidden,
+    InvalidKubeconfig,
+    KubeError,
+    NotFound,
+    TLSError,
+    Unauthorized,
+    Unreachable,
+)
 from pools.kube.nodegroups import (
     NodeGroup,
     PoolAsk,
@@ -123,13 +131,20 @@ def instance_catalogue() -> dict[str, dict[str, int]]:
     return {str(k): {str(r): int(n) for r, n in v.items()} for k, v in settings.PORTAL_INSTANCE_TYPES.items()}
 
 
-def cluster_node_groups(cluster: Cluster, nodes: list[dict[str, Any]]) -> list[NodeGroup]:
+def cluster_node_groups(
+    cluster: Cluster, nodes: list[dict[str, Any]], notes: list[str] | None = None
+) -> list[NodeGroup]:
     """The cluster's node groups: its Karpenter NodePools (none when it does not serve the API) and
-    the cluster-autoscaler groups declared on the cluster record. Raises KubeError."""
+    the cluster-autoscaler groups declared on the cluster record. NodePools the credentials may not
+    list are left out with a sentence in `notes`; other failures raise KubeError."""
     try:
         nodepools = ops.list_objects(cluster, KARPENTER_API, NODEPOOL_KIND)
     except NotFound:
         nodepools = []
+    except Forbidden as exc:
+        nodepools = []
+        if notes is not None:
+            notes.append(f"Karpenter NodePools were not read ({exc.message}); grant list and watch on them.")
     except KubeError as exc:
         if exc.reason != "NoSuchAPI":
             raise
@@ -496,7 +511,8 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
     try:
         version = ops.server_version(cluster)
         nodes = ops.list_objects(cluster, "v1", "Node")
-        groups = cluster_node_groups(cluster, nodes)
+        group_notes: list[str] = []
+        groups = cluster_node_groups(cluster, nodes, group_notes)
     except KubeError as exc:
         _record_failure(cluster, exc.message)
         raise _as_validation_error(cluster, exc) from exc
@@ -509,6 +525,7 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
         raise ValidationError({NON_FIELD_ERRORS: ValidationError(message, code="no_gpu_nodes")})
 
     summary = SyncSummary()
+    summary.notes += group_notes
     summary.notes += [f"Pool {name} not offered: {reason}." for name, reason in inventory.skipped.items()]
     summary.notes += inventory.warnings
     with transaction.atomic():
@@ -657,4 +674,8 @@ def pool_preflight_refusal(*, pool: NodePool) -> str | None:
         taint=pool.taint,
         resource=pool.accelerator.resource_name,
     )
-    return preflight_refusal(ask, inventory.document)
+    refusal = preflight_refusal(ask, inventory.document)
+    if refusal and inventory.node_groups_error:
+        why = inventory.node_groups_error
+        refusal += f" (The collector could not read the cluster's node groups lately: {why}.)"
+    return refusal

@@ -283,7 +283,8 @@ class NodeGroupWatch:
         read lately (the last known ones are kept)."""
         status = self.nodepools.status()
         served = bool(self.nodepools.source.served)
-        return status.synced, served, status.last_error if status.stale else ""
+        # A list that failed (forbidden, say) still leaves the nodes to judge by: ready, with the error.
+        return status.synced or status.stale, served, status.last_error if status.stale else ""
 
     # -- one publish -----------------------------------------------------------------------
 
