@@ -233,7 +233,14 @@ class Bench:
             grant = self.active(req)
             to_active = time.perf_counter() - start + approve
             cold = self.time_pod(grant.namespace, cold_pool.name, 1, f"cold-{i}")
+            # Gone, not just terminating: the grant's quota frees its GPUs only then.
             ops.delete(self.k8s, "v1", "Pod", f"warm-{i}", warm_grant.namespace)
+            wait_for(
+                f"pod warm-{i} to be gone",
+                lambda i=i: ops.get(self.k8s, "v1", "Pod", f"warm-{i}", warm_grant.namespace) is None,
+                TIMEOUT,
+                interval=0.2,
+            )
             NodePool.objects.filter(pk=cold_pool.pk).update(enabled=False)
             warm_series.values.append(warm)
             cold_series.values.append(cold)
