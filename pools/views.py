@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 from pools import selectors as pool_selectors
 from pools import services
 from pools.forms import ClusterRegisterForm
+from pools.kube import client
 from pools.models import Cluster, NodePool
 from portal.models import User
 from portal.ui import (
@@ -94,7 +95,8 @@ def cluster_register(request: HttpRequest) -> HttpResponse:
                 )
                 return redirect("pools:cluster_detail", pk=cluster.pk)
         focus_first_error(form)
-    return render(request, "pools/cluster_register.html", {"form": form}, status=422 if form.errors else 200)
+    context = {"form": form, "in_cluster_refusal": client.in_cluster_refusal()}
+    return render(request, "pools/cluster_register.html", context, status=422 if form.errors else 200)
 
 
 @writer_required

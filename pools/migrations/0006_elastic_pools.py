@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pools", "0004_figure_help_texts"),
+        ("pools", "0005_cluster_in_cluster"),
     ]
 
     operations = [
