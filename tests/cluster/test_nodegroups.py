@@ -309,3 +309,39 @@ def test_groups_for_picks_the_groups_a_pool_selector_matches(topology):
     groups = [nodegroup_from_nodepool(p) for p in nodepools(topology)]
     assert [g.name for g in groups_for(groups, {POOL_LABEL: "batch-a100"})] == ["batch-a100"]
     assert groups_for(groups, {}) == []
+
+
+def test_conformance_flags_node_groups_without_the_gpu_taint_and_knows_elastic_selectors(topology):
+    from pools.kube.conformance import (
+        GROUP_MISSING_GPU_TAINT,
+        SELECTOR_MATCHES_NOTHING,
+        Allowlist,
+        conformance_report,
+    )
+
+    pools = nodepools(topology)
+    target = next(p for p in pools if p["metadata"]["name"] == "interactive-h100")
+    target["spec"]["template"]["spec"]["taints"] = [
+        t for t in target["spec"]["template"]["spec"]["taints"] if t["key"] == POOL_LABEL
+    ]
+    groups = [nodegroup_from_nodepool(p) for p in pools]
+
+    class Record:
+        def __init__(self, name: str) -> None:
+            self.name, self.node_selector, self.taint = name, {POOL_LABEL: name}, pool_taint(name)
+
+    findings = conformance_report(
+        nodes=[],
+        pods=[],
+        pools=[Record("interactive-h100"), Record("nowhere")],
+        allowlist=Allowlist(),
+        node_groups=groups,
+    )
+    rules = {(f.rule, f.pool) for f in findings}
+    assert (GROUP_MISSING_GPU_TAINT, "interactive-h100") in rules
+    assert (GROUP_MISSING_GPU_TAINT, "batch-a100") not in rules
+    # An elastic pool with no node is not "matches no node": its NodePool can make one.
+    assert (SELECTOR_MATCHES_NOTHING, "interactive-h100") not in rules
+    assert (SELECTOR_MATCHES_NOTHING, "nowhere") in rules
+    message = next(f.message for f in findings if f.rule == GROUP_MISSING_GPU_TAINT)
+    assert message.startswith("NodePool interactive-h100 makes GPU nodes without the taint")
