@@ -202,7 +202,13 @@ class ClusterCollector:
                 allowed_on_gpu_nodes=self.allowlist.allows,
                 created_since=self._last_publish,
             )
-            self.nodegroups.update(figures=figures, pools=pools, nodes=nodes, now=now)
+            self.nodegroups.update(
+                figures=figures,
+                pools=pools,
+                nodes=nodes,
+                now=now,
+                nodes_version=statuses[0].resource_version,
+            )
             self._last_publish = now
         contacts = [s.last_contact for s in statuses if s.last_contact]
         stale_since = [s.stale_since for s in statuses if s.stale_since]

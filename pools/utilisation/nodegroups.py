@@ -251,6 +251,11 @@ class NodeGroupWatch:
         self._arrivals: dict[int, deque[tuple[float, int, int]]] = defaultdict(deque)
         self._recorded: set[str] = set()
         self._bringups: dict[str, list[tuple[datetime, float]]] | None = None
+        # The last inventory built, what it was built from, and what was last written.
+        self._document: Json | None = None
+        self._groups: list[NodeGroup] = []
+        self._document_key: tuple[Any, ...] | None = None
+        self._published: tuple[Any, ...] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -289,10 +294,18 @@ class NodeGroupWatch:
     # -- one publish -----------------------------------------------------------------------
 
     def update(
-        self, *, figures: ClusterFigures, pools: Sequence[PoolSpec], nodes: list[Json], now: datetime
+        self,
+        *,
+        figures: ClusterFigures,
+        pools: Sequence[PoolSpec],
+        nodes: list[Json],
+        now: datetime,
+        nodes_version: str | None = None,
     ) -> None:
         """Called by the collector with live figures, before it writes them: writes the inventory
-        and new bring-ups, and fills in the pools' elastic figures."""
+        and new bring-ups, and fills in the pools' elastic figures. The inventory is rebuilt only when
+        the nodes (`nodes_version`, their cache's resourceVersion), node groups or declarations moved,
+        and written only when something in it changed: pods churning cost it nothing."""
         fresh = Cluster.objects.filter(pk=self.cluster.pk).values(
             "autoscaler_health_url", "autoscaler_node_groups"
         )
@@ -304,23 +317,37 @@ class NodeGroupWatch:
         declared = (
             config["autoscaler_node_groups"] if isinstance(config["autoscaler_node_groups"], dict) else {}
         )
-        document = inventory_document(
-            nodes=nodes,
-            nodepools=nodepools,
-            nodeclaims=claims,
-            declared=declared,
-            instance_catalogue=instance_catalogue(),
+        key = (
+            nodes_version,
+            self.nodepools.status().resource_version,
+            self.nodeclaims.status().resource_version,
+            json.dumps(declared, sort_keys=True, default=str),
+            served,
         )
-        groups = groups_of(document)
+        rebuilt = nodes_version is None or key != self._document_key or self._document is None
+        if rebuilt:
+            self._document = inventory_document(
+                nodes=nodes,
+                nodepools=nodepools,
+                nodeclaims=claims,
+                declared=declared,
+                instance_catalogue=instance_catalogue(),
+            )
+            self._groups = groups_of(self._document)
+            self._document_key = key
+        groups = self._groups
         autoscaler = self._autoscaler(groups, figures, pools, claims, served=served)
-        cluster_inventory_publish(
-            cluster_id=self.cluster.pk,
-            document=document if ready else None,
-            now=now,
-            served=served,
-            error=error,
-            autoscaler=autoscaler,
-        )
+        state = (ready, served, error, autoscaler)
+        if rebuilt or state != self._published:
+            cluster_inventory_publish(
+                cluster_id=self.cluster.pk,
+                document=self._document if ready else None,
+                now=now,
+                served=served,
+                error=error,
+                autoscaler=autoscaler,
+            )
+            self._published = state if ready else None
         self._record_bringups(claims)
         self._fill(figures, pools, groups, claims, now)
 
