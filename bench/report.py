@@ -140,6 +140,37 @@ def _targets(sections: Json) -> list[str]:
         )
     if "error" in appr:
         rows += _target("Approvals", appr["error"], None)
+    ela = sections.get("elastic") or {}
+    for delay, r in (ela.get("delays") or {}).items():
+        ratio = r["ratio"]["median"]
+        rows += _target(
+            f"Interactive pod to Running, warm headroom / from zero <= 0.1 (bring-up {delay} s)",
+            f"{_num(ratio, 3)}x ({_num(r['warm']['median'])} s / {_num(r['cold']['median'])} s)",
+            ratio <= 0.1,
+            "the warm pod waits for the scheduler to preempt a placeholder and for kwok to start it",
+        )
+        active = r["approval_to_active"]["median"]
+        rows += _target(
+            f"Approval to Active on a pool with zero nodes does not wait for a node (bring-up {delay} s)",
+            f"{_num(active)} s",
+            active < float(delay),
+            "the grant's provisioning took longer than a node's bring-up",
+        )
+    if (lat := ela.get("approval_latency")) is not None:
+        rows += _target(
+            "Final approval p95 < 100 ms with the pre-flight on (live cluster)",
+            f"{_num(lat['live_ms']['p95'], 1)} ms",
+            lat["live_ms"]["p95"] < 100,
+            "the approval's own database work on a loaded machine",
+        )
+        rows += _target(
+            "Final approval < 1 s when the cluster does not answer",
+            f"{_num(lat['stale_ms']['max'], 1)} ms (max), refused: {', '.join(lat['stale_reason'])}",
+            lat["stale_ms"]["max"] < 1000,
+            "",
+        )
+    if "error" in ela:
+        rows += _target("Elastic pools", ela["error"], None)
     return rows
 
 
@@ -302,6 +333,55 @@ def _approvals(a: Json) -> list[str]:
     return out
 
 
+def _elastic(e: Json) -> list[str]:
+    out = [
+        "## 5. Elastic pools",
+        "",
+        f"Cluster: {e.get('cluster', '')}. Per bring-up delay (the simulated GPU node bring-up of the "
+        "NodePool's nodes), each run creates a pod that follows its grant's contract on an interactive "
+        "pool and times it to Running (wall clock, polled every 50 ms): **warm**, on a pool whose one node "
+        "of headroom is held by placeholder pods (the pod preempts one; the next run waits until a "
+        "replacement node holds the headroom again), and **from zero**, on a fresh pool with no node and "
+        "no headroom (Karpenter's claim, the node's bring-up, the bind). Approval to Active is timed on that "
+        "zero-node pool: from `capacity_request_approve` (pre-flight from the collector's inventory) until "
+        "the request is `active`.",
+        "",
+        "| Bring-up | Warm s | From zero s | Warm / from zero | Approval to Active s (zero nodes) |",
+        "|---|---|---|---|---|",
+    ]
+    for delay, r in (e.get("delays") or {}).items():
+        out.append(
+            f"| {delay} s | {_s(r['warm'])} | {_s(r['cold'])} | {_s(r['ratio'], 3)} | "
+            f"{_s(r['approval_to_active'])} |"
+        )
+    delays = sorted((float(d), r) for d, r in (e.get("delays") or {}).items())
+    if len(delays) >= 2:
+        (d1, r1), (d2, r2) = delays[0], delays[-1]
+        slope = (r2["cold"]["median"] - r1["cold"]["median"]) / (d2 - d1)
+        out += [
+            "",
+            f"How it scales: from zero grows with the bring-up delay ({_num(slope)} s per second of bring-up "
+            f"between {d1:g} s and {d2:g} s, i.e. bring-up plus a constant of about "
+            f"{_num(r1['cold']['median'] - d1, 1)} s for Karpenter's claim and the bind); warm does not "
+            f"depend on it ({_num(r1['warm']['median'])} s and {_num(r2['warm']['median'])} s), so the ratio "
+            "falls as the bring-up grows. Approval to Active never waits for a node at any delay.",
+        ]
+    if (lat := e.get("approval_latency")) is not None:
+        out += [
+            "",
+            f"`capacity_request_approve` with the pre-flight on, {lat['samples']} approvals each: live "
+            f"cluster p50 {_num(lat['live_ms']['p50'], 1)} ms, p95 {_num(lat['live_ms']['p95'], 1)} ms (no "
+            "request to the cluster; the pre-flight alone p50 "
+            f"{_num((lat.get('preflight_ms') or {}).get('p50'), 1)} ms, p95 "
+            f"{_num((lat.get('preflight_ms') or {}).get('p95'), 1)} ms, the rest is the approval's own "
+            "locks, grant and audit rows and queueing the reconcile); a cluster the collector marks stale is "
+            "refused in p50 "
+            f"{_num(lat['stale_ms']['p50'], 1)} ms, max {_num(lat['stale_ms']['max'], 1)} ms "
+            f"({', '.join(lat['stale_reason'])}).",
+        ]
+    return out
+
+
 def _noise(sections: Json) -> str:
     spreads = _spreads(sections)
     if not spreads:
@@ -440,6 +520,7 @@ def markdown(data: Json) -> str:
         ("2. Collector", "collector", _collector),
         ("3. API", "api", _api),
         ("4. Approvals", "approvals", _approvals),
+        ("5. Elastic pools", "elastic", _elastic),
     )
     for title, name, render in renderers:
         section = s.get(name)

@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin
+from django.db import transaction
+from django.http import HttpRequest
 
 from pools.forms import SecretTextarea
 from pools.models import Accelerator, Cluster, NodePool
@@ -19,6 +21,12 @@ class ClusterForm(forms.ModelForm):
         required=False,
         max_length=300,
         help_text=Cluster._meta.get_field("prometheus_url").help_text,
+    )
+    autoscaler_health_url = forms.URLField(
+        assume_scheme="http",
+        required=False,
+        max_length=300,
+        help_text=Cluster._meta.get_field("autoscaler_health_url").help_text,
     )
     kubeconfig = forms.CharField(
         widget=SecretTextarea(attrs={"rows": 6, "autocomplete": "off", "spellcheck": "false"}),
@@ -41,6 +49,8 @@ class ClusterForm(forms.ModelForm):
             "enabled",
             "prometheus_url",
             "prometheus_node_label",
+            "autoscaler_health_url",
+            "autoscaler_node_groups",
         ]
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -83,3 +93,11 @@ class NodePoolAdmin(admin.ModelAdmin):
     list_filter = ["pool_class", "cluster", "accelerator", "enabled"]
     search_fields = ["name"]
     list_select_related = ["cluster", "accelerator"]
+    readonly_fields = ["node_groups"]
+
+    def save_model(self, request: HttpRequest, obj: NodePool, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # A new headroom (or class, or an enabled flag) moves the placeholders on the cluster at once.
+        from pools.tasks import warm_headroom_reconcile
+
+        transaction.on_commit(lambda: warm_headroom_reconcile.delay(obj.pk), robust=True)

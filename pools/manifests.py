@@ -656,3 +656,131 @@ def workload_selector_policy() -> Manifest:
 
 def workload_selector_binding() -> Manifest:
     return _mutating_binding(SELECTOR_POLICY_NAME)
+
+
+# --- warm headroom: placeholder pods that keep an interactive pool's GPUs warm ----------------------
+
+# Below every workload class (the gpu-* classes, and 0 for pods without one), so any pod may preempt
+# a placeholder; -1 stays above the cluster-autoscaler's expendable cutoff (-10), so it still scales
+# up for placeholders. They never preempt anything themselves.
+WARM_PRIORITY = -1
+
+
+@dataclass(frozen=True)
+class WarmSpec:
+    """The warm headroom of one pool, as plain values."""
+
+    pool: str
+    namespace: str
+    image: str
+    priority_class: str
+    node_selector: dict[str, str]
+    taint: dict[str, str]
+    gpu_taint: dict[str, str]
+    resource: str
+    gpus: int
+    # Units one node of the pool's node groups has (0: unknown, one placeholder holds everything).
+    gpus_per_node: int = 0
+
+
+def warm_chunks(gpus: int, per_node: int) -> dict[int, int]:
+    """Placeholder sizes -> how many: `gpus` split into pods of one node's units (the last one holds
+    the rest). A pod no bigger than a node always fits a new node, and an interactive pod that needs a
+    whole node finds one by preempting a single placeholder."""
+    if gpus <= 0:
+        return {}
+    if per_node <= 0 or per_node >= gpus:
+        return {gpus: 1}
+    chunks = {per_node: gpus // per_node}
+    if gpus % per_node:
+        chunks[gpus % per_node] = 1
+    return chunks
+
+
+def warm_deployment_name(pool: str, size: int) -> str:
+    return f"warm-{pool}-{size}g"[:253]
+
+
+def warm_namespace(name: str) -> Manifest:
+    """The portal's own namespace for placeholders on each cluster: no grant label, so the grant
+    contract does not apply; Pod Security `restricted`, which the pause containers meet."""
+    labels = {
+        **managed_labels(**{Label.WARM_HEADROOM: "true"}),
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def warm_priority_class(name: str) -> Manifest:
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": name, "labels": managed_labels(**{Label.WARM_HEADROOM: "true"})},
+        "value": WARM_PRIORITY,
+        "preemptionPolicy": "Never",
+        "globalDefault": False,
+        "description": "Warm headroom placeholders: any workload preempts them, the autoscaler keeps nodes.",
+    }
+
+
+def warm_placeholders(spec: WarmSpec) -> list[Manifest]:
+    """One Deployment per placeholder size (deterministic names `warm-<pool>-<size>g`). A Deployment,
+    not bare pods: a placeholder preempted by an interactive pod is replaced by the ReplicaSet within
+    a moment, and the replacement, pending, makes the autoscaler bring up the next warm node while
+    the interactive pod already runs. Recreate, never surge: a surge pod would ask for another node."""
+    manifests = []
+    for size, replicas in sorted(warm_chunks(spec.gpus, spec.gpus_per_node).items(), reverse=True):
+        name = warm_deployment_name(spec.pool, size)
+        selector = {Label.WARM_HEADROOM: spec.pool, f"{Label.WARM_HEADROOM}-size": str(size)}
+        labels = managed_labels(**selector, **{Label.POOL: spec.pool})
+        manifests.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": spec.namespace, "labels": labels},
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": selector},
+                    "strategy": {"type": "Recreate"},
+                    "revisionHistoryLimit": 1,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "priorityClassName": spec.priority_class,
+                            "terminationGracePeriodSeconds": 0,
+                            "automountServiceAccountToken": False,
+                            "enableServiceLinks": False,
+                            "nodeSelector": dict(spec.node_selector),
+                            "tolerations": [{**t, "operator": "Equal"} for t in (spec.gpu_taint, spec.taint)],
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "runAsUser": 65535,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                            "containers": [
+                                {
+                                    "name": "placeholder",
+                                    "image": spec.image,
+                                    # Exactly the GPUs it holds; a token of CPU and memory.
+                                    "resources": {
+                                        "requests": {
+                                            spec.resource: str(size),
+                                            "cpu": "10m",
+                                            "memory": "16Mi",
+                                        },
+                                        "limits": {spec.resource: str(size), "memory": "16Mi"},
+                                    },
+                                    "securityContext": {
+                                        "allowPrivilegeEscalation": False,
+                                        "readOnlyRootFilesystem": True,
+                                        "capabilities": {"drop": ["ALL"]},
+                                    },
+                                }
+                            ],
+                        },
+                    },
+                },
+            }
+        )
+    return manifests

@@ -77,6 +77,28 @@ class Cluster(models.Model):
         validators=[RegexValidator(r"^[a-zA-Z_][a-zA-Z0-9_]*$", "Not a Prometheus label name.")],
         help_text="Label of the DCGM series holding the Kubernetes node name",
     )
+    autoscaler_health_url = models.URLField(
+        max_length=300,
+        blank=True,
+        help_text=(
+            "Optional health endpoint of the cluster's autoscaler, e.g. "
+            "http://karpenter.kube-system:8081/readyz (Karpenter) or "
+            "http://cluster-autoscaler.kube-system:8085/health-check; without it, autoscaling counts as "
+            "unavailable only when pending pods get no node"
+        ),
+    )
+    autoscaler_node_groups = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "Cluster-autoscaler node groups, by name, as their cloud node groups are tagged for scale from "
+            'zero: {"gpu-h100": {"minSize": 0, "maxSize": 4, "instanceType": "p5.48xlarge", '
+            '"zones": [...], "tags": {"k8s.io/cluster-autoscaler/node-template/label/<key>": "<value>", '
+            '"k8s.io/cluster-autoscaler/node-template/taint/<key>": "<value>:NoSchedule", '
+            '"k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu": "8"}}}. Karpenter '
+            "NodePools are read from the cluster and need no entry here."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -116,6 +138,15 @@ class NodePool(models.Model):
     )
     max_gpus_per_team = models.PositiveIntegerField(null=True, blank=True)
     enabled = models.BooleanField(default=True)
+    # Elastic pools: the autoscaler node groups (Karpenter NodePools, cluster-autoscaler groups) that
+    # make the pool's nodes, as the last inventory sync found them. Empty for a static pool.
+    node_groups = models.JSONField(
+        default=list, blank=True, help_text="Node groups that make this pool's nodes (set by inventory sync)"
+    )
+    queue_wait_target_seconds = models.PositiveIntegerField(
+        default=60,
+        help_text="Longest an interactive pod should wait for a GPU; the warm-pool advice sizes to it",
+    )
 
     class Meta:
         ordering = ["cluster__name", "name"]
@@ -138,9 +169,30 @@ class NodePool(models.Model):
     def taint(self) -> dict[str, str]:
         return {"key": self.taint_key, "value": self.taint_value, "effect": self.taint_effect}
 
+    @property
+    def elastic(self) -> bool:
+        return bool(self.node_groups)
+
+    @property
+    def keeps_warm_headroom(self) -> bool:
+        """Placeholder pods hold this pool's headroom on the cluster: an interactive pool that scales,
+        so the autoscaler keeps nodes for them (on a static pool the GPUs exist anyway and the
+        approval rule keeps them ungranted)."""
+        return (
+            self.enabled
+            and self.cluster.enabled
+            and self.pool_class == PoolClass.INTERACTIVE
+            and self.elastic
+            and self.headroom_gpus > 0
+        )
+
 
 # ----------------------------------------------------------------------------------------------
 # Live utilisation, written by the collector (pools/utilisation/collector.py), and its history.
+
+
+# The collector writes at least every 5 s; silence for longer than this means it is not running.
+COLLECTOR_SILENT_AFTER = timedelta(seconds=20)
 
 
 class CollectorState(models.TextChoices):
@@ -175,6 +227,78 @@ class ClusterUtilisation(models.Model):
         return f"{self.cluster.name}: {self.state}"
 
 
+class AutoscalerState(models.TextChoices):
+    AVAILABLE = "available", "Available"
+    UNAVAILABLE = "unavailable", "Unavailable"
+    UNKNOWN = "unknown", "Unknown"
+    NONE = "none", "No autoscaler"
+
+
+class ClusterInventory(models.Model):
+    """The collector's live inventory of a cluster's nodes and node groups, for the approval pre-flight:
+    it reads this row (and the staleness mark of ClusterUtilisation) instead of asking the cluster.
+    Written only when the content changes (`digest`); ClusterUtilisation.heartbeat_at says it is current."""
+
+    cluster = models.OneToOneField(Cluster, on_delete=models.CASCADE, related_name="inventory")
+    # pools.kube.nodegroups.inventory_document: {"nodes": [summaries], "node_groups": [groups]}
+    document = models.JSONField(default=dict)
+    digest = models.CharField(max_length=64, blank=True)
+    changed_at = models.DateTimeField(help_text="When the content last changed")
+    node_groups_served = models.BooleanField(
+        default=False, help_text="The cluster serves Karpenter's NodePool API"
+    )
+    node_groups_error = models.TextField(
+        blank=True, help_text="Why node groups could not be read (last known kept)"
+    )
+    autoscaler_state = models.CharField(
+        max_length=12, choices=AutoscalerState.choices, default=AutoscalerState.UNKNOWN
+    )
+    autoscaler_message = models.TextField(blank=True)
+    autoscaler_since = models.DateTimeField(null=True, blank=True, help_text="Since when the state holds")
+
+    def __str__(self) -> str:
+        return f"{self.cluster.name}: {len(self.document.get('node_groups') or [])} node groups"
+
+
+class NodeBringUp(models.Model):
+    """One node an autoscaler brought up, and how long it took: from the request for it (Karpenter's
+    NodeClaim) until it was initialized (Ready, GPUs registered). Kept after the node is gone: the
+    bring-up times and the warm-pool advice are computed from these rows."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="bringups")
+    node_group = models.CharField(max_length=253)
+    name = models.CharField(max_length=253, help_text="The NodeClaim")
+    instance_type = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField()
+    ready_at = models.DateTimeField()
+    seconds = models.FloatField()
+
+    class Meta:
+        ordering = ["-ready_at"]
+        constraints = [models.UniqueConstraint(fields=["cluster", "name"], name="bringup_unique_per_cluster")]
+        indexes = [models.Index(fields=["cluster", "node_group", "-ready_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id}/{self.node_group}/{self.name}: {self.seconds:.0f}s"
+
+
+class WarmHeadroom(models.Model):
+    """The placeholder pods that hold an interactive pool's warm headroom on its cluster: what the
+    reconciler last applied and observed (pools.headroom)."""
+
+    pool = models.OneToOneField(NodePool, on_delete=models.CASCADE, related_name="warm")
+    gpus_wanted = models.PositiveIntegerField(default=0)
+    gpus_held = models.PositiveIntegerField(default=0, help_text="Units of placeholders running")
+    pods_pending = models.PositiveIntegerField(default=0, help_text="Placeholders waiting for a node")
+    # [{"name": Deployment, "gpus": per pod, "replicas": n, "ready": n}]
+    placeholders = models.JSONField(default=list, blank=True)
+    conditions = models.JSONField(default=list, blank=True)
+    reconciled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.pool}: {self.gpus_held}/{self.gpus_wanted} warm"
+
+
 class PoolUtilisation(models.Model):
     """The current figures of one pool: a column per entry of POOL_FIGURES (added below the class)."""
 
@@ -188,7 +312,11 @@ class PoolUtilisation(models.Model):
 
     @property
     def headroom_short(self) -> bool:
-        return self.pool.pool_class == PoolClass.INTERACTIVE and self.gpus_free < self.pool.headroom_gpus
+        # Placeholder GPUs are warm headroom: an interactive pod takes them by preemption at once.
+        return (
+            self.pool.pool_class == PoolClass.INTERACTIVE
+            and self.gpus_free + self.placeholder_gpus < self.pool.headroom_gpus
+        )
 
 
 class SnapshotResolution(models.IntegerChoices):

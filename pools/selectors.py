@@ -13,6 +13,7 @@ from pools.kube import ops
 from pools.kube.conformance import Allowlist, Finding, conformance_report
 from pools.kube.errors import KubeError
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
+from pools.services import cluster_node_groups
 from portal.models import User
 
 
@@ -70,6 +71,7 @@ def cluster_conformance_report(
         pods = ops.list_objects(
             cluster, "v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed"
         )
+        groups = cluster_node_groups(cluster, nodes)
     except KubeError as exc:
         report.error = exc.message
         return report
@@ -79,5 +81,6 @@ def cluster_conformance_report(
         pools=list(NodePool.objects.filter(cluster=cluster)),
         allowlist=Allowlist.from_setting(settings.PORTAL_GPU_NODE_ALLOWLIST),
         only_pools=only_pools,
+        node_groups=groups,
     )
     return report

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -19,19 +20,42 @@ from pools import manifests
 from pools.holders import holders_count
 from pools.kube import client, ops
 from pools.kube.discovery import AcceleratorSpec, DiscoveredPool, Inventory, discover
-from pools.kube.errors import InvalidKubeconfig, KubeError, TLSError, Unauthorized, Unreachable
+from pools.kube.errors import (
+    Forbidden,
+    InvalidKubeconfig,
+    KubeError,
+    NotFound,
+    TLSError,
+    Unauthorized,
+    Unreachable,
+)
+from pools.kube.nodegroups import (
+    NodeGroup,
+    PoolAsk,
+    discover_node_groups,
+    nodegroup_from_autoscaler,
+    nodegroup_from_nodepool,
+    observed_instance_types,
+    preflight_refusal,
+)
 from pools.kube.objects import (
-    carries_taint,
+    KARPENTER_API,
+    NODEPOOL_KIND,
     managed_selector,
-    names_listed,
-    node_allocatable,
-    node_schedulable,
     pool_taint,
-    quantity,
     selector_text,
 )
 from pools.manifests import Manifest
-from pools.models import Accelerator, Cluster, NodePool, PoolClass
+from pools.models import (
+    COLLECTOR_SILENT_AFTER,
+    Accelerator,
+    Cluster,
+    ClusterInventory,
+    ClusterUtilisation,
+    CollectorState,
+    NodePool,
+    PoolClass,
+)
 from portal.models import User
 from portal.roles import is_admin
 from portal.services import audit_event_record
@@ -77,9 +101,12 @@ _WATCHED_WORKLOADS = (
     ("jobs", "batch"),
 )
 # What the collector, the provisioner and revocation do; registration names whichever is missing.
+# Karpenter's NodePools and NodeClaims are watched for elastic pools (a cluster without Karpenter
+# simply has none; RBAC rules for an API group the cluster does not serve are valid).
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     *_each(("list", "watch"), (("nodes", ""), ("pods", ""), ("namespaces", ""))),
     *_each(("list", "watch"), _WATCHED_WORKLOADS),
+    *_each(("list", "watch"), (("nodepools", "karpenter.sh"), ("nodeclaims", "karpenter.sh"))),
     *_each(("get", "create", "patch"), _APPLIED),
     *_each(
         ("delete",),
@@ -91,7 +118,11 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     ),
     *_each(
         ("list",),
-        (("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),),
+        (
+            ("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
+            # Warm-headroom placeholders of a pool that no longer keeps any are found by label.
+            ("deployments", "apps"),
+        ),
     ),
     # The policy probe creates a dry-run pod; team RoleBindings grant the `edit` ClusterRole.
     *_each(("create",), (("pods", ""),)),
@@ -103,6 +134,36 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
 class ConnectionCheck:
     server_version: str
     gpu_nodes: int
+    gpu_node_groups: int = 0
+
+
+def instance_catalogue() -> dict[str, dict[str, int]]:
+    """Instance type -> GPU resources per node, as configured (PORTAL_INSTANCE_TYPES)."""
+    return {str(k): {str(r): int(n) for r, n in v.items()} for k, v in settings.PORTAL_INSTANCE_TYPES.items()}
+
+
+def cluster_node_groups(
+    cluster: Cluster, nodes: list[dict[str, Any]], notes: list[str] | None = None
+) -> list[NodeGroup]:
+    """The cluster's node groups: its Karpenter NodePools (none when it does not serve the API) and
+    the cluster-autoscaler groups declared on the cluster record. NodePools the credentials may not
+    list are left out with a sentence in `notes`; other failures raise KubeError."""
+    try:
+        nodepools = ops.list_objects(cluster, KARPENTER_API, NODEPOOL_KIND)
+    except NotFound:
+        nodepools = []
+    except Forbidden as exc:
+        nodepools = []
+        if notes is not None:
+            notes.append(f"Karpenter NodePools were not read ({exc.message}); grant list and watch on them.")
+    except KubeError as exc:
+        if exc.reason != "NoSuchAPI":
+            raise
+        nodepools = []
+    known = {**instance_catalogue(), **observed_instance_types(nodes)}
+    groups = [nodegroup_from_nodepool(p, known) for p in nodepools]
+    declared = cluster.autoscaler_node_groups if isinstance(cluster.autoscaler_node_groups, dict) else {}
+    return groups + [nodegroup_from_autoscaler(name, spec) for name, spec in sorted(declared.items())]
 
 
 @dataclass
@@ -205,6 +266,7 @@ def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
                 }
             )
         nodes = ops.list_objects(cluster, "v1", "Node")
+        groups = cluster_node_groups(cluster, nodes)
     except KubeError as exc:
         raise _as_validation_error(cluster, exc) from exc
     finally:
@@ -212,17 +274,20 @@ def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
             # Credentials that were never saved must not linger in the connection cache.
             client.forget(cluster)
     gpu_nodes = discover(nodes, pool_classes=PoolClass.values).gpu_nodes
-    if not gpu_nodes:
+    # An elastic pool may have no node at all tonight: GPU node groups are enough to offer.
+    gpu_groups = sum(1 for g in groups if any(g.resources.values()))
+    if not gpu_nodes and not gpu_groups:
         raise ValidationError(
             {
                 NON_FIELD_ERRORS: ValidationError(
                     f"Cluster {cluster.name} has no GPU nodes (none advertises nvidia.com/gpu or a MIG "
-                    "resource, or carries GPU Feature Discovery labels); there is nothing to offer.",
+                    "resource, or carries GPU Feature Discovery labels) and no node group that makes "
+                    "them; there is nothing to offer.",
                     code="no_gpu_nodes",
                 )
             }
         )
-    return ConnectionCheck(server_version=version, gpu_nodes=gpu_nodes)
+    return ConnectionCheck(server_version=version, gpu_nodes=gpu_nodes, gpu_node_groups=gpu_groups)
 
 
 def cluster_register(
@@ -349,6 +414,14 @@ def _queue_policies(cluster: Cluster) -> None:
     transaction.on_commit(lambda: cluster_policies_apply.delay(cluster.pk), robust=True)
 
 
+def _queue_warm_headroom(cluster: Cluster) -> None:
+    # Pools may have become elastic or changed shape: their placeholders follow at once.
+    from pools.tasks import warm_headroom_reconcile
+
+    ids = list(NodePool.objects.filter(cluster=cluster).values_list("pk", flat=True))
+    transaction.on_commit(lambda: [warm_headroom_reconcile.delay(pk) for pk in ids], robust=True)
+
+
 def _record_failure(cluster: Cluster, message: str) -> None:
     Cluster.objects.filter(pk=cluster.pk).update(last_error=message)
     cluster.last_error = message
@@ -401,6 +474,7 @@ def _pool_fields(found: DiscoveredPool, accelerator: Accelerator) -> dict[str, A
         "taint_effect": taint["effect"],
         "zones": found.zones,
         "capacity_gpus": found.capacity,
+        "node_groups": found.node_groups,
     }
 
 
@@ -478,16 +552,21 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
     try:
         version = ops.server_version(cluster)
         nodes = ops.list_objects(cluster, "v1", "Node")
+        group_notes: list[str] = []
+        groups = cluster_node_groups(cluster, nodes, group_notes)
     except KubeError as exc:
         _record_failure(cluster, exc.message)
         raise _as_validation_error(cluster, exc) from exc
     inventory: Inventory = discover(nodes, pool_classes=PoolClass.values)
-    if not inventory.gpu_nodes:
-        message = f"Cluster {cluster.name} has no GPU nodes; pools left as they were."
+    # Elastic pools come from their node groups: a pool that scales from zero has no node to find.
+    inventory = discover_node_groups(groups, pool_classes=PoolClass.values, inventory=inventory)
+    if not inventory.gpu_nodes and not any(p.node_groups for p in inventory.pools):
+        message = f"Cluster {cluster.name} has no GPU nodes and no GPU node groups; pools left as they were."
         _record_failure(cluster, message)
         raise ValidationError({NON_FIELD_ERRORS: ValidationError(message, code="no_gpu_nodes")})
 
     summary = SyncSummary()
+    summary.notes += group_notes
     summary.notes += [f"Pool {name} not offered: {reason}." for name, reason in inventory.skipped.items()]
     summary.notes += inventory.warnings
     with transaction.atomic():
@@ -530,6 +609,7 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
         locked.last_synced_at, locked.last_error = timezone.now(), ""
         locked.save(update_fields=["zones", "server_version", "last_synced_at", "last_error"])
         _queue_policies(locked)
+        _queue_warm_headroom(locked)
     for key in ("zones", "server_version", "last_synced_at", "last_error"):
         setattr(cluster, key, getattr(locked, key))
     logger.info(
@@ -548,6 +628,7 @@ def cluster_policy_objects(cluster: Cluster) -> list[Manifest]:
         names.setdefault(pool.priority_class_name, pool.pool_class)
     return [
         *manifests.priority_classes(names),
+        manifests.warm_priority_class(settings.PORTAL_WARM_HEADROOM["PRIORITY_CLASS"]),
         manifests.grant_contract_policy(),
         manifests.grant_contract_binding(),
         manifests.grant_injection_policy(),
@@ -585,41 +666,62 @@ def cluster_policies_apply(*, cluster: Cluster) -> list[str]:
     return done
 
 
-# --- pre-flight at approval: a read of the cluster, no write ------------------------------------
+# --- pre-flight at approval: the collector's live inventory, no cluster round trip ---------------
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def pool_preflight_refusal(*, pool: NodePool) -> str | None:
     """Why work granted on `pool` could not run on its cluster now, or None.
 
-    The seed's failure mode "node selectors that match no node group": the pool's selector must
-    match Ready nodes, every one of them must carry the pool's taint (or other workloads could land
-    there), and they must advertise the accelerator's resource.
+    Judged from the collector's live inventory of the cluster (ClusterInventory) and its staleness
+    mark (ClusterUtilisation), never by asking the cluster: an approval costs no request, and a cluster
+    the collector cannot reach is refused at once with the collector's reason.
+
+    The design document's failure mode "node selectors that match no node group": the pool's selector
+    must match Ready nodes that carry the pool's taint (or other workloads could land there) and
+    advertise the accelerator's resource, or a node group whose template satisfies the selector,
+    carries the pool's taint and offers the resource (pools.kube.nodegroups.preflight_refusal).
     """
     cluster = pool.cluster
     selector = selector_text(pool.node_selector)
     if not selector:
         return f"Pool {pool} has no node selector, so its workloads could land on any node."
-    try:
-        nodes = ops.list_objects(cluster, "v1", "Node", label_selector=selector)
-    except KubeError as exc:
-        return f"Cannot check pool {pool} on cluster {cluster.name}: {exc.message}"
-    if not nodes:
+    cannot = f"Cannot check pool {pool} on cluster {cluster.name}"
+    status = ClusterUtilisation.objects.filter(cluster_id=cluster.pk).first()
+    now = timezone.now()
+    if status is None:
         return (
-            f"Pool {pool}: no node of cluster {cluster.name} matches its selector {selector}, so "
-            "granted workloads would stay Pending. Fix the pool's node selector or add nodes first."
+            f"{cannot}: the collector has not reported on this cluster yet, so the portal does not know "
+            "its nodes. Is the utilisation collector (manage.py collect_utilisation) running?"
         )
-    ready = [n for n in nodes if node_schedulable(n)]
-    if not ready:
-        return f"Pool {pool}: none of the {len(nodes)} nodes matching {selector} is Ready and schedulable."
-    taint = pool.taint
-    untainted = [n for n in ready if not carries_taint(n, taint)]
-    if untainted:
+    silent = (now - status.heartbeat_at).total_seconds()
+    if silent > COLLECTOR_SILENT_AFTER.total_seconds():
         return (
-            f"Pool {pool}: Ready nodes {names_listed(untainted)} lack the pool taint "
-            f"{taint['key']}={taint['value']}:{taint['effect']}, so any workload could land on them. "
-            "Taint them before granting the pool."
+            f"{cannot}: the collector last reported {_age(silent)} ago "
+            f"({status.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC), so what the portal knows of the cluster "
+            "may be out of date. Is the collector running?"
         )
-    resource = pool.accelerator.resource_name
-    if not any(quantity(node_allocatable(n).get(resource, "0")) > 0 for n in ready):
-        return f"Pool {pool}: no Ready node advertises {resource}; is the device plugin running?"
-    return None
+    if status.state == CollectorState.STALE:
+        since = status.stale_since or status.heartbeat_at
+        return (
+            f"{cannot}: the cluster has not answered the collector since {since:%H:%M:%S} UTC "
+            f"({_age((now - since).total_seconds())}): {status.last_error or 'no answer'}"
+        )
+    inventory = ClusterInventory.objects.filter(cluster_id=cluster.pk).first()
+    if status.state != CollectorState.LIVE or inventory is None:
+        return f"{cannot}: the collector is still reading the cluster; try again in a few seconds."
+    ask = PoolAsk(
+        title=str(pool),
+        cluster=cluster.name,
+        selector=pool.node_selector,
+        taint=pool.taint,
+        resource=pool.accelerator.resource_name,
+    )
+    refusal = preflight_refusal(ask, inventory.document)
+    if refusal and inventory.node_groups_error:
+        why = inventory.node_groups_error
+        refusal += f" (The collector could not read the cluster's node groups lately: {why}.)"
+    return refusal

@@ -3,7 +3,7 @@
 from celery import Task, shared_task
 from django.core.exceptions import ValidationError
 
-from pools import services
+from pools import headroom, services
 from pools.kube.errors import TemporaryKubeError
 from pools.models import Cluster
 
@@ -44,4 +44,28 @@ def clusters_sync_inventory() -> list[int]:
     ids = list(Cluster.objects.filter(enabled=True).values_list("pk", flat=True))
     for cluster_id in ids:
         cluster_sync_inventory.delay(cluster_id)
+    return ids
+
+
+@shared_task(
+    bind=True,
+    autoretry_for=(TemporaryKubeError,),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=12,
+)
+def warm_headroom_reconcile(self: Task, pool_id: int) -> None:
+    requeue_after = headroom.warm_headroom_reconcile(pool_id=pool_id)
+    if requeue_after is not None:
+        self.apply_async((pool_id,), countdown=requeue_after)
+
+
+@shared_task
+def warm_headroom_sweep() -> list[int]:
+    """Periodic: re-apply every pool's placeholders (drift healed, a pool that stopped keeping
+    headroom cleaned up)."""
+    ids = headroom.warm_headroom_due()
+    for pool_id in ids:
+        warm_headroom_reconcile.delay(pool_id)
     return ids

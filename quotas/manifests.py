@@ -19,6 +19,7 @@ from pools.kube.objects import (
     MANAGED_BY_LABEL,
     MODEL_ANNOTATION,
     PORTAL_PREFIX,
+    SIMULATED_LOAD_ANNOTATION,
     ZONE_LABEL,
     ContractAnnotation,
     Label,
@@ -273,6 +274,9 @@ class ServingSpec:
     load_budget_seconds: int = 900
     port: int = 8000
     health_path: str = "/health"
+    # Only where the testbed simulates model loading (PORTAL_SIMULATED_MODEL_LOAD): seconds until a
+    # replica is Ready. None on real clusters, where the annotation is not set.
+    simulated_load_seconds: int | None = None
 
 
 def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
@@ -393,6 +397,9 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
             # Without it a pool whose other zone has no free GPU yet would stack every replica in one.
             spread[0]["minDomains"] = len(c.zones)
         spec["topologySpreadConstraints"] = spread
+    pod_annotations = {MODEL_ANNOTATION: s.model_name}
+    if s.simulated_load_seconds is not None:
+        pod_annotations[SIMULATED_LOAD_ANNOTATION] = str(s.simulated_load_seconds)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -409,7 +416,7 @@ def serving_deployment(c: GrantContract, s: ServingSpec) -> Manifest:
             "progressDeadlineSeconds": s.load_budget_seconds,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "template": {
-                "metadata": {"labels": labels, "annotations": {MODEL_ANNOTATION: s.model_name}},
+                "metadata": {"labels": labels, "annotations": pod_annotations},
                 "spec": spec,
             },
         },

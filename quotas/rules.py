@@ -26,6 +26,23 @@ def model_memory_gib(parameters_billion: Decimal, precision: str) -> Decimal:
     return (weights_bytes * MEMORY_OVERHEAD / Decimal(2**30)).quantize(Decimal("0.1"))
 
 
+def model_weights_gib(parameters_billion: Decimal, precision: str) -> Decimal:
+    """The weights alone, in GiB: what a model server reads from storage before it can serve."""
+    weights_bytes = parameters_billion * Decimal(10**9) * BYTES_PER_PARAMETER[Precision(precision)]
+    return (weights_bytes / Decimal(2**30)).quantize(Decimal("0.1"))
+
+
+def simulated_load_seconds(
+    parameters_billion: Decimal | None, precision: str, *, gib_per_second: float, base_seconds: int
+) -> int:
+    """How long the testbed pretends a model takes to load: its weights at `gib_per_second`, plus
+    `base_seconds` of process and CUDA start. Without parameters, the start alone."""
+    if not parameters_billion or not precision:
+        return base_seconds
+    weights = model_weights_gib(parameters_billion, precision)
+    return base_seconds + math.ceil(float(weights) / gib_per_second)
+
+
 def units_needed(memory_gib: Decimal, unit_memory_gib: int) -> int:
     return max(1, math.ceil(memory_gib / Decimal(unit_memory_gib)))
 

@@ -47,6 +47,10 @@ if [[ -z "$kubeconfig" && -z "${PORTAL_NO_TESTBED:-}" ]]; then
   log "starting the local Kubernetes testbed with Karpenter and Kueue (first run builds them from source: about 20 minutes, progress below)"
   make --no-print-directory testbed-up PYTHON="$PY"
   kubeconfig=var/testbed/kubeconfig
+  # The testbed's kwok Stages simulate model loading from an annotation the portal then sets, and
+  # Karpenter's health port tells the portal whether autoscaling is available.
+  export PORTAL_SIMULATED_MODEL_LOAD="${PORTAL_SIMULATED_MODEL_LOAD:-true}"
+  karpenter_health=$($PY -c 'import sys; sys.path.insert(0, "scripts/testbed"); import testbed; print(testbed.engine_ports("gpu-portal").get("karpenterHealth", ""))' 2>/dev/null || true)
 fi
 
 seed_args=()
@@ -74,6 +78,9 @@ fi
 log "migrating the database"
 $PY manage.py migrate --no-input -v0
 if [[ -n "$kubeconfig" ]]; then
+  if [[ -n "${karpenter_health:-}" ]]; then
+    seed_args+=(--autoscaler-health-url "http://127.0.0.1:$karpenter_health/readyz")
+  fi
   $PY manage.py seed_demo --kubeconfig "$kubeconfig" "${seed_args[@]}"
 else
   $PY manage.py seed_demo "${seed_args[@]}"

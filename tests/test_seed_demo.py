@@ -47,6 +47,19 @@ def _expected_pools(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "zones": sorted(spec["nodes"]),
             "node_selector": {f"{prefix}pool": spec["name"]},
             "taint": (f"{prefix}pool", spec["name"], "NoSchedule"),
+            "node_groups": [],
+        }
+    # Elastic pools: no node until a pod needs one; capacity is what their NodePool may hold.
+    for spec in topology.get("elasticPools", []):
+        expected[spec["name"]] = {
+            "pool_class": spec["class"],
+            "accelerator": spec["accelerator"],
+            "resource": "nvidia.com/gpu",
+            "capacity_gpus": spec["limits"]["gpus"],
+            "zones": sorted(spec["zones"]),
+            "node_selector": {f"{prefix}pool": spec["name"]},
+            "taint": (f"{prefix}pool", spec["name"], "NoSchedule"),
+            "node_groups": [spec["name"]],
         }
     return expected
 
@@ -67,14 +80,20 @@ def _seed() -> str:
 def test_seed_demo_builds_the_testbed_organisation_and_is_idempotent() -> None:
     topology = yaml.safe_load(TOPOLOGY.read_text())
     expected = _expected_pools(topology)
-    # The four classes of the design, one pool each; the MIG pool slices its GPUs.
-    assert sorted(p["pool_class"] for p in expected.values()) == sorted(PoolClass.values)
+    # The four classes of the design, a static pool each (the MIG pool slices its GPUs), and an
+    # elastic interactive and an elastic batch pool.
+    static = [p for p in expected.values() if not p["node_groups"]]
+    assert sorted(p["pool_class"] for p in static) == sorted(PoolClass.values)
+    assert sorted(p["pool_class"] for p in expected.values() if p["node_groups"]) == [
+        PoolClass.BATCH,
+        PoolClass.INTERACTIVE,
+    ]
 
     output = _seed()
-    assert "Demo data ready: cluster local with 4 pools." in output
+    assert f"Demo data ready: cluster local with {len(expected)} pools." in output
 
     accelerators = {a.slug: a for a in Accelerator.objects.all()}
-    assert sorted(accelerators) == sorted(p["accelerator"] for p in expected.values())
+    assert sorted(accelerators) == sorted({p["accelerator"] for p in expected.values()})
     assert len(accelerators) == 4
     mig = accelerators["a100-40gb-mig-1g-10gb"]
     assert (mig.mig_profile, mig.memory_gib, mig.resource_name) == ("1g.10gb", 10, "nvidia.com/mig-1g.10gb")
@@ -82,7 +101,10 @@ def test_seed_demo_builds_the_testbed_organisation_and_is_idempotent() -> None:
 
     cluster = Cluster.objects.get()
     assert cluster.name == "local"
-    assert cluster.zones == sorted({z for p in topology["pools"] for z in p["nodes"]})
+    assert cluster.zones == sorted(
+        {z for p in topology["pools"] for z in p["nodes"]}
+        | {z for p in topology["elasticPools"] for z in p["zones"]}
+    )
     pools = {
         p.name: {
             "pool_class": p.pool_class,
@@ -92,6 +114,7 @@ def test_seed_demo_builds_the_testbed_organisation_and_is_idempotent() -> None:
             "zones": p.zones,
             "node_selector": p.node_selector,
             "taint": (p.taint_key, p.taint_value, p.taint_effect),
+            "node_groups": p.node_groups,
         }
         for p in NodePool.objects.filter(cluster=cluster).select_related("accelerator")
     }

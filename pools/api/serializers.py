@@ -116,6 +116,8 @@ class LiveFiguresSerializer(serializers.ModelSerializer):
 
 
 class NodePoolSerializer(serializers.ModelSerializer):
+    """`node_groups`: the autoscaler node groups that make an elastic pool's nodes (empty: static)."""
+
     cluster = serializers.SlugRelatedField(slug_field="name", read_only=True)
     accelerator = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     taint = TaintSerializer(read_only=True)
@@ -139,6 +141,8 @@ class NodePoolSerializer(serializers.ModelSerializer):
             "batch_fraction",
             "max_gpus_per_team",
             "enabled",
+            "node_groups",
+            "queue_wait_target_seconds",
             "figures",
             "live",
         ]

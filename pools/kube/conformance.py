@@ -6,9 +6,11 @@ records, so every rule is tested without a cluster. Rules:
 - gpu-node-missing-pool-taint: a GPU node without its pool's taint takes any pod that asks for no GPU.
 - non-gpu-pod-on-gpu-node: a running pod that requests no GPU sits on a GPU node (general workloads
   eating CPU and memory of inference nodes); the daemons GPUs need are allowlisted.
-- pool-selector-matches-no-node: a pool whose node selector matches no node can never schedule
-  (the autoscaler finds no node group either).
+- pool-selector-matches-no-node: a pool whose node selector matches no node and no node group can
+  never schedule (the design document's "node selectors do not match any node group").
 - pool-mixes-accelerators: one pool with several accelerator kinds fragments and misplaces models.
+- node-group-missing-gpu-taint: an autoscaler node group whose template lacks the GPU taint makes GPU
+  nodes that take any pod asking for no GPU.
 """
 
 from collections import Counter
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pools.kube.discovery import is_gpu_node, node_accelerator
+from pools.kube.nodegroups import NodeGroup, groups_for, missing_gpu_taint
 from pools.kube.objects import (
+    GPU_TAINT,
     POOL_LABEL,
     carries_taint,
     has_repelling_taint,
@@ -29,17 +33,20 @@ from pools.kube.objects import (
     pod_finished,
     pool_taint,
     requests_gpu,
+    taint_text,
 )
 
 MISSING_POOL_TAINT = "gpu-node-missing-pool-taint"
 NON_GPU_POD = "non-gpu-pod-on-gpu-node"
 SELECTOR_MATCHES_NOTHING = "pool-selector-matches-no-node"
 MIXED_ACCELERATORS = "pool-mixes-accelerators"
+GROUP_MISSING_GPU_TAINT = "node-group-missing-gpu-taint"
 RULES = {
     MISSING_POOL_TAINT: "GPU node without its pool taint",
     NON_GPU_POD: "Pod without a GPU request on a GPU node",
     SELECTOR_MATCHES_NOTHING: "Pool selector matches no node",
     MIXED_ACCELERATORS: "Pool mixes accelerator types",
+    GROUP_MISSING_GPU_TAINT: "Node group template without the GPU taint",
 }
 
 Obj = dict[str, Any]
@@ -111,13 +118,16 @@ def conformance_report(
     pools: Iterable[PoolRecord],
     allowlist: Allowlist,
     only_pools: Collection[str] | None = None,
+    node_groups: Iterable[NodeGroup] = (),
 ) -> list[Finding]:
     """Every violation of the scheduling contract, sorted by pool, rule, node and pod.
 
     A node belongs to the pool its pool label names; `only_pools` keeps the findings of those pools
-    (a node without a pool label belongs to pool "").
+    (a node without a pool label belongs to pool ""). A node group belongs to the pool its template's
+    pool label names.
     """
     nodes = list(nodes)
+    groups = list(node_groups)
     records = {record.name: record for record in pools}
     findings: list[Finding] = []
     gpu_nodes = {name_of(node): node for node in nodes if is_gpu_node(node)}
@@ -168,14 +178,31 @@ def conformance_report(
 
     for record in records.values():
         selector = record.node_selector or {}
-        if selector and not any(labels_match(selector, labels_of(node)) for node in nodes):
+        if (
+            selector
+            and not any(labels_match(selector, labels_of(node)) for node in nodes)
+            and not groups_for(groups, selector)
+        ):
             wanted = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
             findings.append(
                 Finding(
                     SELECTOR_MATCHES_NOTHING,
                     record.name,
-                    f"Pool {record.name} selects nodes with {wanted}, and no node has those labels: "
-                    "its workloads can never be scheduled.",
+                    f"Pool {record.name} selects nodes with {wanted}, and no node has those labels nor can "
+                    "any node group make one: its workloads can never be scheduled.",
+                )
+            )
+
+    for group in groups:
+        if missing_gpu_taint(group):
+            pool = (group.label_values(POOL_LABEL) or [""])[0]
+            findings.append(
+                Finding(
+                    GROUP_MISSING_GPU_TAINT,
+                    pool,
+                    f"{group.title} makes GPU nodes without the taint {taint_text(GPU_TAINT)}, so pods "
+                    "that ask for no GPU can land on them.",
+                    node=group.name,
                 )
             )
 

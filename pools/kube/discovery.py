@@ -137,6 +137,8 @@ class DiscoveredPool:
     node_selector: dict[str, str]
     # The pool taint most of its nodes carry; None when none does (the conformance report lists them).
     taint: dict[str, str] | None
+    # The autoscaler's node groups that make its nodes (pools.kube.nodegroups); empty for a static pool.
+    node_groups: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -34,6 +34,7 @@ PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Set by the workload controllers on the pods they create: the hash names the template revision, so
 # the pods of one revision of one Deployment (or StatefulSet) share it and nobody else's pods do.
@@ -41,6 +42,11 @@ POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 CONTROLLER_REVISION_HASH_LABEL = "controller-revision-hash"
 # The recommended label naming an application; the selector of a Deployment that gave none.
 APP_NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+ARCH_LABEL = "kubernetes.io/arch"
+OS_LABEL = "kubernetes.io/os"
+# GPU Feature Discovery's count of whole GPUs, and of MIG slices per profile (`nvidia.com/mig-<p>.count`).
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 # Effects that keep pods without a matching toleration off a node.
 REPELLING_EFFECTS = ("NoSchedule", "NoExecute")
 
@@ -77,6 +83,40 @@ PORTAL_PREFIX = "capacity.platform.example.com"
 CONTRACT_PREFIX = f"contract.{PORTAL_PREFIX}"
 
 
+# --- node groups: Karpenter and the cluster-autoscaler -------------------------------------------
+
+KARPENTER_GROUP = "karpenter.sh"
+KARPENTER_VERSION = "v1"
+KARPENTER_API = f"{KARPENTER_GROUP}/{KARPENTER_VERSION}"
+NODEPOOL_KIND, NODEPOOL_PLURAL = "NodePool", "nodepools"
+NODECLAIM_KIND, NODECLAIM_PLURAL = "NodeClaim", "nodeclaims"
+# On every node and NodeClaim Karpenter makes: the NodePool it belongs to.
+NODEPOOL_LABEL = f"{KARPENTER_GROUP}/nodepool"
+CAPACITY_TYPE_LABEL = f"{KARPENTER_GROUP}/capacity-type"
+# Labels a node gets from its NodePool's requirements and its instance type even though no template
+# label names them: a pod selecting one of these is judged by the requirement alone.
+WELL_KNOWN_NODE_LABELS = frozenset(
+    {
+        ZONE_LABEL,
+        REGION_LABEL,
+        HOSTNAME_LABEL,
+        INSTANCE_TYPE_LABEL,
+        ARCH_LABEL,
+        OS_LABEL,
+        CAPACITY_TYPE_LABEL,
+        NODEPOOL_LABEL,
+    }
+)
+# Karpenter's AWS provider states an instance type's GPUs as requirement labels.
+AWS_GPU_COUNT_LABEL = "karpenter.k8s.aws/instance-gpu-count"
+# The cluster-autoscaler's node-template tags of a cloud node group (scale from zero): the labels,
+# taints ("value:Effect") and resources its nodes will have.
+CA_TEMPLATE_PREFIX = "k8s.io/cluster-autoscaler/node-template/"
+CA_TEMPLATE_LABEL = f"{CA_TEMPLATE_PREFIX}label/"
+CA_TEMPLATE_TAINT = f"{CA_TEMPLATE_PREFIX}taint/"
+CA_TEMPLATE_RESOURCE = f"{CA_TEMPLATE_PREFIX}resources/"
+
+
 class Label:
     """Labels on the namespaces and objects the portal makes. Every grant namespace carries GRANT
     (the value is the grant's id): the one policy binding selects namespaces by it, so a namespace is
@@ -88,11 +128,20 @@ class Label:
     POOL = f"{PORTAL_PREFIX}/pool"
     GRANT = f"{PORTAL_PREFIX}/grant"
     DEPLOYMENT = f"{PORTAL_PREFIX}/serving-deployment"
+    # Placeholder pods holding a pool's warm headroom (the value is the pool's name); their namespace
+    # carries it with the value "true".
+    WARM_HEADROOM = f"{PORTAL_PREFIX}/warm-headroom"
+    # Declares cluster-autoscaler node groups to the portal: a ConfigMap in the warm-headroom namespace.
+    NODE_GROUPS = f"{PORTAL_PREFIX}/node-groups"
 
 
 MODEL_ANNOTATION = f"{PORTAL_PREFIX}/model"
 # On pods the injection policy completed: what it added (nodeSelector, tolerations, ...), comma-separated.
 INJECTED_ANNOTATION = f"{PORTAL_PREFIX}/injected"
+# Read by the local testbed's kwok Stages only (testbed/README.md): the pod becomes Ready this many
+# seconds after its container starts. The portal sets it only where a setting asks for simulated model
+# loads (PORTAL_SIMULATED_MODEL_LOAD); real clusters ignore it and load for real.
+SIMULATED_LOAD_ANNOTATION = "gpu-portal.example.com/simulated-load-seconds"
 
 
 class ContractAnnotation:
@@ -382,6 +431,33 @@ def constrained_keys(pod: Json) -> set[str]:
     return keys
 
 
+def condition_of(obj: Json, kind: str) -> Json | None:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return condition
+    return None
+
+
+def condition_true(obj: Json, kind: str) -> bool:
+    return (condition_of(obj, kind) or {}).get("status") == "True"
+
+
+def pod_scheduling_gated(pod: Json) -> bool:
+    """Held back before scheduling by a gate (a queue or quota admission such as Kueue's)."""
+    return pod_unschedulable_reason(pod) == "SchedulingGated" or bool(
+        (pod.get("spec") or {}).get("schedulingGates")
+    )
+
+
+def is_warm_placeholder(pod: Json) -> bool:
+    return bool(labels_of(pod).get(Label.WARM_HEADROOM))
+
+
+def taint_text(taint: Mapping[str, str]) -> str:
+    value = taint.get("value") or ""
+    return f"{taint.get('key', '')}{'=' + value if value else ''}:{taint.get('effect', '')}"
+
+
 def names_listed(objects: Iterable[Json], limit: int = 5) -> str:
     """ "a, b, c and 4 more": object names for a message."""
     names = sorted(name_of(o) for o in objects)
@@ -422,16 +498,8 @@ def controller_of(obj: Json) -> Json | None:
     return None
 
 
-def condition_of(obj: Json, kind: str) -> Json | None:
-    for condition in (obj.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind:
-            return condition
-    return None
-
-
 def pod_ready(pod: Json) -> bool:
-    condition = condition_of(pod, "Ready")
-    return condition is not None and condition.get("status") == "True"
+    return condition_true(pod, "Ready")
 
 
 def container_troubles(pod: Json) -> list[Json]:

@@ -25,7 +25,7 @@ from kubernetes import client as k8s
 from kubernetes.watch.watch import iter_resp_lines
 
 from pools.kube.client import CONNECT_TIMEOUT, READ_TIMEOUT, ClusterAccess, connect
-from pools.kube.errors import Expired, KubeError, PermanentKubeError, TemporaryKubeError
+from pools.kube.errors import Expired, KubeError, NotFound, PermanentKubeError, TemporaryKubeError
 from pools.kube.ops import translated_errors
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,89 @@ class KubeSource:
                 # it means the apiserver hangs.
                 _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + 15),
             )
+        return _KubeWatchStream(self.cluster, response)
+
+
+class _AbsentStream:
+    """The watch of a resource the cluster does not serve: nothing happens until the watch would
+    have timed out, then the cache lists again (and so notices a CRD installed meanwhile)."""
+
+    def __init__(self, timeout_seconds: int) -> None:
+        self._timeout = timeout_seconds
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[Json]:
+        self._closed.wait(self._timeout)
+        raise Expired("the resource is not served; listing again", reason="NotServed", status=HTTP_GONE)
+        yield {}  # pragma: no cover - makes this a generator
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class ApiSource:
+    """Any resource by its API path, cluster-wide: custom resources such as Karpenter's NodePools and
+    NodeClaims, which KubeSource's typed listers do not cover. A cluster that does not serve the
+    resource (no such CRD: 404) has none of it: the cache holds nothing, is not stale, and `served`
+    is False until a later list finds the resource."""
+
+    def __init__(
+        self,
+        cluster: ClusterAccess,
+        api_version: str,
+        plural: str,
+        *,
+        label_selector: str | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.label_selector = label_selector
+        self.path = (
+            f"/api/{api_version}/{plural}" if "/" not in api_version else f"/apis/{api_version}/{plural}"
+        )
+        self.name = f"{cluster.name}/{plural}"
+
+    def _call(self, query: dict[str, Any], timeout: tuple[float, float]) -> Any:
+        if self.label_selector:
+            query["labelSelector"] = self.label_selector
+        return connect(self.cluster).api.call_api(
+            self.path,
+            "GET",
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+
+    def list(self, *, limit: int, continue_token: str | None) -> Json:
+        try:
+            with translated_errors(self.cluster):
+                query: dict[str, Any] = {"limit": limit}
+                if continue_token:
+                    query["continue"] = continue_token
+                response = self._call(query, (CONNECT_TIMEOUT, READ_TIMEOUT))
+                try:
+                    page = _decode(response.data, self.cluster)
+                finally:
+                    response.release_conn()
+        except NotFound:
+            self.served = False
+            return {"items": [], "metadata": {"resourceVersion": ""}}
+        self.served = True
+        return page
+
+    def watch(self, *, resource_version: str, timeout_seconds: int) -> WatchStream:
+        if not self.served:
+            return _AbsentStream(timeout_seconds)
+        with translated_errors(self.cluster):
+            query = {
+                "watch": "true",
+                "resourceVersion": resource_version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": timeout_seconds,
+            }
+            response = self._call(query, (CONNECT_TIMEOUT, timeout_seconds + 15))
         return _KubeWatchStream(self.cluster, response)
 
 
@@ -288,6 +371,8 @@ class ResourceCache:
                 )
                 self._stop.wait(delay)
             except Exception:
+                if self._stop.is_set():
+                    break  # stop() closed the stream under a read in progress
                 # A bug must not leave a dead thread behind a cache that still looks current.
                 logger.exception("%s: unexpected failure; listing again", self.source.name)
                 self._mark_stale(

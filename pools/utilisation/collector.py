@@ -44,6 +44,7 @@ from pools.utilisation.leases import (
     lease_seconds,
     renew_seconds,
 )
+from pools.utilisation.nodegroups import NodeGroupWatch
 from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
 from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
 from pools.utilisation.workloads import WorkloadWatch, with_pod_status
@@ -67,7 +68,8 @@ def trim_node(node: Json) -> Json:
     meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
     return {
         "metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {}},
-        "spec": {"unschedulable": bool(spec.get("unschedulable"))},
+        # Taints: the approval pre-flight reads them from the collector's inventory.
+        "spec": {"unschedulable": bool(spec.get("unschedulable")), "taints": spec.get("taints") or []},
         "status": {
             "allocatable": status.get("allocatable") or {},
             "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"],
@@ -148,8 +150,17 @@ class ClusterCollector:
         self.caches = (self.nodes, self.pods, self.namespaces)
         # Why the workloads of portal namespaces are not running: its own watches, thread and table.
         self.workloads = WorkloadWatch(
-            cluster, pods=self.pods, namespaces=self.namespaces, changed=self.workload_changes, **caches
+            cluster,
+            pods=self.pods,
+            namespaces=self.namespaces,
+            changed=self.workload_changes,
+            lease=lease,
+            on_fenced=self.fenced.set,
+            **caches,
         )
+        # Node groups, bring-up times, the autoscaler's health and the pre-flight's inventory.
+        self.nodegroups = NodeGroupWatch(cluster, on_change=self.changed.set, lease=lease, **caches)
+        self._last_publish: datetime | None = None
         self.allowlist = Allowlist.from_setting(settings.PORTAL_GPU_NODE_ALLOWLIST)
 
     def _cache(
@@ -178,6 +189,7 @@ class ClusterCollector:
         for cache in self.caches:
             cache.start()
         self.workloads.start()
+        self.nodegroups.start()
         self._thread = threading.Thread(target=self.run, name=f"collector {self.cluster.name}", daemon=True)
         self._thread.start()
 
@@ -187,6 +199,7 @@ class ClusterCollector:
         for cache in self.caches:
             cache.stop()
         self.workloads.stop(timeout)
+        self.nodegroups.stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -234,14 +247,24 @@ class ClusterCollector:
             namespace_labels = {
                 ns["metadata"]["name"]: ns["metadata"]["labels"] for ns in self.namespaces.snapshot()
             }
+            nodes, pools = self.nodes.snapshot(), collector_pool_specs(cluster_id=self.cluster.pk)
             figures = compute(
-                self.nodes.snapshot(),
+                nodes,
                 self.pods.snapshot(),
-                collector_pool_specs(cluster_id=self.cluster.pk),
+                pools,
                 collector_grant_specs(cluster_id=self.cluster.pk, namespace_labels=namespace_labels),
                 now,
                 allowed_on_gpu_nodes=self.allowlist.allows,
+                created_since=self._last_publish,
             )
+            self.nodegroups.update(
+                figures=figures,
+                pools=pools,
+                nodes=nodes,
+                now=now,
+                nodes_version=statuses[0].resource_version,
+            )
+            self._last_publish = now
         contacts = [s.last_contact for s in statuses if s.last_contact]
         stale_since = [s.stale_since for s in statuses if s.stale_since]
         utilisation_publish(

@@ -12,7 +12,12 @@ Definitions (docs/utilisation.md explains them for users):
 - A node is *schedulable* when it is Ready and not cordoned; only schedulable nodes have free GPUs.
 - Fragmentation: free GPUs on partly used schedulable nodes are *stranded* (a pod needing a whole
   node cannot use them); the *largest free block* is the most GPUs one new pod could still get.
-- A GPU pod is *pending* while it is not bound to a node; its queue wait runs from its creation.
+- A GPU pod is *pending* while it is not bound to a node; its queue wait runs from its creation. A
+  pending pod held by a scheduling gate (a queue's quota admission) *waits for quota*; any other
+  *waits for a node* (GPUs to free up, or the autoscaler's new node).
+- Warm-headroom placeholder pods (pools.headroom) hold GPUs like any pod, but they are counted as
+  *placeholder GPUs* rather than a namespace's use, and a placeholder waiting for a node is neither
+  a pending pod nor queue wait: it is the autoscaler's work (*nodes provisioning*).
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pools.kube.objects import (
     ZONE_LABEL,
     constrained_keys,
+    is_warm_placeholder,
     key_of,
     labels_of,
     name_of,
@@ -35,6 +41,7 @@ from pools.kube.objects import (
     parse_time,
     pod_finished,
     pod_gpu_requests,
+    pod_scheduling_gated,
     pod_selects,
     pod_unschedulable_reason,
 )
@@ -146,6 +153,73 @@ POOL_FIGURES: tuple[Figure, ...] = (
         "pods",
         "non_gpu_pods",
     ),
+    # Elastic pools: the autoscaler's side (pools.utilisation.nodegroups fills in the node-group ones).
+    Figure(
+        "placeholder_gpus",
+        "Warm GPUs held",
+        "Units held by warm-headroom placeholder pods; an interactive pod preempts them at once.",
+        "units",
+        "placeholder_gpus",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "nodes_provisioning",
+        "Nodes provisioning",
+        "Nodes the autoscaler is bringing up: asked for and not yet Ready with their GPUs.",
+        "nodes",
+        "nodes_provisioning",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "pods_waiting_node",
+        "Pods waiting for a node",
+        "Pending GPU pods the scheduler cannot place yet: they wait for GPUs or a new node.",
+        "pods",
+        "pods_waiting_node",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "pods_waiting_quota",
+        "Pods waiting for quota",
+        "Pending GPU pods held back by a scheduling gate (a queue's quota admission, such as Kueue's).",
+        "pods",
+        "pods_waiting_quota",
+        Rollup.AVERAGE,
+    ),
+    Figure(
+        "node_bringup_last_seconds",
+        "Last node bring-up",
+        "Time to node of the pool's newest node: from the autoscaler's request until Ready with GPUs.",
+        "seconds",
+        "node_bringup_last_seconds",
+        integer=False,
+    ),
+    Figure(
+        "node_bringup_p95_seconds",
+        "Node bring-up p95",
+        "95th percentile of the time to node over the pool's last 20 new nodes.",
+        "seconds",
+        "node_bringup_p95_seconds",
+        integer=False,
+    ),
+    Figure(
+        "gpu_pod_arrivals_per_hour",
+        "GPU pod arrivals",
+        "New GPU pods per hour on the pool over the last 15 minutes (placeholders excluded).",
+        "pods/hour",
+        "gpu_pod_arrivals_per_hour",
+        Rollup.AVERAGE,
+        integer=False,
+    ),
+    Figure(
+        "gpu_arrivals_per_hour",
+        "GPUs arriving",
+        "Units asked for by new GPU pods per hour over the last 15 minutes (placeholders excluded).",
+        "units/hour",
+        "gpu_arrivals_per_hour",
+        Rollup.AVERAGE,
+        integer=False,
+    ),
 )
 FIGURES_BY_NAME = {figure.name: figure for figure in POOL_FIGURES}
 HISTORY_FIGURES = tuple(figure for figure in POOL_FIGURES if figure.rollup)
@@ -228,6 +302,19 @@ class PoolFigures:
     non_gpu_pod_names: list[str] = field(default_factory=list)
     headroom: int = 0
     interactive: bool = False
+    placeholder_gpus: int = 0
+    placeholders_pending: int = 0
+    pods_waiting_node: int = 0
+    pods_waiting_quota: int = 0
+    # GPU pods (placeholders aside) created at or after compute()'s `created_since`, by key -> units:
+    # the collector counts arrivals from them.
+    new_pods: dict[str, int] = field(default_factory=dict)
+    # Set by the collector's node-group module (pools.utilisation.nodegroups) for elastic pools.
+    nodes_provisioning: int = 0
+    node_bringup_last_seconds: float = 0.0
+    node_bringup_p95_seconds: float = 0.0
+    gpu_pod_arrivals_per_hour: float = 0.0
+    gpu_arrivals_per_hour: float = 0.0
 
     @property
     def nodes_total(self) -> int:
@@ -272,8 +359,9 @@ class PoolFigures:
 
     @property
     def headroom_short(self) -> bool:
-        """An interactive pool has fewer free GPUs than its warm buffer."""
-        return self.interactive and self.gpus_free < self.headroom
+        """An interactive pool has fewer free GPUs than its warm buffer (placeholders' GPUs count as
+        free for interactive pods: they preempt them)."""
+        return self.interactive and self.gpus_free + self.placeholder_gpus < self.headroom
 
     def totals(self) -> dict[str, int | float]:
         return {figure.name: getattr(self, figure.name) for figure in POOL_FIGURES}
@@ -365,9 +453,15 @@ def compute(
     grants: Mapping[str, GrantSpec],
     now: datetime,
     allowed_on_gpu_nodes: Callable[[Json], bool] = lambda pod: False,
+    created_since: datetime | None = None,
 ) -> ClusterFigures:
     """Per-pool figures of one cluster. `grants` maps namespace -> grant; `allowed_on_gpu_nodes`
-    tells the GPU-operation daemons (device plugin, DCGM exporter...) that belong on GPU nodes."""
+    tells the GPU-operation daemons (device plugin, DCGM exporter...) that belong on GPU nodes;
+    GPU pods created at or after `created_since` (to the second the apiserver stamps) are listed in
+    each pool's `new_pods`."""
+    # Creation times are whole seconds: a pod made in the second of `created_since` counts too, and
+    # the caller drops the ones it has already seen.
+    since = created_since.replace(microsecond=0) - timedelta(seconds=1) if created_since else None
     figures = ClusterFigures(
         pools={p.id: PoolFigures(pool_id=p.id, headroom=p.headroom, interactive=p.interactive) for p in pools}
     )
@@ -411,12 +505,20 @@ def compute(
         namespace, name = _pod_name(pod)
         node_name = (pod.get("spec") or {}).get("nodeName")
         requests = pod_gpu_requests(pod)
+        placeholder = bool(requests) and is_warm_placeholder(pod)
+        created = parse_time((pod.get("metadata") or {}).get("creationTimestamp")) if since else None
+        arrived = not placeholder and created is not None and since is not None and created >= since
         if node_name:
             pool = pool_of_node.get(node_name)
             if requests:
                 if pool is not None and pool.resource in requests:
                     node_rows[node_name].requested += requests[pool.resource]
                     node_rows[node_name].gpu_pods += 1
+                    if placeholder:
+                        figures.pools[pool.id].placeholder_gpus += requests[pool.resource]
+                        continue
+                    if arrived:
+                        figures.pools[pool.id].new_pods[f"{namespace}/{name}"] = requests[pool.resource]
                     row = usage(pool.id, namespace)
                     row.gpus += requests[pool.resource]
                     row.pods += 1
@@ -429,13 +531,24 @@ def compute(
         if not requests:
             continue
         targets = pending_pod_pools(pod, requests, pools, pool_node_labels)
+        if placeholder:
+            for pool in targets:
+                figures.pools[pool.id].placeholders_pending += 1
+            continue
         if not targets:
             figures.unmatched_pending += 1
         waited = queue_wait_seconds(pod, now)
+        gated = pod_scheduling_gated(pod)
         for pool in targets:
             pool_figures = figures.pools[pool.id]
             gpus = requests.get(pool.resource, sum(requests.values()))
             pool_figures.pods_pending += 1
+            if gated:
+                pool_figures.pods_waiting_quota += 1
+            else:
+                pool_figures.pods_waiting_node += 1
+            if arrived:
+                pool_figures.new_pods[f"{namespace}/{name}"] = gpus
             pool_figures.pending.append(
                 PendingPod(namespace, name, gpus, waited, pod_unschedulable_reason(pod))
             )

@@ -40,7 +40,17 @@ class UtilisationCollector(Collector):
             "Seconds since the figures were last confirmed by the cluster.",
             labels=["cluster"],
         )
+        autoscaler = GaugeMetricFamily(
+            "gpu_portal_cluster_autoscaler_available",
+            "1 while the cluster's autoscaler is available, 0 while it is not (absent when not known).",
+            labels=["cluster"],
+        )
         for cluster, status in data.clusters:
+            inventory = getattr(cluster, "inventory", None)
+            if inventory is not None and inventory.autoscaler_state in ("available", "unavailable"):
+                autoscaler.add_metric(
+                    [cluster.name], 1.0 if inventory.autoscaler_state == "available" else 0.0
+                )
             live = (
                 status is not None
                 and status.state == CollectorState.LIVE
@@ -51,6 +61,7 @@ class UtilisationCollector(Collector):
                 age.add_metric([cluster.name], max(0.0, (now - status.observed_at).total_seconds()))
         yield up
         yield age
+        yield autoscaler
 
         pool_families = {
             figure.name: GaugeMetricFamily(

@@ -19,6 +19,7 @@ from django.db.models import Min, Q, Sum
 
 from pools.kube.objects import POOL_LABEL, Label
 from pools.models import (
+    COLLECTOR_SILENT_AFTER,
     Cluster,
     ClusterUtilisation,
     CollectorState,
@@ -39,8 +40,8 @@ from quotas.states import HOLDING_STATES
 
 R = SnapshotResolution
 TIERS = (R.RAW, R.FIVE_MINUTES, R.HOUR)
-# The collector writes at least every 5 s; silence for longer than this means it is not running.
-COLLECTOR_SILENT_AFTER = timedelta(seconds=20)
+# COLLECTOR_SILENT_AFTER (pools.models): the collector writes at least every 5 s; silence for longer
+# means it is not running. The approval pre-flight reads the same rule.
 
 
 class Freshness:
@@ -451,7 +452,12 @@ class MetricsData:
 
 
 def metrics_data() -> MetricsData:
-    clusters = list(Cluster.objects.filter(enabled=True).select_related("utilisation").order_by("name"))
+    clusters = list(
+        Cluster.objects.filter(enabled=True)
+        .select_related("utilisation", "inventory")
+        .defer("inventory__document")  # a big cluster's node summary is not for a scrape
+        .order_by("name")
+    )
     return MetricsData(
         clusters=[(c, getattr(c, "utilisation", None)) for c in clusters],
         pools=list(

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from pools.models import NodePool
-from pools.utilisation import charts, selectors
+from pools.utilisation import charts, elastic, selectors
 from pools.utilisation.forms import HISTORY_RANGES, CostPeriodForm, HistoryRangeForm
 
 POLL_SECONDS = 2
@@ -139,6 +139,7 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "history_poll_seconds": HISTORY_POLL_SECONDS,
         "history_range": history_range,
         "history_ranges": list(HISTORY_RANGES),
+        "elastic": elastic.pool_elastic_get(pool=detail.view.pool, live=detail.view.live, now=timezone.now()),
     }
     target = request.htmx.target if request.htmx else None
     if target == "pool-live":

@@ -31,6 +31,7 @@ from pools.kube.objects import FAILED_CREATE_REASON, NODE_BRING_UP_REASONS
 from pools.kube.watch import Backoff, KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState, NamespaceWorkloads, WorkloadWatchState
 from pools.utilisation.diagnosis import TRIMMERS, diagnose, trim_event, trim_pod_status, troubled
+from pools.utilisation.leases import LeaseLost, LeaseToken, collector_lease_fence
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,14 @@ class WorkloadWatch:
         heartbeat: float = HEARTBEAT,
         backoff_max: float = 30.0,
         watch_timeout: int = 60,
+        lease: LeaseToken | None = None,
+        on_fenced: Callable[[], None] | None = None,
     ) -> None:
         self.cluster = cluster
+        # The collector's lease: these writes are fenced like its figures, and a refused one tells
+        # the collector (on_fenced), whose supervisor then stops everything of this cluster.
+        self.lease = lease
+        self.on_fenced = on_fenced
         self.pods = pods
         self.namespaces = namespaces
         self.changed = changed
@@ -119,6 +126,11 @@ class WorkloadWatch:
                     break
                 try:
                     self.publish()
+                except LeaseLost:
+                    logger.warning("collector %s: lease lost, no longer writing workloads", self.cluster.name)
+                    if self.on_fenced is not None:
+                        self.on_fenced()
+                    break
                 except Exception:
                     # As for the figures: the next round retries; a watch that stays broken shows as
                     # stale or silent on the grant page.
@@ -175,6 +187,7 @@ class WorkloadWatch:
             last_error="; ".join(sorted({s.last_error for s in statuses if s.last_error})),
             changed=changed,
             present=present if present != self._present else None,
+            lease=self.lease,
         )
         if present is not None:
             self._published = texts
@@ -192,10 +205,14 @@ def workloads_publish(
     last_error: str = "",
     changed: dict[str, list[Json]] | None = None,
     present: set[str] | None = None,
+    lease: LeaseToken | None = None,
 ) -> None:
     """Record whether the cluster's workload view is current, the namespaces whose rows changed, and
     (when `present` is given) forget namespaces that are no longer the portal's. Observations, not
-    decisions: no audit event, like the utilisation figures."""
+    decisions: no audit event, like the utilisation figures. With `lease`, only while it holds the
+    cluster (LeaseLost otherwise, and nothing is written)."""
+    if lease is not None:
+        collector_lease_fence(lease=lease)
     WorkloadWatchState.objects.update_or_create(
         cluster_id=cluster_id,
         defaults={

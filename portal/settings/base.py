@@ -215,6 +215,13 @@ PORTAL_PROVISIONING = {
     "SERVING_MEMORY_GIB_PER_GPU": 32,
     "SERVING_PORT": 8000,
     "SERVING_HEALTH_PATH": "/health",
+    # The local testbed simulates model loading (its kwok Stages read an annotation the portal sets):
+    # a serving pod becomes Ready after weights / SIMULATED_LOAD_GIB_PER_SECOND + SIMULATED_LOAD_BASE
+    # seconds, from the request's parameters and precision. `make run` turns it on for the testbed;
+    # on a real cluster leave it off: models load for real and the annotation means nothing.
+    "SIMULATED_MODEL_LOAD": env.bool("PORTAL_SIMULATED_MODEL_LOAD", default=False),
+    "SIMULATED_LOAD_GIB_PER_SECOND": env.float("PORTAL_SIMULATED_LOAD_GIB_PER_SECOND", default=2.0),
+    "SIMULATED_LOAD_BASE_SECONDS": env.int("PORTAL_SIMULATED_LOAD_BASE_SECONDS", default=5),
     # Every object is re-applied this often (drift repair); the sweeper re-queues lagging work this often.
     "RESYNC_SECONDS": env.int("PORTAL_RESYNC_SECONDS", default=300),
     "SWEEP_SECONDS": env.int("PORTAL_SWEEP_SECONDS", default=30),
@@ -222,7 +229,8 @@ PORTAL_PROVISIONING = {
     "RETRY_BACKOFF_MAX_SECONDS": env.int("PORTAL_RETRY_BACKOFF_MAX_SECONDS", default=120),
     "MAX_RETRIES": env.int("PORTAL_RECONCILE_MAX_RETRIES", default=12),
 }
-# Approval checks that the pool's selector matches Ready, tainted nodes of its cluster.
+# Approval checks, from the collector's live inventory, that the pool's selector matches Ready, tainted
+# nodes of its cluster, or a node group that can make them (docs/provisioning.md).
 PORTAL_PREFLIGHT = env.bool("PORTAL_PREFLIGHT", default=True)
 
 # --- Scaling out (docs/utilisation.md "Scaling out", README "Scaling out") ----------------------------
@@ -235,6 +243,34 @@ PORTAL_COLLECTOR_RENEW_SECONDS = env.float("PORTAL_COLLECTOR_RENEW_SECONDS", def
 # `clusters-<cluster id mod N>` when N > 0, each consumed by its own worker pool, so one slow or
 # unreachable cluster holds up only its shard; 0 keeps every task on the default queue ("celery").
 PORTAL_CLUSTER_QUEUE_SHARDS = env.int("PORTAL_CLUSTER_QUEUE_SHARDS", default=0)
+# --- Elastic pools (docs/elastic.md) ------------------------------------------------------------
+# GPU resources per node of the instance types node groups name, for the types no node has shown
+# yet (a node's own allocatable wins once one exists). The defaults are public cloud GPU shapes.
+_GPU = "nvidia.com/gpu"
+PORTAL_INSTANCE_TYPES = env.json(
+    "PORTAL_INSTANCE_TYPES",
+    default={
+        **{t: {_GPU: 8} for t in ("p5.48xlarge", "p5e.48xlarge", "p5en.48xlarge", "p4d.24xlarge")},
+        **{t: {_GPU: 8} for t in ("p4de.24xlarge", "g5.48xlarge", "g6.48xlarge", "g6e.48xlarge")},
+        **{t: {_GPU: 4} for t in ("g5.12xlarge", "g5.24xlarge", "g6.12xlarge", "g6.24xlarge")},
+        **{t: {_GPU: 4} for t in ("g6e.12xlarge", "g6e.24xlarge")},
+        **{t: {_GPU: 1} for t in ("g5.xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge", "g5.16xlarge")},
+        **{t: {_GPU: 1} for t in ("g6.xlarge", "g6.2xlarge", "g6.4xlarge", "g6.8xlarge", "g6.16xlarge")},
+        **{t: {_GPU: 1} for t in ("g6e.xlarge", "g6e.2xlarge", "g6e.4xlarge", "g6e.8xlarge")},
+        **{t: {_GPU: 8} for t in ("a2-highgpu-8g", "a2-ultragpu-8g", "a3-highgpu-8g", "a3-megagpu-8g")},
+        **{t: {_GPU: 1} for t in ("a2-highgpu-1g", "g2-standard-4", "g2-standard-8")},
+    },
+)
+# Placeholder pods holding interactive pools' warm headroom (pools/headroom.py): their namespace on
+# each cluster, their image (a pause image; it must pass the image allowlist), and the PriorityClass
+# below every workload class.
+PORTAL_WARM_HEADROOM = {
+    "NAMESPACE": env.str("PORTAL_WARM_NAMESPACE", default="gpu-portal-warm-headroom"),
+    "IMAGE": env.str(
+        "PORTAL_WARM_IMAGE", default=f"{PORTAL_PROVISIONING['IMAGE_REGISTRY_ALLOWLIST'][0]}pause:3.10"
+    ),
+    "PRIORITY_CLASS": env.str("PORTAL_WARM_PRIORITY_CLASS", default="gpu-portal-warm-headroom"),
+}
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6390/0")
@@ -271,6 +307,11 @@ CELERY_BEAT_SCHEDULE = {
     "sync-inventory": {"task": "pools.tasks.clusters_sync_inventory", "schedule": timedelta(minutes=10)},
     "provisioning-sweep": {
         "task": "quotas.tasks.provisioning_sweep",
+        "schedule": timedelta(seconds=PORTAL_PROVISIONING["SWEEP_SECONDS"]),
+    },
+    # Warm headroom: re-apply every interactive elastic pool's placeholders (drift healed).
+    "warm-headroom-sweep": {
+        "task": "pools.tasks.warm_headroom_sweep",
         "schedule": timedelta(seconds=PORTAL_PROVISIONING["SWEEP_SECONDS"]),
     },
     # Utilisation history: roll samples up into 5-minute and hourly averages, drop expired rows.

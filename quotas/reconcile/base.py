@@ -21,7 +21,7 @@ from pools.manifests import Manifest
 from pools.models import Cluster
 from pools.services import cluster_policy_objects
 from portal.services import audit_event_record
-from quotas import manifests
+from quotas import manifests, rules
 from quotas.models import Grant, ServingDeployment
 from quotas.states import HOLDING_STATES
 
@@ -99,6 +99,21 @@ def grant_shared_objects(cluster: Cluster, contract: manifests.GrantContract) ->
     ]
 
 
+def simulated_load(deployment: ServingDeployment) -> int | None:
+    """The testbed's simulated model load for the deployment, from its request's parameters and
+    precision; None unless PORTAL_SIMULATED_MODEL_LOAD asks for it."""
+    cfg = provisioning_settings()
+    if not cfg["SIMULATED_MODEL_LOAD"]:
+        return None
+    request = deployment.grant.request
+    return rules.simulated_load_seconds(
+        request.model_parameters_billion,
+        request.model_precision,
+        gib_per_second=cfg["SIMULATED_LOAD_GIB_PER_SECOND"],
+        base_seconds=cfg["SIMULATED_LOAD_BASE_SECONDS"],
+    )
+
+
 def serving_spec(deployment: ServingDeployment) -> manifests.ServingSpec:
     cfg = provisioning_settings()
     return manifests.ServingSpec(
@@ -115,6 +130,7 @@ def serving_spec(deployment: ServingDeployment) -> manifests.ServingSpec:
         load_budget_seconds=cfg["MODEL_LOAD_BUDGET_SECONDS"],
         port=cfg["SERVING_PORT"],
         health_path=cfg["SERVING_HEALTH_PATH"],
+        simulated_load_seconds=simulated_load(deployment),
     )
 
 

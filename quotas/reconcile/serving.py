@@ -12,7 +12,7 @@ from django.utils.dateparse import parse_datetime
 
 from pools.kube import ops
 from pools.kube.errors import PermanentKubeError, TemporaryKubeError
-from pools.kube.objects import Label
+from pools.kube.objects import SIMULATED_LOAD_ANNOTATION, Label
 from pools.models import Cluster
 from quotas import manifests
 from quotas.models import ServingDeployment
@@ -64,6 +64,26 @@ def _scheduling_problem(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _startup_restarts(pods: list[dict[str, Any]]) -> tuple[str, int]:
+    """The pod whose server was restarted most while loading (name, restarts), or ("", 0): a load
+    that outlasts the startup probe's budget ends that way."""
+    worst = ("", 0)
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            restarts = int(status.get("restartCount") or 0)
+            terminated = (status.get("lastState") or {}).get("terminated")
+            if restarts > worst[1] and terminated and not status.get("ready"):
+                worst = (pod["metadata"]["name"], restarts)
+    return worst
+
+
+def _load_needed(live: dict[str, Any]) -> str:
+    """What loading the model takes, when the cluster says so (the testbed's simulated load)."""
+    template = ((live.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    value = (template.get("annotations") or {}).get(SIMULATED_LOAD_ANNOTATION)
+    return f"the model needs {value}s to load (simulated)" if value else ""
+
+
 @dataclass
 class ServingStatus:
     ready_replicas: int
@@ -107,6 +127,8 @@ def _serving_status(
         return result
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     progressing = conditions.get("Progressing")
+    budget = provisioning_settings()["MODEL_LOAD_BUDGET_SECONDS"]
+    needed = _load_needed(live)
     # Checked first: the Deployment controller gives up after the load budget without progress,
     # whatever the cause, and so does the polling.
     if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
@@ -116,9 +138,9 @@ def _serving_status(
                 "Ready",
                 "False",
                 "LoadBudgetExceeded",
-                f"{ready}/{wanted} replicas Ready after the "
-                f"{provisioning_settings()['MODEL_LOAD_BUDGET_SECONDS']}s "
-                f"model-load budget: {progressing.get('message', '')}",
+                f"{ready}/{wanted} replicas Ready after the {budget}s model-load budget"
+                + (f", but {needed}" if needed else "")
+                + f": {progressing.get('message', '')}",
             ),
         )
     failure = conditions.get("ReplicaFailure")
@@ -131,6 +153,23 @@ def _serving_status(
             requeue_after=POLL_SECONDS,
         )
     pods = ops.list_objects(cluster, "v1", "Pod", namespace=contract.namespace, label_selector=selector)
+    # The seed's failure mode "model loading takes longer than the SLO": the startup probe gave up
+    # on the load after the budget and restarted the server (which will only start loading again).
+    pod, restarts = _startup_restarts(pods)
+    if restarts:
+        took = f"{needed}" if needed else "it was still not Ready"
+        return ServingStatus(
+            ready,
+            Condition(
+                "Ready",
+                "False",
+                "LoadBudgetExceeded",
+                f"Model load exceeds its {budget}s budget: {took}, so the startup probe restarted the "
+                f"server of pod {pod} {restarts} time(s) after {budget}s of loading. "
+                f"{ready}/{wanted} replicas Ready. Raise PORTAL_MODEL_LOAD_BUDGET_SECONDS or load faster.",
+            ),
+            requeue_after=POLL_SECONDS,
+        )
     problem = _scheduling_problem(pods)
     if problem:
         return ServingStatus(

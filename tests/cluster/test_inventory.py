@@ -24,10 +24,12 @@ tb = load_testbed_module()
 
 
 class FakeCluster:
-    """Stands in for pools.kube.ops: serves a node list, or fails like an unreachable cluster."""
+    """Stands in for pools.kube.ops: serves a node list (and Karpenter NodePools, none unless a test
+    sets them), or fails like an unreachable cluster."""
 
     def __init__(self, nodes: list[dict[str, Any]]) -> None:
         self.nodes = nodes
+        self.nodepools: list[dict[str, Any]] = []
         self.down = False
         self.calls = 0
 
@@ -42,6 +44,8 @@ class FakeCluster:
         return {**manifest, "status": {"allowed": True}}
 
     def list_objects(self, cluster: Cluster, api_version: str, kind: str, **kw: Any) -> list[dict[str, Any]]:
+        if (api_version, kind) == ("karpenter.sh/v1", "NodePool"):
+            return copy.deepcopy(self.nodepools)
         assert (api_version, kind) == ("v1", "Node")
         return copy.deepcopy(self.nodes)
 
@@ -251,3 +255,52 @@ def test_registration_input_errors_name_their_fields(fake, admin):
         services.cluster_register(
             name="c2", api_url="https://k8s.example.com", token="t", actor=factories.user()
         )
+
+
+# --- elastic pools: Karpenter NodePools ---------------------------------------------------------
+
+
+def test_nodepools_make_elastic_pools_with_no_node_and_their_limit_as_capacity(
+    fake, cluster, admin, topology
+):
+    fake.nodepools = tb.render_nodepools(topology, bringup_seconds=5)
+    summary = services.cluster_sync_inventory(cluster=cluster, actor=admin)
+    for spec in topology["elasticPools"]:
+        assert spec["name"] in summary.created
+        pool = NodePool.objects.get(cluster=cluster, name=spec["name"])
+        assert pool.node_groups == [spec["name"]] and pool.elastic
+        assert pool.capacity_gpus == spec["limits"]["gpus"]
+        assert pool.pool_class == spec["class"]
+        assert pool.accelerator.product == topology["accelerators"][spec["accelerator"]]["product"]
+        assert pool.zones == sorted(spec["zones"])
+        assert (pool.taint_key, pool.taint_value) == (POOL_LABEL, spec["name"])
+    # Static pools stay static.
+    assert NodePool.objects.get(cluster=cluster, name=whole_gpu_pools(topology)[0]["name"]).node_groups == []
+    # A larger limit is a larger pool; a NodePool that is gone disables its pool.
+    spec = topology["elasticPools"][0]
+    grown = copy.deepcopy(next(p for p in fake.nodepools if p["metadata"]["name"] == spec["name"]))
+    grown["spec"]["limits"] = {"nvidia.com/gpu": "64"}
+    fake.nodepools = [grown]
+    summary = services.cluster_sync_inventory(cluster=cluster, actor=admin)
+    assert spec["name"] in summary.updated
+    assert NodePool.objects.get(cluster=cluster, name=spec["name"]).capacity_gpus == 64
+    gone = [p["name"] for p in topology["elasticPools"][1:]]
+    assert all(not NodePool.objects.get(cluster=cluster, name=name).enabled for name in gone)
+
+
+def test_nodepools_the_credentials_may_not_list_are_a_note_not_a_failed_sync(
+    fake, cluster, admin, monkeypatch
+):
+    from pools.kube.errors import Forbidden
+
+    def forbidden(cluster, api_version, kind, **kw):
+        if kind == "NodePool":
+            raise Forbidden(
+                'nodepools.karpenter.sh is forbidden: User "portal" cannot list resource "nodepools"'
+            )
+        return fake.list_objects(cluster, api_version, kind, **kw)
+
+    monkeypatch.setattr(services.ops, "list_objects", forbidden)
+    summary = services.cluster_sync_inventory(cluster=cluster, actor=admin)
+    assert summary.created
+    assert any(note.startswith("Karpenter NodePools were not read") for note in summary.notes)

@@ -26,6 +26,7 @@ from portal.celery import app as celery_app
 from portal.models import AuditEvent, User
 from quotas.models import Grant, Team
 from tests import factories
+from tests.collector import live_collector
 from tests.common import database_url
 from tests.provisioning.support import Worker, _wait, worker_env
 from tests.testbed import Testbed
@@ -204,7 +205,9 @@ def org(transactional_db: None, testbed: Testbed, _leftovers: None) -> Iterator[
     )
     # What registering the cluster does: the PriorityClasses of every pool class and the policy.
     cluster_policies_apply(cluster=cluster)
-    yield org
-    # Before the database is flushed: stop the worker from re-creating what is deleted next.
-    Cluster.objects.update(enabled=False)
+    # Approvals read the collector's live inventory of the cluster, as in production.
+    with live_collector(cluster):
+        yield org
+        # Before the database is flushed: stop the worker from re-creating what is deleted next.
+        Cluster.objects.update(enabled=False)
     _delete_grant_objects(testbed.admin, [g.namespace for g in Grant.objects.all()])

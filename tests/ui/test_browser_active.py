@@ -28,6 +28,7 @@ from quotas.models import CapacityRequest, Grant, Membership
 from quotas.states import RequestState
 from tests import factories
 from tests import testbed as testbed_support
+from tests.collector import live_collector
 from tests.common import database_url
 from tests.provisioning.support import Worker, worker_env
 from tests.ui.browser import mark_document, same_document, screenshot, signed_in
@@ -93,7 +94,9 @@ def org(
     )
     worker.start()
     try:
-        yield org
+        # The approval's pre-flight reads the collector's live inventory of the cluster.
+        with live_collector(cluster):
+            yield org
     finally:
         worker.stop()
         Cluster.objects.update(enabled=False)
@@ -102,7 +105,8 @@ def org(
 
 @pytest.fixture
 def settings_override(settings: object) -> None:
-    # The approval's pre-flight asks the real cluster whether the pool's nodes exist and carry its taint.
+    # The approval's pre-flight checks, from the collector's inventory of the real cluster, whether the
+    # pool's nodes exist and carry its taint.
     settings.PORTAL_PREFLIGHT = True  # type: ignore[attr-defined]
 
 

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
-from pools.tasks import cluster_policies_apply
+from pools.tasks import cluster_policies_apply, warm_headroom_reconcile
 from portal.models import User
 from quotas.models import Membership, Team
 from quotas.services import membership_set
@@ -63,6 +63,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--topology", type=Path, default=TOPOLOGY)
         parser.add_argument(
+            "--autoscaler-health-url",
+            default=None,
+            help="The cluster's autoscaler health endpoint (Karpenter's)",
+        )
+        parser.add_argument(
             "--sso",
             action="store_true",
             help="People sign in through the demo Keycloak (no portal password); only admin stays local",
@@ -104,11 +109,44 @@ class Command(BaseCommand):
                     "max_gpus_per_team": policy["max_per_team"],
                 },
             )
+        # Elastic pools: a Karpenter NodePool each, no node until a pod needs one. Capacity is what the
+        # NodePool may hold (its limit); an interactive one keeps a node of warm headroom.
+        for spec in topology.get("elasticPools", []):
+            if spec["class"] not in PoolClass.values:
+                continue
+            accelerator = catalogue_entry(topology, spec)
+            units_per_node = spec["gpus"] * (spec["mig"]["slicesPerGpu"] if spec.get("mig") else 1)
+            policy = CLASS_POLICY[spec["class"]]
+            zones.update(spec["zones"])
+            NodePool.objects.update_or_create(
+                cluster=cluster,
+                name=spec["name"],
+                defaults={
+                    "pool_class": spec["class"],
+                    "accelerator": accelerator,
+                    "node_selector": {f"{prefix}pool": spec["name"]},
+                    "taint_key": f"{prefix}pool",
+                    "taint_value": spec["name"],
+                    "taint_effect": "NoSchedule",
+                    "priority_class_name": f"gpu-{spec['class']}",
+                    "zones": sorted(spec["zones"]),
+                    "capacity_gpus": spec["limits"]["gpus"],
+                    "headroom_gpus": policy["headroom_node_share"] * units_per_node,
+                    "batch_fraction": policy["batch_fraction"],
+                    "max_gpus_per_team": policy["max_per_team"],
+                    "node_groups": [spec["name"]],
+                },
+            )
         cluster.zones = sorted(zones)
+        if options["autoscaler_health_url"] is not None:
+            cluster.autoscaler_health_url = options["autoscaler_health_url"]
         cluster.save()
         if options["kubeconfig"]:
-            # PriorityClasses and the contract policy, as registering the cluster would apply them.
+            # PriorityClasses and the contract policy, as registering the cluster would apply them,
+            # and the warm headroom of the interactive elastic pools.
             transaction.on_commit(lambda: cluster_policies_apply.delay(cluster.pk), robust=True)
+            for pool in NodePool.objects.filter(cluster=cluster).exclude(node_groups=[]):
+                transaction.on_commit(lambda pk=pool.pk: warm_headroom_reconcile.delay(pk), robust=True)
 
         vision, _ = Team.objects.update_or_create(slug="vision", defaults={"name": "Vision"})
         nlp, _ = Team.objects.update_or_create(slug="nlp", defaults={"name": "NLP"})
