@@ -21,6 +21,8 @@ from pools.kube import client, ops
 from pools.kube.discovery import AcceleratorSpec, DiscoveredPool, Inventory, discover
 from pools.kube.errors import InvalidKubeconfig, KubeError, TLSError, Unauthorized, Unreachable
 from pools.kube.objects import (
+    KUEUE_GROUP,
+    KUEUE_VERSION,
     carries_taint,
     managed_selector,
     names_listed,
@@ -66,10 +68,24 @@ _APPLIED = (
     ("validatingadmissionpolicies", "admissionregistration.k8s.io"),
     ("validatingadmissionpolicybindings", "admissionregistration.k8s.io"),
 )
+# Kueue's objects for grants that queue (docs/queueing.md): a ResourceFlavor and a Cohort per pool,
+# a ClusterQueue per grant (deleted with an ended grant's namespace), a LocalQueue in its namespace.
+_QUEUE_APPLIED = (
+    ("resourceflavors", KUEUE_GROUP),
+    ("cohorts", KUEUE_GROUP),
+    ("clusterqueues", KUEUE_GROUP),
+    ("localqueues", KUEUE_GROUP),
+)
 # What the collector, the provisioner and revocation do; registration names whichever is missing.
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     *_each(("list", "watch"), (("nodes", ""), ("pods", ""), ("namespaces", ""))),
     *_each(("get", "create", "patch"), _APPLIED),
+    *_each(("get", "create", "patch"), _QUEUE_APPLIED),
+    # The collector's queue watch (positions, borrowing); ClusterQueues are also deleted with an
+    # ended grant's namespace; a dry-run Job probes the queue contract and Kueue's webhook.
+    *_each(("list", "watch"), (("workloads", KUEUE_GROUP), ("clusterqueues", KUEUE_GROUP))),
+    *_each(("delete",), (("clusterqueues", KUEUE_GROUP),)),
+    *_each(("create",), (("jobs", "batch"),)),
     *_each(
         ("delete",),
         (
@@ -275,6 +291,10 @@ def cluster_register(
     check = cluster_check_connection(cluster=cluster)
     cluster.server_version = check.server_version
     try:
+        cluster.kueue_version, _ = kueue_detect(cluster)
+    except KubeError as exc:
+        raise _as_validation_error(cluster, exc) from exc
+    try:
         with transaction.atomic():
             cluster.save()
             audit_event_record(
@@ -286,6 +306,7 @@ def cluster_register(
                     "api_url": cluster.api_url,
                     "credentials": "kubeconfig" if kubeconfig else "token",
                     "server_version": cluster.server_version,
+                    "kueue_version": cluster.kueue_version,
                 },
                 message=(
                     f"Registered cluster {cluster.name} ({cluster.server_version}, "
@@ -437,6 +458,7 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
     try:
         version = ops.server_version(cluster)
         nodes = ops.list_objects(cluster, "v1", "Node")
+        kueue_version, kueue_note = kueue_detect(cluster)
     except KubeError as exc:
         _record_failure(cluster, exc.message)
         raise _as_validation_error(cluster, exc) from exc
@@ -449,6 +471,8 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
     summary = SyncSummary()
     summary.notes += [f"Pool {name} not offered: {reason}." for name, reason in inventory.skipped.items()]
     summary.notes += inventory.warnings
+    if kueue_note:
+        summary.notes.append(kueue_note)
     with transaction.atomic():
         # One sync per cluster at a time: a second one waits and then sees the first one's result.
         locked = Cluster.objects.select_for_update().get(pk=cluster.pk)
@@ -474,8 +498,12 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
             summary.disabled.append(pool.name)
             summary.notes.append(f"Pool {pool.name} was disabled: {why}.")
         zones = sorted({zone for p in inventory.pools for zone in p.zones})
-        before = {"zones": locked.zones, "server_version": locked.server_version}
-        after = {"zones": zones, "server_version": version}
+        before = {
+            "zones": locked.zones,
+            "server_version": locked.server_version,
+            "kueue_version": locked.kueue_version,
+        }
+        after = {"zones": zones, "server_version": version, "kueue_version": kueue_version}
         if before != after:
             audit_event_record(
                 actor=actor,
@@ -485,11 +513,13 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
                 after=after,
                 message="Inventory sync",
             )
-        locked.zones, locked.server_version = zones, version
+        locked.zones, locked.server_version, locked.kueue_version = zones, version, kueue_version
         locked.last_synced_at, locked.last_error = timezone.now(), ""
-        locked.save(update_fields=["zones", "server_version", "last_synced_at", "last_error"])
+        locked.save(
+            update_fields=["zones", "server_version", "kueue_version", "last_synced_at", "last_error"]
+        )
         _queue_policies(locked)
-    for key in ("zones", "server_version", "last_synced_at", "last_error"):
+    for key in ("zones", "server_version", "kueue_version", "last_synced_at", "last_error"):
         setattr(cluster, key, getattr(locked, key))
     logger.info(
         "inventory of %s: %d created, %d updated, %d disabled",
@@ -509,7 +539,26 @@ def cluster_policy_objects(cluster: Cluster) -> list[Manifest]:
         *manifests.priority_classes(names),
         manifests.grant_contract_policy(),
         manifests.grant_contract_binding(),
+        manifests.grant_queue_policy(),
+        manifests.grant_queue_binding(),
     ]
+
+
+def kueue_detect(cluster: Cluster) -> tuple[str, str]:
+    """The Kueue API version the portal uses if the cluster serves it (its CRDs are installed and
+    served: Kueue's own process need not be running), else ""; and a note for an admin when the
+    cluster serves only other versions. Batch and experimentation pools of a cluster with Kueue
+    queue their grants' Jobs (NodePool.admission_mode)."""
+    versions = ops.served_versions(cluster, KUEUE_GROUP)
+    if KUEUE_VERSION in versions:
+        return KUEUE_VERSION, ""
+    if versions:
+        return "", (
+            f"Cluster {cluster.name} serves Kueue's API only as {', '.join(versions)}; the portal needs "
+            f"{KUEUE_GROUP}/{KUEUE_VERSION} (Kueue v0.15 or later), so its batch and experimentation "
+            "pools admit through ResourceQuota."
+        )
+    return "", ""
 
 
 def cluster_policies_apply(*, cluster: Cluster) -> list[str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kubernetes import client as k8s
 from kubernetes.watch.watch import iter_resp_lines
 
 from pools.kube.client import CONNECT_TIMEOUT, READ_TIMEOUT, ClusterAccess, connect
@@ -140,6 +141,55 @@ class KubeSource:
                 timeout_seconds=timeout_seconds,
                 # The server ends the stream after timeout_seconds; a read that blocks well past
                 # it means the apiserver hangs.
+                _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + 15),
+            )
+        return _KubeWatchStream(self.cluster, response)
+
+
+class CustomSource:
+    """Custom objects of one resource (all namespaces, or cluster-scoped ones) of one cluster, such
+    as Kueue's Workloads and ClusterQueues; the same list/watch contract as KubeSource."""
+
+    def __init__(
+        self,
+        cluster: ClusterAccess,
+        group: str,
+        version: str,
+        plural: str,
+        *,
+        label_selector: str | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.group, self.version, self.plural = group, version, plural
+        self.label_selector = label_selector
+        self.name = f"{cluster.name}/{plural}.{group}"
+
+    def _call(self, **kwargs: Any) -> Any:
+        api = k8s.CustomObjectsApi(connect(self.cluster).api)
+        if self.label_selector:
+            kwargs["label_selector"] = self.label_selector
+        return api.list_cluster_custom_object(
+            self.group, self.version, self.plural, _preload_content=False, **kwargs
+        )
+
+    def list(self, *, limit: int, continue_token: str | None) -> Json:
+        with translated_errors(self.cluster):
+            kwargs: Json = {"limit": limit, "_request_timeout": (CONNECT_TIMEOUT, READ_TIMEOUT)}
+            if continue_token:
+                kwargs["_continue"] = continue_token
+            response = self._call(**kwargs)
+            try:
+                return _decode(response.data, self.cluster)
+            finally:
+                response.release_conn()
+
+    def watch(self, *, resource_version: str, timeout_seconds: int) -> WatchStream:
+        with translated_errors(self.cluster):
+            response = self._call(
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
                 _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + 15),
             )
         return _KubeWatchStream(self.cluster, response)

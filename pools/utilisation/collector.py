@@ -26,6 +26,7 @@ from pools.kube.objects import Label
 from pools.kube.watch import Backoff, KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState
 from pools.utilisation.figures import ClusterFigures, compute
+from pools.utilisation.queue_watch import QueueWatch
 from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
 from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
 
@@ -119,6 +120,8 @@ class ClusterCollector:
             KubeSource(cluster, "namespaces", label_selector=PORTAL_NAMESPACES), trim_namespace, **caches
         )
         self.caches = (self.nodes, self.pods, self.namespaces)
+        # Kueue's Workloads and ClusterQueues: their own watches, thread and tables.
+        self.queues = QueueWatch(cluster, interval=interval, heartbeat=heartbeat, **caches)
         self.allowlist = Allowlist.from_setting(settings.PORTAL_GPU_NODE_ALLOWLIST)
 
     def _cache(
@@ -135,6 +138,7 @@ class ClusterCollector:
     def start(self) -> None:
         for cache in self.caches:
             cache.start()
+        self.queues.start()
         self._thread = threading.Thread(target=self.run, name=f"collector {self.cluster.name}", daemon=True)
         self._thread.start()
 
@@ -143,6 +147,7 @@ class ClusterCollector:
         self.changed.set()
         for cache in self.caches:
             cache.stop()
+        self.queues.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 

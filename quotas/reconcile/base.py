@@ -23,6 +23,7 @@ from pools.services import cluster_policy_objects
 from portal.services import audit_event_record
 from quotas import manifests
 from quotas.models import Grant, ServingDeployment
+from quotas.reconcile.queue_contract import queue_contract
 from quotas.states import HOLDING_STATES
 
 # Polling interval while something converges on its own (a quota not yet observed, replicas loading).
@@ -84,6 +85,7 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
         team_cluster_role=cfg["TEAM_CLUSTER_ROLE"],
         state=CONTRACT_ACTIVE if holding else req.state,
         pod_security=manifests.PodSecurity(**cfg["POD_SECURITY"]),
+        queue=queue_contract(grant, holding=holding, node_selector=selector) if grant.queued else None,
     )
 
 
@@ -260,7 +262,7 @@ def merge_conditions(
             "lastTransitionTime": now.isoformat() if changed else previous["lastTransitionTime"],
             "observedGeneration": generation,
         }
-    order = ["Applied", "QuotaEnforced", "PolicyBound", "Ready"]
+    order = ["Applied", "QuotaEnforced", "PolicyBound", "Queued", "Ready"]
     return sorted(
         by_type.values(), key=lambda c: (order.index(c["type"]) if c["type"] in order else 99, c["type"])
     )

@@ -31,6 +31,13 @@ from quotas.reconcile.base import (
     title,
     write_audits,
 )
+from quotas.reconcile.queues import (
+    kueue_unavailable,
+    queue_apply,
+    queue_conditions,
+    queue_quota_removed,
+    queue_remove,
+)
 from quotas.reconcile.serving import serving_deployment_reconcile
 from quotas.states import RequestState
 
@@ -140,6 +147,9 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
         *converge_cluster_wide(cluster, grant_shared_objects(cluster, contract), compare=compare),
         *converge(cluster, manifests.grant_objects(contract), compare=compare),
     ]
+    if contract.queue is not None:
+        # Last: with Kueue down its webhook refuses these, and the namespace and quota are in place.
+        results += queue_apply(cluster, contract, compare=compare)
     applied = {title(r.manifest): r for r in results}
     quota_applied = applied[title(manifests.resource_quota(contract))]
     quota, refusal = _await_enforcement(cluster, contract, quota_applied.live)
@@ -168,6 +178,8 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
             )
         )
 
+    if contract.queue is not None and not contract.active:
+        audits += queue_quota_removed(contract, applied)
     scaled = 0
     if not contract.active:
         # Inline rather than queued: the grant only reports Ready=False/Revoked once they are at zero.
@@ -186,33 +198,51 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
         quota_condition,
         policy_condition,
     ]
+    queue_waiting = False
+    if contract.queue is not None:
+        queued, queue_waiting = queue_conditions(cluster, contract, applied)
+        conditions += queued
+    blocking = next((c for c in conditions if c.status != "True"), None)
     if not contract.active:
         ended = RequestState(grant.request.state).label.lower()
+        queue_note = (
+            ""
+            if contract.queue is None
+            else f" ClusterQueue {contract.queue.cluster_queue} has no GPU quota any more: its pending "
+            "Jobs stay pending."
+        )
         conditions.append(
             Condition(
                 "Ready",
                 "False",
                 RequestState(grant.request.state).label,
                 f"The grant is {ended}: GPU quota set to 0 and {scaled} serving deployment(s) scaled to "
-                f"zero; namespace {contract.namespace} is kept until a platform admin deletes it.",
+                f"zero; namespace {contract.namespace} is kept until a platform admin deletes it."
+                + queue_note,
             )
         )
-    elif quota_condition.status == "True" and policy_condition.status == "True":
+    elif blocking is None:
+        queue = contract.queue
+        how = (
+            f"may use {contract.gpus} {contract.resource}"
+            if queue is None
+            else f"queues Jobs through LocalQueue {queue.local_queue} for {contract.gpus} {contract.resource}"
+            + (f" (borrowing up to {queue.borrow_gpus} more)" if queue.borrow_gpus else "")
+        )
         conditions.append(
             Condition(
                 "Ready",
                 "True",
                 "Provisioned",
-                f"Namespace {contract.namespace} may use {contract.gpus} {contract.resource} on pool "
+                f"Namespace {contract.namespace} {how} on pool "
                 f"{contract.pool} with priority class {contract.priority_class_name}.",
             )
         )
     else:
-        blocking = quota_condition if quota_condition.status != "True" else policy_condition
         conditions.append(Condition("Ready", "False", blocking.reason, blocking.message))
     if policy_condition.status != "True":
         forget_cluster_wide(cluster)  # the policy or its binding may be gone: apply them next time
-    waiting = quota_condition.status != "True" or policy_condition.reason == "NotEnforcedYet"
+    waiting = quota_condition.status != "True" or policy_condition.reason == "NotEnforcedYet" or queue_waiting
     return Outcome(conditions, audits, requeue_after=POLL_SECONDS if waiting else None)
 
 
@@ -223,6 +253,8 @@ def _grant_remove(cluster: Cluster, grant: Grant) -> Outcome:
     manifest = manifests.namespace(contract)
     if ops.delete(cluster, manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]):
         gone.append(title(manifest))
+    if contract.queue is not None:
+        gone += queue_remove(cluster, contract)
     ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True).update(
         deleted_at=timezone.now(), ready_replicas=0
     )
@@ -291,7 +323,14 @@ def grant_reconcile(*, grant_id: int) -> float | None:
             outcome = _grant_apply(cluster, grant, generation)
     except TemporaryKubeError as exc:
         forget_cluster_wide(cluster)
-        _record_grant(grant_id, generation=None, conditions=error_conditions(exc), audits=[], state_move=None)
+        explained = kueue_unavailable(cluster, exc) if grant.queued else None
+        _record_grant(
+            grant_id,
+            generation=None,
+            conditions=explained or error_conditions(exc),
+            audits=[],
+            state_move=None,
+        )
         raise
     except PermanentKubeError as exc:
         forget_cluster_wide(cluster)
