@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from django.db.models import Min, QuerySet
+from django.db.models import Min
 
 from pools.models import KueueStatus, NodePool, QueueSnapshot, QueueStatus, WorkloadAdmission
 from pools.utilisation.queues import RATE_WINDOW, QueueGrant
@@ -23,10 +23,6 @@ from portal.models import User
 from quotas.manifests import LOCAL_QUEUE_NAME
 from quotas.models import Grant
 from quotas.selectors import teams_visible_to
-
-# The queue watch writes at least every HEARTBEAT seconds; older rows are not current.
-QUEUE_SILENT_AFTER = timedelta(seconds=20)
-
 
 # ----------------------------------------------------------------------------------------------
 # For the collector
@@ -87,49 +83,7 @@ def collector_known_admissions(*, cluster_id: int, since: datetime) -> set[tuple
 
 
 # ----------------------------------------------------------------------------------------------
-# Pages and the API
-
-
-@dataclass
-class KueueHealth:
-    """What a page says about a cluster's Kueue: answering, failing (and since when), or unknown."""
-
-    status: KueueStatus | None
-    now: datetime
-
-    @property
-    def current(self) -> bool:
-        return self.status is not None and self.now - self.status.heartbeat_at <= QUEUE_SILENT_AFTER
-
-    @property
-    def failing(self) -> bool:
-        return self.status is not None and self.status.webhook_ok is False
-
-    @property
-    def message(self) -> str:
-        return self.status.webhook_message if self.status is not None else ""
-
-    @property
-    def since(self) -> datetime | None:
-        return self.status.webhook_failing_since if self.status is not None else None
-
-
-def kueue_health(*, cluster_id: int, now: datetime) -> KueueHealth:
-    return KueueHealth(KueueStatus.objects.filter(cluster_id=cluster_id).first(), now)
-
-
-def queue_list(*, user: User) -> QuerySet[QueueStatus]:
-    """The ClusterQueues of grants the user may see."""
-    return QueueStatus.objects.visible_to(user).select_related("grant", "team", "pool", "cluster")
-
-
-def grant_queue_get(*, user: User, grant: Grant) -> QueueStatus | None:
-    """The live queue of a grant the caller read through a scoped selector, or None."""
-    return queue_list(user=user).filter(grant=grant).first()
-
-
-def team_queue_list(*, user: User, team_id: int) -> list[QueueStatus]:
-    return list(queue_list(user=user).filter(team_id=team_id).order_by("pool__name", "name"))
+# The pool page (the grant and team pages read through quotas.selectors)
 
 
 @dataclass
@@ -195,23 +149,6 @@ def pool_cohort_get(*, user: User, pool: NodePool) -> Cohort:
     cohort.teams = sorted(by_team.values(), key=lambda t: (t.team == "", t.team))
     cohort.hidden_teams = len(hidden)
     return cohort
-
-
-def pool_cohorts_bulk(*, pools: list[NodePool]) -> dict[int, dict[str, int]]:
-    """Cohort totals of many pools in one query (approval inbox): pool id -> figures."""
-    result: dict[int, dict[str, int]] = {}
-    for row in QueueStatus.objects.filter(pool__in=pools).values(
-        "pool_id", "nominal_gpus", "used_gpus", "borrowed_gpus", "pending_workloads"
-    ):
-        totals = result.setdefault(
-            row["pool_id"], {"queues": 0, "nominal": 0, "used": 0, "borrowed": 0, "pending": 0}
-        )
-        totals["queues"] += 1
-        totals["nominal"] += row["nominal_gpus"]
-        totals["used"] += row["used_gpus"]
-        totals["borrowed"] += row["borrowed_gpus"]
-        totals["pending"] += row["pending_workloads"]
-    return result
 
 
 def _tier_ranges(start: datetime, end: datetime) -> list[tuple[int, datetime, datetime]]:
@@ -297,8 +234,3 @@ def recent_admission_wait(*, queue: QueueStatus, now: datetime) -> float | None:
     ).values_list("admitted_at", "queued_at")
     waits = [max(0.0, (a - q).total_seconds()) for a, q in rows]
     return sum(waits) / len(waits) if waits else None
-
-
-def grant_queues_bulk(*, grants: list[Grant]) -> dict[int, QueueStatus]:
-    """The live queue of each of `grants` (already scoped by the caller), by grant id, in one query."""
-    return {q.grant_id: q for q in QueueStatus.objects.filter(grant__in=grants) if q.grant_id is not None}
