@@ -136,6 +136,11 @@ class GrantContract:
         return self.state == CONTRACT_ACTIVE
 
     @property
+    def quota_gpus(self) -> int:
+        """The GPUs of the namespace's ResourceQuota: the grant's, or a queued grant's ceiling."""
+        return self.gpus if self.queue is None else self.queue.quota_gpus
+
+    @property
     def labels(self) -> dict[str, str]:
         return managed_labels(
             **{
@@ -191,13 +196,9 @@ def resource_quota(c: GrantContract) -> Manifest:
     Deliberately not scoped by PriorityClass: a scoped quota only counts pods of that class, so a pod
     choosing another class would escape it. The class itself is enforced by the admission policy.
     """
-    gpus, cpu, memory = (
-        (c.gpus, c.cpu, c.memory)
-        if c.queue is None
-        else (c.queue.quota_gpus, c.queue.quota_cpu, c.queue.quota_memory)
-    )
+    cpu, memory = (c.cpu, c.memory) if c.queue is None else (c.queue.quota_cpu, c.queue.quota_memory)
     hard = {
-        quota_key(c.resource): str(gpus),
+        quota_key(c.resource): str(c.quota_gpus),
         "pods": str(c.pods),
         "requests.cpu": cpu,
         "requests.memory": memory,

@@ -63,7 +63,7 @@ def _load_grant(grant_id: int) -> Grant | None:
 
 def _quota_observed(contract: manifests.GrantContract, quota: dict[str, Any]) -> bool:
     hard = ((quota.get("status") or {}).get("hard") or {}).get(quota_key(contract.resource))
-    return hard is not None and same(str(contract.gpus), hard)
+    return hard is not None and same(str(contract.quota_gpus), hard)
 
 
 def _policy_refusal(cluster: Cluster, contract: manifests.GrantContract) -> str | None:
@@ -104,7 +104,8 @@ def _quota_condition(contract: manifests.GrantContract, quota: dict[str, Any]) -
             "QuotaEnforced",
             "False",
             "QuotaNotObserved",
-            f"The quota controller has not reported {key}={contract.gpus} for {contract.namespace} yet.",
+            f"The quota controller has not reported {key}={contract.quota_gpus} for {contract.namespace} "
+            "yet.",
         )
     if contract.active:
         return Condition("QuotaEnforced", "True", "QuotaActive", f"{key}: {used} used of {hard}.")
