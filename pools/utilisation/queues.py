@@ -318,7 +318,10 @@ def compute_queues(
         figures = queues[queue_name]
         resource = grant.resource if grant else by_queue.get(queue_name, _NO_GRANT).resource
         queued_at = workload_queued_at(workload)
-        admitted_at = _admitted_at(workload) if state == WorkloadState.ADMITTED else None
+        # A finished Workload was admitted too: its admission counts even if it ran between two looks.
+        admitted_at = (
+            _admitted_at(workload) if state in (WorkloadState.ADMITTED, WorkloadState.FINISHED) else None
+        )
         gpus = workload_gpus(workload, resource)
         end = admitted_at if admitted_at is not None else now
         figures.workloads.append(
