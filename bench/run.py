@@ -1,6 +1,6 @@
 """`make bench`: run the benchmark sections and write docs/benchmarks.json and docs/benchmarks.md.
 
-    python -m bench.run [--only approvals,provisioning,collector,api] [--quick] [--report-only]
+    python -m bench.run [--only approvals,provisioning,collector,api,queueing] [--quick] [--report-only]
 
 Every section starts and stops its own clusters, workers and servers. A section that fails is
 recorded with its error (the others still run) and makes the command exit non-zero. With --only,
@@ -20,13 +20,13 @@ from typing import Any
 from bench import report
 from bench.common import KUBECTL, REPO_ROOT, log, machine
 
-SECTIONS = ("approvals", "provisioning", "collector", "api")
+SECTIONS = ("approvals", "provisioning", "collector", "api", "queueing")
 JSON_PATH = os.path.join(REPO_ROOT, "docs", "benchmarks.json")
 MD_PATH = os.path.join(REPO_ROOT, "docs", "benchmarks.md")
 
 
 def _plans(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
-    from bench import api, approvals, collector, provisioning
+    from bench import api, approvals, collector, provisioning, queueing
 
     if quick:
         return {
@@ -34,12 +34,14 @@ def _plans(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
             "provisioning": lambda: provisioning.run(sizes=(10, 50), repeats=3),
             "collector": lambda: collector.run(sizes=(100, 1000), repeats=2, rates=(50, 100, 200, 400)),
             "api": lambda: api.run(sizes=(1000, 10_000), repeats=2, seconds=5),
+            "queueing": lambda: queueing.run(repeats=1),
         }
     return {
         "approvals": lambda: approvals.run(sizes=(200, 1000), repeats=5),
         "provisioning": lambda: provisioning.run(sizes=(50, 200), repeats=3),
         "collector": lambda: collector.run(sizes=(100, 1000), repeats=3, rates=(50, 100, 200, 300, 400, 600)),
         "api": lambda: api.run(sizes=(1000, 10_000), repeats=3, seconds=10),
+        "queueing": lambda: queueing.run(repeats=2),
     }
 
 
@@ -59,6 +61,7 @@ def _versions() -> dict[str, str]:
     return {
         "kubernetes (testbed, kubectl)": out(KUBECTL, "version", "--client").removeprefix("Client Version: "),
         "etcd / kwok": "v3.6.8 / v0.8.0 (built by scripts/testbed/build.sh)",
+        "kueue": "v0.17.0 (built by scripts/testbed/build.sh)",
         "celery": celery.__version__,
         "gunicorn": gunicorn.__version__,
         "kubernetes python client": kubernetes.__version__,
