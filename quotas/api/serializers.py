@@ -134,12 +134,22 @@ class CapacityRequestSerializer(serializers.ModelSerializer):
         }
 
 
+class SlugInputField(serializers.SlugRelatedField):
+    """A writable slug reference that answers a NUL character as unknown: PostgreSQL text cannot hold
+    one, and looking it up would be a database error (a 500) instead of a 400."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", ""))
+        return super().to_internal_value(data)
+
+
 class CapacityRequestCreateSerializer(serializers.Serializer):
-    team = serializers.SlugRelatedField(
+    team = SlugInputField(
         slug_field="slug", queryset=Team.objects.none(), help_text="Slug of one of your teams"
     )
     pool_class = serializers.ChoiceField(choices=PoolClass.choices)
-    accelerator = serializers.SlugRelatedField(
+    accelerator = SlugInputField(
         slug_field="slug",
         queryset=accelerator_list(),
         help_text="Accelerator slug, see /api/v1/accelerators/",
