@@ -15,7 +15,7 @@ TEST_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:$(TEST_PG_PORT)/$(TEST_DB
 	DJANGO_SETTINGS_MODULE=portal.settings.test
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint fmt services services-down check-deploy clean bench
+.PHONY: help venv run test lint fmt services services-down check-deploy clean bench keycloak
 
 help:
 	@echo "make run      start the portal (web, worker, beat) on embedded defaults at http://127.0.0.1:8000"
@@ -62,7 +62,11 @@ TEST_TESTBED_NAME ?= gpu-portal-test
 # Simulated bring-up delay of elastic-pool nodes on the test cluster (make run keeps 45 s).
 TEST_NODE_BRINGUP_SECONDS ?= 5
 
-test: venv services lint check-deploy $(if $(PORTAL_TEST_KUBECONFIG),,testbed-build)
+# Keycloak for the single sign-on tests: fetched with Maven and built for dev mode once (cached by version).
+keycloak:
+	@bash scripts/keycloak.sh install >/dev/null
+
+test: venv services lint check-deploy keycloak $(if $(PORTAL_TEST_KUBECONFIG),,testbed-build)
 	@set -eo pipefail; \
 	kubeconfig="$${PORTAL_TEST_KUBECONFIG:-$$($(PYTHON) scripts/testbed/testbed.py up --name $(TEST_TESTBED_NAME) --node-bringup-seconds $(TEST_NODE_BRINGUP_SECONDS) | tail -n 1)}"; \
 	echo "test cluster: $$kubeconfig"; \

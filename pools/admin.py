@@ -63,7 +63,7 @@ class ClusterAdmin(admin.ModelAdmin):
     list_display = ["name", "api_url", "server_version", "enabled", "last_synced_at"]
     list_filter = ["enabled"]
     search_fields = ["name", "api_url"]
-    readonly_fields = ["server_version", "kueue_version", "last_synced_at", "last_error"]
+    readonly_fields = ["in_cluster", "server_version", "kueue_version", "last_synced_at", "last_error"]
 
 
 @admin.register(NodePool)

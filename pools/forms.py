@@ -37,6 +37,11 @@ class ClusterRegisterForm(PortalForm):
         required=False,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
     )
+    in_cluster = forms.BooleanField(
+        label="The cluster this portal runs in",
+        required=False,
+        help_text="Reached with the portal pod's own ServiceAccount: no credentials to give or store.",
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -48,8 +53,9 @@ class ClusterRegisterForm(PortalForm):
                 self.add_error("kubeconfig_file", "The file is not a text kubeconfig.")
         return data
 
-    def service_arguments(self) -> dict[str, str | None]:
+    def service_arguments(self) -> dict[str, Any]:
         data = self.cleaned_data
         return {key: data.get(key) or None for key in ("kubeconfig", "api_url", "token", "ca_data")} | {
-            "name": data["name"]
+            "name": data["name"],
+            "in_cluster": bool(data.get("in_cluster")),
         }

@@ -79,6 +79,11 @@ class Cluster(models.Model):
     # A whole kubeconfig, or a bearer token with the CA bundle: encrypted, never rendered or logged.
     kubeconfig = EncryptedTextField(blank=True)
     token = EncryptedTextField(blank=True)
+    in_cluster = models.BooleanField(
+        default=False,
+        help_text="The cluster the portal runs in, reached with the portal pod's own ServiceAccount "
+        "(nothing stored)",
+    )
     ca_data = models.TextField(blank=True, help_text="PEM CA bundle for api_url (public, not a secret)")
     zones = models.JSONField(default=list, blank=True)
     enabled = models.BooleanField(default=True)

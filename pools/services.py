@@ -108,6 +108,7 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
 class ConnectionCheck:
     server_version: str
     gpu_nodes: int
+    kueue_version: str = ""  # the Kueue API version the portal would use, "" without Kueue
 
 
 @dataclass
@@ -132,6 +133,8 @@ def _require_admin(actor: User | None) -> None:
 
 
 def _credentials_field(cluster: Cluster, exc: KubeError) -> str:
+    if cluster.in_cluster:
+        return "in_cluster"
     if cluster.kubeconfig:
         return "kubeconfig"
     if isinstance(exc, Unauthorized):
@@ -208,6 +211,7 @@ def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
                 }
             )
         nodes = ops.list_objects(cluster, "v1", "Node")
+        kueue_version, _ = kueue_detect(cluster)
     except KubeError as exc:
         raise _as_validation_error(cluster, exc) from exc
     finally:
@@ -225,7 +229,7 @@ def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
                 )
             }
         )
-    return ConnectionCheck(server_version=version, gpu_nodes=gpu_nodes)
+    return ConnectionCheck(server_version=version, gpu_nodes=gpu_nodes, kueue_version=kueue_version)
 
 
 def cluster_register(
@@ -235,15 +239,19 @@ def cluster_register(
     api_url: str | None = None,
     token: str | None = None,
     ca_data: str | None = None,
+    in_cluster: bool = False,
     actor: User,
 ) -> Cluster:
     """Register a cluster after checking connectivity, credentials, permissions and GPU nodes.
 
-    Give either a kubeconfig (inline credentials only) or the API URL with a bearer token (and the
-    CA bundle unless the server's certificate is publicly trusted). Pools are created by
-    cluster_sync_inventory.
+    Give either a kubeconfig (inline credentials only), the API URL with a bearer token (and the CA
+    bundle unless the server's certificate is publicly trusted), or `in_cluster` for the cluster the
+    portal runs in, reached with its own ServiceAccount (nothing is stored; the token the kubelet
+    mounts and rotates is read at each connection). Pools are created by cluster_sync_inventory.
     """
     _require_admin(actor)
+    if in_cluster:
+        return _register_in_cluster(name=name, given=[kubeconfig, api_url, token, ca_data], actor=actor)
     if kubeconfig and (token or ca_data):
         raise ValidationError(
             {
@@ -288,12 +296,32 @@ def cluster_register(
     # A kubeconfig's server may be a bare host name (https://k8s-api:6443) that URLField refuses;
     # it is checked by connecting instead.
     cluster.full_clean(exclude=["server_version", "last_error", *(["api_url"] if kubeconfig else [])])
+    credentials = "kubeconfig" if kubeconfig else "token"
+    return _checked_and_saved(cluster, credentials=credentials, actor=actor)
+
+
+def _register_in_cluster(*, name: str, given: list[str | None], actor: User) -> Cluster:
+    if any(given):
+        raise ValidationError(
+            {
+                NON_FIELD_ERRORS: ValidationError(
+                    "The cluster the portal runs in is reached with the pod's own ServiceAccount: give no "
+                    "kubeconfig, URL, token or CA with it.",
+                    code="both",
+                )
+            }
+        )
+    if refusal := client.in_cluster_refusal():
+        raise ValidationError({"in_cluster": ValidationError(refusal, code="not_in_cluster")})
+    cluster = Cluster(name=name, api_url=client.in_cluster_server(), in_cluster=True)
+    # The service address may be a bare IP URLField accepts, or a name it refuses: checked by connecting.
+    cluster.full_clean(exclude=["server_version", "last_error", "api_url"])
+    return _checked_and_saved(cluster, credentials="in-cluster service account", actor=actor)
+
+
+def _checked_and_saved(cluster: Cluster, *, credentials: str, actor: User) -> Cluster:
     check = cluster_check_connection(cluster=cluster)
-    cluster.server_version = check.server_version
-    try:
-        cluster.kueue_version, _ = kueue_detect(cluster)
-    except KubeError as exc:
-        raise _as_validation_error(cluster, exc) from exc
+    cluster.server_version, cluster.kueue_version = check.server_version, check.kueue_version
     try:
         with transaction.atomic():
             cluster.save()
@@ -304,7 +332,7 @@ def cluster_register(
                 after={
                     "name": cluster.name,
                     "api_url": cluster.api_url,
-                    "credentials": "kubeconfig" if kubeconfig else "token",
+                    "credentials": credentials,
                     "server_version": cluster.server_version,
                     "kueue_version": cluster.kueue_version,
                 },

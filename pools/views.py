@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 from pools import selectors as pool_selectors
 from pools import services
 from pools.forms import ClusterRegisterForm
+from pools.kube import client
 from pools.models import Cluster, NodePool
 from portal.models import User
 from portal.ui import (
@@ -94,7 +95,8 @@ def cluster_register(request: HttpRequest) -> HttpResponse:
                 )
                 return redirect("pools:cluster_detail", pk=cluster.pk)
         focus_first_error(form)
-    return render(request, "pools/cluster_register.html", {"form": form}, status=422 if form.errors else 200)
+    context = {"form": form, "in_cluster_refusal": client.in_cluster_refusal()}
+    return render(request, "pools/cluster_register.html", context, status=422 if form.errors else 200)
 
 
 @writer_required
@@ -108,9 +110,14 @@ def cluster_test(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         outcome, ok = error_text(exc), False
     else:
+        kueue = (
+            f" It serves Kueue ({check.kueue_version}): batch and experimentation grants queue."
+            if check.kueue_version
+            else ""
+        )
         outcome, ok = (
             f"Connected to {cluster.name}: Kubernetes {check.server_version}, {check.gpu_nodes} GPU "
-            "nodes, and the portal holds every permission it needs.",
+            f"nodes, and the portal holds every permission it needs.{kueue}",
             True,
         )
     return _action_result(request, cluster, outcome, ok=ok)

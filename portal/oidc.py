@@ -1,4 +1,4 @@
-"""Single sign-on glue for mozilla-django-oidc (enabled by PORTAL_OIDC_ENABLED, see docs/ui.md)."""
+"""Single sign-on glue for mozilla-django-oidc: how users are named. The rest lives in portal/sso.py."""
 
 from typing import Any
 

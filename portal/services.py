@@ -1,4 +1,4 @@
-"""Writes that belong to the portal itself: the audit trail."""
+"""Writes that belong to the portal itself: the audit trail and the platform-wide roles."""
 
 from typing import Any
 
@@ -32,3 +32,21 @@ def audit_event_record(
         after=after,
         message=message,
     )
+
+
+@transaction.atomic
+def user_platform_roles_set(
+    *, user: User, is_platform_admin: bool, is_auditor: bool, actor: User | None, message: str = ""
+) -> bool:
+    """Set the platform-wide roles; True when something changed (and was audited)."""
+    locked = User.objects.select_for_update().get(pk=user.pk)
+    before = {"is_platform_admin": locked.is_platform_admin, "is_auditor": locked.is_auditor}
+    after = {"is_platform_admin": is_platform_admin, "is_auditor": is_auditor}
+    if before == after:
+        return False
+    User.objects.filter(pk=user.pk).update(**after)
+    user.is_platform_admin, user.is_auditor = is_platform_admin, is_auditor
+    audit_event_record(
+        actor=actor, action="user.roles_set", obj=user, before=before, after=after, message=message
+    )
+    return True

@@ -1,22 +1,16 @@
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from pools.utilisation import metrics
-from portal import views, views_tokens
+from portal import sso, views, views_tokens
 from quotas import views as quotas_views
 
 urlpatterns = [
     path("", quotas_views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(
-            redirect_authenticated_user=True, extra_context={"oidc_enabled": settings.PORTAL_OIDC_ENABLED}
-        ),
-        name="login",
-    ),
+    path("livez", views.livez, name="livez"),
+    path("login/", views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/", include("portal.api.urls")),
@@ -26,7 +20,6 @@ urlpatterns = [
     path("", include("pools.urls")),
     path("utilisation/", include("pools.utilisation.urls")),
     path("metrics", metrics.metrics, name="metrics"),
+    # Single sign-on's start and callback: 404 while PORTAL_OIDC_ENABLED is off.
+    path("oidc/", include(sso.urlpatterns)),
 ]
-
-if settings.PORTAL_OIDC_ENABLED:
-    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

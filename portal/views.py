@@ -1,3 +1,7 @@
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import views as auth_views
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as django_csrf_failure
@@ -8,7 +12,22 @@ from portal.ui import login_redirect
 
 
 @require_GET
+def livez(request: HttpRequest) -> JsonResponse:
+    """The process answers: for liveness probes, which must not restart every web pod because the
+    database is briefly away (readiness, /healthz, takes the pod out of the Service instead)."""
+    return JsonResponse({"status": "ok"})
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login form, offering single sign-on while it is on (read per request, not at import)."""
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return {**super().get_context_data(**kwargs), "oidc_enabled": settings.PORTAL_OIDC_ENABLED}
+
+
+@require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
+    """The process answers and reaches its database: for readiness and for load balancers."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok", "database": connection.vendor})

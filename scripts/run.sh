@@ -5,6 +5,8 @@
 #   PORTAL_KUBECONFIG   register this cluster instead of starting the local testbed
 #   PORTAL_NO_TESTBED=1 start without any cluster (requests can be made; provisioning waits for a cluster)
 #   PORTAL_PORT         web port (default 8000)
+#   PORTAL_DEMO_SSO=1   single sign-on: start Keycloak with the demo realm on 127.0.0.1:8180 (PORTAL_KEYCLOAK_PORT)
+#                       and sign people in through it; only `admin` keeps a local (break-glass) password
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,8 @@ cleanup() {
   trap - INT TERM EXIT
   log "stopping…"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Keycloak runs Java as a child of kc.sh: stop its whole process group.
+  [[ -n "${kc_pgid:-}" ]] && kill -- "-$kc_pgid" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap cleanup INT TERM EXIT
@@ -45,12 +49,34 @@ if [[ -z "$kubeconfig" && -z "${PORTAL_NO_TESTBED:-}" ]]; then
   kubeconfig=var/testbed/kubeconfig
 fi
 
+seed_args=()
+if [[ -n "${PORTAL_DEMO_SSO:-}" ]]; then
+  kc_port="${PORTAL_KEYCLOAK_PORT:-8180}"
+  kc_url="http://127.0.0.1:$kc_port/realms/gpu-portal"
+  log "starting Keycloak with the demo realm on http://127.0.0.1:$kc_port (admin console: admin / admin; log in var/log/keycloak.log)"
+  setsid bash scripts/keycloak.sh start --port "$kc_port" --state-dir "$PWD/var/keycloak" >var/log/keycloak.log 2>&1 &
+  kc_pgid=$!
+  pids+=($!)
+  for _ in $(seq 600); do
+    curl -sf "$kc_url/.well-known/openid-configuration" >/dev/null && break
+    kill -0 "${pids[-1]}" 2>/dev/null || { log "Keycloak did not start; see var/log/keycloak.log"; exit 1; }
+    sleep 1
+  done
+  curl -sf "$kc_url/.well-known/openid-configuration" >/dev/null || { log "Keycloak did not answer; see var/log/keycloak.log"; exit 1; }
+  export PORTAL_OIDC_ENABLED=true PORTAL_OIDC_CLIENT_ID=gpu-portal PORTAL_OIDC_CLIENT_SECRET=gpu-portal-demo-secret
+  export PORTAL_OIDC_AUTHORIZATION_ENDPOINT="$kc_url/protocol/openid-connect/auth"
+  export PORTAL_OIDC_TOKEN_ENDPOINT="$kc_url/protocol/openid-connect/token"
+  export PORTAL_OIDC_USER_ENDPOINT="$kc_url/protocol/openid-connect/userinfo"
+  export PORTAL_OIDC_JWKS_ENDPOINT="$kc_url/protocol/openid-connect/certs"
+  seed_args+=(--sso)
+fi
+
 log "migrating the database"
 $PY manage.py migrate --no-input -v0
 if [[ -n "$kubeconfig" ]]; then
-  $PY manage.py seed_demo --kubeconfig "$kubeconfig"
+  $PY manage.py seed_demo --kubeconfig "$kubeconfig" "${seed_args[@]}"
 else
-  $PY manage.py seed_demo
+  $PY manage.py seed_demo "${seed_args[@]}"
 fi
 
 log "starting worker and beat (logs in var/log/)"

@@ -10,7 +10,7 @@ from quotas.models import Membership, Team
 from tests import factories
 
 # The Kubernetes testbed fixtures (`testbed`, `k8s_namespace`) for tests marked `cluster`.
-pytest_plugins = ["tests.testbed"]
+pytest_plugins = ["tests.testbed", "tests.keycloak"]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

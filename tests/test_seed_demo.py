@@ -8,6 +8,7 @@ import yaml
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.management import call_command
+from django.test import RequestFactory
 
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
 from portal.models import User
@@ -16,6 +17,14 @@ from quotas.models import Membership, Team
 pytestmark = pytest.mark.django_db
 
 TOPOLOGY = settings.BASE_DIR / "testbed" / "topology.yaml"
+
+
+def _signs_in(username: str, password: str) -> bool:
+    # A sign-in comes with its request. One address per account: the password-guessing throttle counts the
+    # failures of all accounts from one address too, and this test fails one attempt for each.
+    address = f"192.0.2.{sum(map(ord, username)) % 250 + 1}"
+    request = RequestFactory().post("/login/", REMOTE_ADDR=address)
+    return authenticate(request, username=username, password=password) is not None
 
 
 def _expected_pools(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -104,8 +113,8 @@ def test_seed_demo_builds_the_testbed_organisation_and_is_idempotent() -> None:
     )
     assert (auditor.is_auditor, auditor.is_platform_admin, auditor.is_staff) == (True, False, False)
     for username in ("alice", "bob", "carol", "admin", "audrey"):
-        assert authenticate(username=username, password=settings.DEMO_PASSWORD) is not None, username
-        assert authenticate(username=username, password=settings.DEMO_PASSWORD + "x") is None
+        assert _signs_in(username, settings.DEMO_PASSWORD), username
+        assert not _signs_in(username, settings.DEMO_PASSWORD + "x")
 
     before = _counts()
     _seed()
@@ -113,4 +122,27 @@ def test_seed_demo_builds_the_testbed_organisation_and_is_idempotent() -> None:
     assert {p.name: p.capacity_gpus for p in NodePool.objects.all()} == {
         name: p["capacity_gpus"] for name, p in expected.items()
     }
-    assert authenticate(username="alice", password=settings.DEMO_PASSWORD) is not None
+    assert _signs_in("alice", settings.DEMO_PASSWORD)
+
+
+def test_seed_demo_for_single_sign_on_matches_the_demo_realm_and_switches_back() -> None:
+    import json
+
+    from portal.sso import roles_from_groups
+
+    out = StringIO()
+    call_command("seed_demo", "--sso", stdout=out)
+    assert "local break-glass account: admin" in out.getvalue()
+    realm = json.loads((settings.BASE_DIR / "testbed" / "gpu-portal-realm.json").read_text())
+    by_email = {u["email"]: u for u in realm["users"]}
+    for user in User.objects.exclude(username="admin"):
+        # The people are Keycloak's: no portal password, and the realm's groups give what the seed gives.
+        assert not user.has_usable_password(), user
+        roles = roles_from_groups(by_email[user.email]["groups"])
+        assert roles.teams == dict(Membership.objects.filter(user=user).values_list("team__slug", "role"))
+        assert (roles.platform_admin, roles.auditor) == (user.is_platform_admin, user.is_auditor), user
+    assert _signs_in("admin", settings.DEMO_PASSWORD)
+    assert not _signs_in("alice", settings.DEMO_PASSWORD)
+
+    _seed()  # `make run` without single sign-on: everyone has the demo password again
+    assert _signs_in("alice", settings.DEMO_PASSWORD)

@@ -35,6 +35,7 @@ class ClusterSerializer(serializers.ModelSerializer):
             "id",
             "name",
             "api_url",
+            "in_cluster",
             "zones",
             "enabled",
             "server_version",
@@ -61,6 +62,12 @@ class ClusterRegisterSerializer(serializers.Serializer):
     api_url = serializers.URLField(required=False, allow_blank=True, max_length=300)
     token = serializers.CharField(required=False, allow_blank=True, write_only=True, max_length=10_000)
     ca_data = serializers.CharField(required=False, allow_blank=True, max_length=100_000, help_text="PEM")
+    in_cluster = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Register the cluster the portal runs in, reached with its own ServiceAccount "
+        "(give no other credentials)",
+    )
 
 
 class SyncSummarySerializer(serializers.Serializer):

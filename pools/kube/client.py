@@ -30,7 +30,8 @@ from pools.kube.errors import InvalidKubeconfig, translated
 
 class ClusterAccess(Protocol):
     """What the cluster layer needs of a cluster record: a name for messages, a key for the connection
-    cache (0 until saved) and the credentials. The portal's Cluster model satisfies it."""
+    cache (0 until saved) and the credentials, or `in_cluster` for the cluster the portal runs in (its
+    own ServiceAccount). The portal's Cluster model satisfies it."""
 
     pk: int | None
     name: str
@@ -38,6 +39,48 @@ class ClusterAccess(Protocol):
     kubeconfig: str
     token: str
     ca_data: str
+    in_cluster: bool
+
+
+# --- the cluster the portal runs in ---------------------------------------------------------------
+# The kubelet mounts the pod's ServiceAccount token and the cluster CA here and rotates the token in
+# place; the apiserver's address comes from the environment every pod gets.
+SERVICE_ACCOUNT_DIR_ENV = "PORTAL_SERVICE_ACCOUNT_DIR"
+DEFAULT_SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _service_account_dir() -> Path:
+    return Path(os.environ.get(SERVICE_ACCOUNT_DIR_ENV) or DEFAULT_SERVICE_ACCOUNT_DIR)
+
+
+def in_cluster_refusal() -> str | None:
+    """Why the portal cannot use the cluster it runs in, or None when it can."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return (
+            "The portal is not running inside a Kubernetes pod (KUBERNETES_SERVICE_HOST and "
+            "KUBERNETES_SERVICE_PORT are not set)."
+        )
+    folder = _service_account_dir()
+    for name in ("token", "ca.crt"):
+        if not (folder / name).is_file():
+            return (
+                f"The pod has no ServiceAccount {name} at {folder / name} "
+                "(is automountServiceAccountToken off?)."
+            )
+    return None
+
+
+def in_cluster_server() -> str:
+    host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def _in_cluster_token() -> str:
+    try:
+        return (_service_account_dir() / "token").read_text().strip()
+    except OSError:
+        return ""
 
 
 # Connect fast, read long enough for a big list; watches pass their own timeout.
@@ -199,7 +242,15 @@ _discovery_dir = tempfile.mkdtemp(prefix="gpu-portal-discovery-")
 def _configuration(cluster: ClusterAccess) -> tuple[k8s.Configuration, str]:
     configuration = k8s.Configuration()
     ca_file = ""
-    if cluster.kubeconfig:
+    if cluster.in_cluster:
+        if refusal := in_cluster_refusal():
+            raise InvalidKubeconfig(refusal, reason="NotInCluster")
+        configuration.host = in_cluster_server()
+        configuration.api_key = {"authorization": _in_cluster_token()}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
+        # The mounted CA file, not a copy: it is the kubelet's to update.
+        configuration.ssl_ca_cert = str(_service_account_dir() / "ca.crt")
+    elif cluster.kubeconfig:
         doc = kubeconfig_check(cluster.kubeconfig)
         try:
             loader = k8s_config.kube_config.KubeConfigLoader(config_dict=doc)
@@ -232,7 +283,9 @@ def _configuration(cluster: ClusterAccess) -> tuple[k8s.Configuration, str]:
 
 
 def _fingerprint(cluster: ClusterAccess) -> str:
-    parts = [cluster.kubeconfig, cluster.api_url, cluster.token, cluster.ca_data]
+    # The mounted token is rotated by the kubelet: a new token makes a new connection.
+    in_cluster = f"in-cluster:{_in_cluster_token()}" if cluster.in_cluster else ""
+    parts = [cluster.kubeconfig, cluster.api_url, cluster.token, cluster.ca_data, in_cluster]
     material = "\0".join(part or "" for part in parts)
     return hashlib.sha256(material.encode()).hexdigest()
 

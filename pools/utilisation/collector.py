@@ -231,7 +231,14 @@ class ClusterCollector:
 
 def _credentials_key(cluster: Cluster) -> str:
     material = "\0".join(
-        part or "" for part in (cluster.kubeconfig, cluster.api_url, cluster.token, cluster.ca_data)
+        part or ""
+        for part in (
+            cluster.kubeconfig,
+            cluster.api_url,
+            cluster.token,
+            cluster.ca_data,
+            str(cluster.in_cluster),
+        )
     )
     return hashlib.sha256(material.encode()).hexdigest()
 

@@ -1,7 +1,8 @@
-"""/api/: the versioned API under v1/, its OpenAPI schema and the Swagger UI / Redoc pages (local assets)."""
+"""/api/: the versioned API under v1/, its OpenAPI schema and the Swagger UI page (local assets)."""
 
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
 from pools.api.views import AcceleratorViewSet, ClusterViewSet, NodePoolViewSet
@@ -39,11 +40,14 @@ v1 = [path("me/", MeView.as_view(), name="me"), *router.urls]
 urlpatterns = [
     path("v1/", include((v1, "api"), namespace="api")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves Swagger UI's start-up script as a file of its own: no inline script.
     path(
-        "redoc/",
-        SpectacularRedocView.as_view(url_name="api-schema", template_name="api/redoc.html"),
-        name="api-redoc",
+        "docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="api-schema", template_name="api/swagger_ui.html"),
+        name="api-docs",
     ),
+    # Redoc was retired: its bundle writes inline styles and loads its logo from a CDN at run time, neither of
+    # which the Content-Security-Policy allows. Old links land on Swagger UI.
+    path("redoc/", RedirectView.as_view(pattern_name="api-docs"), name="api-redoc"),
     re_path(r"^", api_not_found),
 ]

@@ -35,13 +35,22 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
+    "axes",
+    "csp",
     "portal",
     "pools",
     "quotas",
 ]
 
+# When the SSL redirect is on (production), probes and Prometheus still reach these over plain HTTP:
+# they address a pod by IP inside the cluster, and redirecting them would fail every probe and
+# scrape. Nothing here is for browsers (/metrics wants its bearer token).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^livez$", r"^metrics$"]
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "portal.security.PermissionsPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -50,6 +59,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes requires: it turns a lockout flagged during authentication into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -170,7 +181,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("PORTAL_LOG_LEVEL", default="INFO")},
-    "loggers": {"kubernetes": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
+    "loggers": {
+        "kubernetes": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+    },
 }
 
 # Cluster credentials are encrypted with these Fernet keys (comma-separated, newest first, so keys
@@ -302,23 +317,82 @@ TEMPLATES[0]["OPTIONS"]["context_processors"].append("portal.context_processors.
 # reloads its page or goes to the login form, instead of swapping Django's 403 page into the page.
 CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
 
-# Optional single sign-on with OpenID Connect (mozilla-django-oidc), off by default. Local
-# passwords keep working alongside it, for break-glass admin accounts.
+# --- Sign-in: single sign-on, local accounts, password guessing (docs/ui.md) --------------------------
+# The axes backend comes first: it refuses a locked-out account or address before any password is checked.
+# The OIDC backend answers only while PORTAL_OIDC_ENABLED is on; local accounts (ModelBackend) always work.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "portal.sso.PortalOIDCBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 PORTAL_OIDC_ENABLED = env.bool("PORTAL_OIDC_ENABLED", default=False)
+# How the identity provider's groups claim maps to the portal (portal/sso.py). {team} stands for a team slug.
+# An empty claim name turns the mapping off: memberships and roles are then kept in the portal by hand.
+PORTAL_OIDC_GROUPS = {
+    "CLAIM": env.str("PORTAL_OIDC_GROUPS_CLAIM", default="groups"),
+    "TEAM_GROUP": env.str("PORTAL_OIDC_TEAM_GROUP", default="/teams/{team}"),
+    "LEAD_GROUP": env.str("PORTAL_OIDC_LEAD_GROUP", default="/teams/{team}/leads"),
+    "ADMIN_GROUPS": env.list("PORTAL_OIDC_ADMIN_GROUPS", default=["/platform-admins"]),
+    "AUDITOR_GROUPS": env.list("PORTAL_OIDC_AUDITOR_GROUPS", default=["/auditors"]),
+}
+OIDC_USERNAME_ALGO = "portal.oidc.username_from_email"
+LOGIN_REDIRECT_URL_FAILURE = "/login/"  # the library redirects to it as is, unresolved
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = env.int("PORTAL_OIDC_TIMEOUT_SECONDS", default=10)
 if PORTAL_OIDC_ENABLED:
-    INSTALLED_APPS.append("mozilla_django_oidc")
-    AUTHENTICATION_BACKENDS = [
-        "mozilla_django_oidc.auth.OIDCAuthenticationBackend",
-        "django.contrib.auth.backends.ModelBackend",
-    ]
     OIDC_RP_CLIENT_ID = env.str("PORTAL_OIDC_CLIENT_ID")
     OIDC_RP_CLIENT_SECRET = env.str("PORTAL_OIDC_CLIENT_SECRET")
     OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("PORTAL_OIDC_AUTHORIZATION_ENDPOINT")
     OIDC_OP_TOKEN_ENDPOINT = env.str("PORTAL_OIDC_TOKEN_ENDPOINT")
     OIDC_OP_USER_ENDPOINT = env.str("PORTAL_OIDC_USER_ENDPOINT")
-    OIDC_OP_JWKS_ENDPOINT = env.str("PORTAL_OIDC_JWKS_ENDPOINT", default="")
+    OIDC_OP_JWKS_ENDPOINT = env.str("PORTAL_OIDC_JWKS_ENDPOINT", default="") or None
     OIDC_RP_SIGN_ALGO = env.str("PORTAL_OIDC_SIGN_ALGO", default="RS256")
     OIDC_RP_SCOPES = env.str("PORTAL_OIDC_SCOPES", default="openid email profile")
     OIDC_CREATE_USER = env.bool("PORTAL_OIDC_CREATE_USER", default=True)
-    OIDC_USERNAME_ALGO = "portal.oidc.username_from_email"
-    LOGIN_REDIRECT_URL_FAILURE = "login"
+    if OIDC_RP_SIGN_ALGO.startswith(("RS", "ES")) and not OIDC_OP_JWKS_ENDPOINT:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            f"PORTAL_OIDC_SIGN_ALGO={OIDC_RP_SIGN_ALGO} needs PORTAL_OIDC_JWKS_ENDPOINT (the provider's keys)"
+        )
+
+# Password guessing (django-axes, portal/security.py): this many failures for one account or from one
+# address within the lockout window lock sign-in for it until the window has passed since the last failure.
+AXES_FAILURE_LIMIT = env.int("PORTAL_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("PORTAL_LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# Attempts during a lockout are refused without counting, so the time the page states stays true.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "portal.security.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "portal.security.client_ip"
+AXES_VERBOSE = False
+# Reverse proxies in front of the portal that append to X-Forwarded-For (production defaults to 1). With 0
+# the header is ignored: a client could write anything in it.
+PORTAL_TRUSTED_PROXIES = env.int("PORTAL_TRUSTED_PROXIES", default=0)
+
+# --- Response headers (portal/security.py, docs/ui.md "Content-Security-Policy") --------------------------
+# Everything is served by the portal itself, so scripts and styles come from 'self' only: no inline script,
+# style or event handler anywhere (htmx runs with allowEval off and without its injected indicator styles).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+PORTAL_PERMISSIONS_POLICY = env.str(
+    "PORTAL_PERMISSIONS_POLICY",
+    default="accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), "
+    "payment=(), usb=()",
+)

@@ -29,7 +29,11 @@ CELERY_BROKER_URL = _required("CELERY_BROKER_URL")
 PORTAL_METRICS_TOKEN = _required("PORTAL_METRICS_TOKEN")
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The same proxy that sets X-Forwarded-Proto appends the client's address to X-Forwarded-For: sign-in
+# throttling per address counts that address, not the proxy's.
+PORTAL_TRUSTED_PROXIES = env.int("PORTAL_TRUSTED_PROXIES", default=1)
 SECURE_SSL_REDIRECT = env.bool("PORTAL_SSL_REDIRECT", default=True)
+
 SECURE_HSTS_SECONDS = env.int("PORTAL_HSTS_SECONDS", default=31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True

@@ -30,7 +30,7 @@ from quotas.services.serving import (
     serving_deployment_delete,
     serving_deployment_scale,
 )
-from quotas.services.teams import membership_set
+from quotas.services.teams import membership_remove, membership_set
 
 __all__ = [
     "capacity_request_approve",
@@ -48,6 +48,7 @@ __all__ = [
     "grant_revoke",
     "grant_shrink",
     "grants_expire_due",
+    "membership_remove",
     "membership_set",
     "serving_deployment_create",
     "serving_deployment_delete",

@@ -52,9 +52,8 @@ def test_every_operation_documents_its_errors(schema: dict) -> None:
             assert operation.get("summary"), f"{method} {path} has no summary"
 
 
-@pytest.mark.parametrize("page", ["/api/docs/", "/api/redoc/"])
-def test_docs_pages_load_only_local_assets(client: Client, page: str) -> None:
-    response = client.get(page)
+def test_docs_pages_load_only_local_assets(client: Client) -> None:
+    response = client.get("/api/docs/")
     assert response.status_code == 200
     html = response.content.decode()
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
@@ -63,4 +62,8 @@ def test_docs_pages_load_only_local_assets(client: Client, page: str) -> None:
     for asset in assets:
         if asset.startswith(settings.STATIC_URL) or asset.startswith("/" + settings.STATIC_URL):
             assert finders.find(asset.split(settings.STATIC_URL, 1)[1]), f"{asset} is not a local static file"
-    assert "/api/schema/" in html
+    # Swagger UI's start-up script is a file of its own (no inline script under the CSP); it names the schema.
+    script = client.get("/api/docs/?script=")
+    assert script.status_code == 200 and script["Content-Type"].startswith("application/javascript")
+    assert "/api/schema/" in script.content.decode()
+    assert client.get("/api/redoc/")["Location"] == "/api/docs/"  # Redoc was retired for the CSP

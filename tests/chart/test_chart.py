@@ -299,9 +299,10 @@ def test_production_settings_accept_the_chart_environment(rendered: Rendered) ->
 def test_web_probes_use_the_health_endpoint(rendered: Rendered) -> None:
     web = containers(rendered.component("web"))[0]
     assert web["ports"] == [{"name": "http", "containerPort": dockerfile().port, "protocol": "TCP"}]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    paths = {"startupProbe": "healthz", "readinessProbe": "healthz", "livenessProbe": "livez"}
+    for probe, url_name in paths.items():
         get = web[probe]["httpGet"]
-        assert get["path"] == reverse("healthz") and get["port"] == "http", probe
+        assert get["path"] == reverse(url_name) and get["port"] == "http", probe
         assert get["httpHeaders"] == [{"name": "X-Forwarded-Proto", "value": "https"}], probe
     # The other processes serve nothing, so they have no port to probe.
     for name in COMPONENTS - {"web"}:
@@ -322,17 +323,21 @@ def test_a_probe_request_passes_the_production_security_middleware(
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     headers = {h["name"]: h["value"] for h in web["readinessProbe"]["httpGet"]["httpHeaders"]}
     client = Client()
-    probe = client.get(reverse("healthz"), HTTP_HOST="10.1.2.3:8000", headers=headers)
-    assert probe.status_code == 200
-    # Without the header the same request would be redirected when the redirect is on.
-    plain = client.get(reverse("healthz"), HTTP_HOST="10.1.2.3:8000")
-    assert plain.status_code == (301 if ssl_redirect else 200)
-    # Prometheus scrapes the pod by IP too, over plain HTTP, with the bearer token.
+    for name in ("healthz", "livez"):
+        probe = client.get(reverse(name), HTTP_HOST="10.1.2.3:8000", headers=headers)
+        assert probe.status_code == 200, name
+        # Plain HTTP without the header too: the health endpoints are exempt from the redirect.
+        assert client.get(reverse(name), HTTP_HOST="10.1.2.3:8000").status_code == 200, name
+    # A page for browsers over plain HTTP is redirected when the redirect is on.
+    assert client.get(reverse("login"), HTTP_HOST="10.1.2.3:8000").status_code == (
+        301 if ssl_redirect else 200
+    )
+    # Prometheus scrapes the pod by IP too, over plain HTTP, with the bearer token: exempt as well.
     settings.PORTAL_METRICS_TOKEN = "metrics-token"
     scrape = client.get(
         reverse("metrics"), HTTP_HOST="10.1.2.3:8000", headers={"Authorization": "Bearer metrics-token"}
     )
-    assert scrape.status_code == (301 if ssl_redirect else 200)
+    assert scrape.status_code == 200
 
 
 def test_migrations_run_as_a_pre_install_and_pre_upgrade_hook(rendered: Rendered) -> None:
@@ -579,10 +584,6 @@ BAD_VALUES = [
     (
         ("web.autoscaling.enabled=true", "web.autoscaling.minReplicas=5", "web.autoscaling.maxReplicas=3"),
         "web.autoscaling.minReplicas (5) must not exceed web.autoscaling.maxReplicas (3)",
-    ),
-    (
-        ("metrics.serviceMonitor.enabled=true", "config.sslRedirect=true"),
-        "metrics.serviceMonitor needs config.sslRedirect=false",
     ),
 ]
 

@@ -79,7 +79,8 @@ def service_monitor_crd(testbed: "Testbed", kubectl: Kubectl) -> None:
         crd = ops.get(
             testbed.admin, "apiextensions.k8s.io/v1", "CustomResourceDefinition", SERVICE_MONITOR_CRD
         )
-        conditions = (crd or {}).get("status", {}).get("conditions", [])
+        # A CRD just created has a status whose conditions are still null.
+        conditions = ((crd or {}).get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     wait_until("the ServiceMonitor CRD to be established", established)

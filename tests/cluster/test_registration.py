@@ -7,7 +7,6 @@ import re
 import secrets
 import socket
 import traceback
-from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
@@ -72,48 +71,6 @@ def test_register_then_sync_the_testbed(db, testbed, platform_admin):
 
 # --------------------------------------------------------------------------------------------
 # Service-account tokens, for registering with a URL and a token
-
-
-@pytest.fixture
-def sa_token(testbed, k8s_namespace) -> Iterator[Callable[[list[dict]], str]]:
-    """A bearer token of a new service account bound to a new ClusterRole with `rules`."""
-    cluster = testbed.admin
-    cluster_scoped: list[tuple[str, str]] = []
-
-    def make(rules: list[dict]) -> str:
-        name = unique_name("portal-sa")
-        ops.apply(
-            cluster,
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {"name": name, "namespace": k8s_namespace},
-            },
-        )
-        rbac = "rbac.authorization.k8s.io/v1"
-        ops.apply(
-            cluster, {"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules}
-        )
-        ops.apply(
-            cluster,
-            {
-                "apiVersion": rbac,
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": k8s_namespace}],
-            },
-        )
-        cluster_scoped.extend([("ClusterRoleBinding", name), ("ClusterRole", name)])
-        request = {"spec": {"expirationSeconds": 600}}
-        return ops.call(
-            cluster,
-            lambda conn: conn.core.create_namespaced_service_account_token(name, k8s_namespace, request),
-        ).status.token
-
-    yield make
-    for kind, name in cluster_scoped:
-        ops.delete(cluster, "rbac.authorization.k8s.io/v1", kind, name)
 
 
 def test_register_with_a_url_and_token_checks_each_permission(db, testbed, platform_admin, sa_token):

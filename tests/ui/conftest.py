@@ -7,7 +7,7 @@ from django.test import Client
 from playwright.sync_api import Browser, sync_playwright
 
 from portal.models import User
-from tests.ui.browser import launch
+from tests.ui.browser import launch, watch_console
 
 
 def htmx(target: str | None = None, current_url: str = "http://testserver/") -> dict[str, Any]:
@@ -42,8 +42,10 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
         chromium = launch(p)
+        console = watch_console(chromium)
         try:
             yield chromium
+            console.check()  # any CSP violation in any page of the test fails it
         finally:
             chromium.close()
             # ORM calls made while Playwright's loop runs get connections of their own; leaving them

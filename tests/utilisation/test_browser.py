@@ -18,7 +18,7 @@ from pools.kube import ops
 from pools.models import PoolClass
 from tests import factories
 from tests.common import database_url
-from tests.ui.browser import launch
+from tests.ui.browser import launch, watch_console
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -33,8 +33,10 @@ def browser() -> Iterator[Browser]:
     with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
         patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         chromium = launch(playwright)
+        console = watch_console(chromium)
         yield chromium
         chromium.close()
+        console.check()  # no CSP violation in any page of the module
 
 
 @pytest.fixture

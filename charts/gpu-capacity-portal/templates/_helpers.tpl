@@ -192,7 +192,4 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 {{- end }}
-{{- if and .Values.metrics.serviceMonitor.enabled .Values.config.sslRedirect }}
-{{- fail "metrics.serviceMonitor needs config.sslRedirect=false: Prometheus scrapes the pods over plain HTTP, and Django would redirect it" }}
-{{- end }}
 {{- end }}

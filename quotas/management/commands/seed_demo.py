@@ -62,6 +62,11 @@ class Command(BaseCommand):
             "--kubeconfig", type=Path, help="Store this kubeconfig as the demo cluster's credentials"
         )
         parser.add_argument("--topology", type=Path, default=TOPOLOGY)
+        parser.add_argument(
+            "--sso",
+            action="store_true",
+            help="People sign in through the demo Keycloak (no portal password); only admin stays local",
+        )
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
@@ -118,13 +123,25 @@ class Command(BaseCommand):
             user, _ = User.objects.update_or_create(
                 username=username, defaults={"email": f"{username}@example.com", **flags}
             )
-            user.set_password(password)
+            if options["sso"] and username != "admin":
+                # Single sign-on owns these people: their teams and roles come from their Keycloak groups
+                # at each sign-in (testbed/gpu-portal-realm.json); admin is the local break-glass account.
+                user.set_unusable_password()
+            else:
+                user.set_password(password)
             user.save()
             if team:
                 membership_set(team=team, user=user, role=role, actor=None)
 
         pools = NodePool.objects.filter(cluster=cluster).count()
         self.stdout.write(self.style.SUCCESS(f"Demo data ready: cluster {cluster.name} with {pools} pools."))
+        if options["sso"]:
+            self.stdout.write(
+                "Sign-in through Keycloak (password 'demo'): alice (vision member), bob (vision lead), "
+                "carol (nlp member), audrey (auditor), pat (platform admin), vera (vision member); "
+                f"local break-glass account: admin (password {password!r})"
+            )
+            return
         self.stdout.write(
             f"Logins (password {password!r}): alice (vision member), bob (vision lead), carol (nlp member), "
             "admin (platform admin), audrey (auditor)"

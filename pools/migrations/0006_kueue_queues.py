@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pools", "0004_figure_help_texts"),
+        ("pools", "0005_cluster_in_cluster"),
         ("quotas", "0004_kueue_admission"),
     ]
 
