@@ -256,6 +256,17 @@ def test_two_teams_in_one_cohort_borrow_and_reclaim_and_the_portal_follows(
     pool_page = page.get(f"/utilisation/pools/{org.batch.pk}/").content.decode()
     assert "Kueue cohort of the pool" in pool_page and "2 queues: 16 GPUs nominal, 16 in use" in pool_page
 
+    # A resync compares what it applied with what Kueue serves back: no drift where nobody changed a thing.
+    resynced = a.reconciled_at
+
+    def after_a_resync() -> Grant | None:
+        fresh = Grant.objects.get(pk=a.pk)
+        return fresh if fresh.reconciled_at > resynced else None
+
+    wait_for("a resync of A's grant", after_a_resync, timeout=FOLLOW)
+    assert "grant.drift_corrected" not in org.audit_actions(a)
+    assert conditions(Grant.objects.get(pk=a.pk))["Ready"] == ("True", "Provisioned")
+
 
 def test_a_job_without_the_queue_label_is_refused_naming_the_local_queue(
     queued: Queued, worker, wait_for
