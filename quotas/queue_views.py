@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -78,6 +79,7 @@ def queue_context(user: User, grant: Grant | None) -> dict[str, Any]:
         "queue_workloads": workload_views(queue, now) if queue is not None else [],
         "kueue": selectors.kueue_health(cluster_id=grant.pool.cluster_id, now=now),
         "local_queue": LOCAL_QUEUE_NAME,
+        "default_request": settings.PORTAL_PROVISIONING["DEFAULT_REQUEST"],
         "rate_window_minutes": RATE_WINDOW_MINUTES,
     }
 
