@@ -1,6 +1,7 @@
 """`make bench`: run the benchmark sections and write docs/benchmarks.json and docs/benchmarks.md.
 
-    python -m bench.run [--only approvals,provisioning,collector,api,elastic] [--quick] [--report-only]
+    python -m bench.run [--only approvals,provisioning,collector,api,elastic,queueing]
+                        [--quick] [--report-only]
 
 Every section starts and stops its own clusters, workers and servers. A section that fails is
 recorded with its error (the others still run) and makes the command exit non-zero. With --only,
@@ -20,13 +21,13 @@ from typing import Any
 from bench import report
 from bench.common import KUBECTL, REPO_ROOT, log, machine
 
-SECTIONS = ("approvals", "provisioning", "collector", "api", "elastic")
+SECTIONS = ("approvals", "provisioning", "collector", "api", "elastic", "queueing")
 JSON_PATH = os.path.join(REPO_ROOT, "docs", "benchmarks.json")
 MD_PATH = os.path.join(REPO_ROOT, "docs", "benchmarks.md")
 
 
 def _plans(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
-    from bench import api, approvals, collector, elastic, provisioning
+    from bench import api, approvals, collector, elastic, provisioning, queueing
 
     if quick:
         return {
@@ -35,6 +36,7 @@ def _plans(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
             "collector": lambda: collector.run(sizes=(100, 1000), repeats=2, rates=(50, 100, 200, 400)),
             "api": lambda: api.run(sizes=(1000, 10_000), repeats=2, seconds=5),
             "elastic": lambda: elastic.run(delays=(10.0, 30.0), repeats=3),
+            "queueing": lambda: queueing.run(repeats=1),
         }
     return {
         "approvals": lambda: approvals.run(sizes=(200, 1000), repeats=5),
@@ -42,6 +44,7 @@ def _plans(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
         "collector": lambda: collector.run(sizes=(100, 1000), repeats=3, rates=(50, 100, 200, 300, 400, 600)),
         "api": lambda: api.run(sizes=(1000, 10_000), repeats=3, seconds=10),
         "elastic": lambda: elastic.run(delays=(15.0, 45.0), repeats=5),
+        "queueing": lambda: queueing.run(repeats=2),
     }
 
 
@@ -61,6 +64,7 @@ def _versions() -> dict[str, str]:
     return {
         "kubernetes (testbed, kubectl)": out(KUBECTL, "version", "--client").removeprefix("Client Version: "),
         "etcd / kwok": "v3.6.8 / v0.8.0 (built by scripts/testbed/build.sh)",
+        "kueue": "v0.17.0 (built by scripts/testbed/build.sh)",
         "celery": celery.__version__,
         "gunicorn": gunicorn.__version__,
         "kubernetes python client": kubernetes.__version__,

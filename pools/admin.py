@@ -73,7 +73,7 @@ class ClusterAdmin(admin.ModelAdmin):
     list_display = ["name", "api_url", "server_version", "enabled", "last_synced_at"]
     list_filter = ["enabled"]
     search_fields = ["name", "api_url"]
-    readonly_fields = ["in_cluster", "server_version", "last_synced_at", "last_error"]
+    readonly_fields = ["in_cluster", "server_version", "kueue_version", "last_synced_at", "last_error"]
 
 
 @admin.register(NodePool)
@@ -87,6 +87,7 @@ class NodePoolAdmin(admin.ModelAdmin):
         "headroom_gpus",
         "batch_fraction",
         "max_gpus_per_team",
+        "admission",
         "priority_class_name",
         "enabled",
     ]

@@ -18,10 +18,13 @@ from pools.kube.objects import (
     HOSTNAME_LABEL,
     INJECTED_ANNOTATION,
     LABEL_PREFIX,
+    LOCAL_QUEUE_ANNOTATION,
     POD_TEMPLATE_HASH_LABEL,
     PRODUCT_LABEL,
+    QUEUE_NAME_LABEL,
     TYPE_LABEL,
     ZONE_LABEL,
+    AdmissionLabel,
     ContractAnnotation,
     Label,
     managed_labels,
@@ -329,6 +332,78 @@ def grant_contract_binding() -> Manifest:
             "policyName": POLICY_NAME,
             "validationActions": ["Deny"],
             "matchResources": {"namespaceSelector": _grant_namespaces()},
+        },
+    }
+
+
+# --- the queue contract: Jobs in namespaces whose grant queues through Kueue ---------------------
+# Part of the grant contract, kept in a ValidatingAdmissionPolicy of its own because it checks
+# another kind: the apiserver type-checks every expression of a policy against every kind the policy
+# matches, so the pod rules above would warn on (and fail for) Jobs, and the other way round.
+
+QUEUE_POLICY_NAME = "gpu-capacity-portal-queue-contract"
+
+
+def grant_queue_policy() -> Manifest:
+    """Jobs in a queued grant's namespace must name its LocalQueue with QUEUE_NAME_LABEL, on creation
+    and on every update: Kueue only manages a Job that names a queue, and one that does not would
+    run beside the queue (bounded only by the namespace's ResourceQuota), unseen by the cohort."""
+    grant = f"namespaceObject.metadata.annotations[{_cel_quote(ContractAnnotation.GRANT)}]"
+    queue = f"namespaceObject.metadata.annotations[{_cel_quote(LOCAL_QUEUE_ANNOTATION)}]"
+    label = _cel_quote(QUEUE_NAME_LABEL)
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": QUEUE_POLICY_NAME, "labels": managed_labels()},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": managed_labels()},
+                "resourceRules": [
+                    {
+                        "apiGroups": ["batch"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["jobs"],
+                    }
+                ],
+            },
+            "validations": [
+                {
+                    "expression": (
+                        f"has(object.metadata.labels) && {label} in object.metadata.labels && "
+                        f"object.metadata.labels[{label}] == {queue}"
+                    ),
+                    "reason": "Forbidden",
+                    "message": "Jobs in this namespace must name its LocalQueue with the label "
+                    f"{QUEUE_NAME_LABEL}.",
+                    "messageExpression": (
+                        f"'grant ' + {grant} + ': Jobs here are queued by Kueue; label the Job "
+                        f"{QUEUE_NAME_LABEL}=' + {queue} + ' (LocalQueue ' + {queue} + "
+                        "' of namespace ' + namespaceObject.metadata.name + ')'"
+                    ),
+                }
+            ],
+        },
+    }
+
+
+def grant_queue_binding() -> Manifest:
+    """One binding per cluster, like grant_contract_binding: the namespaces of queued grants, which
+    alone carry the admission label."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": QUEUE_POLICY_NAME, "labels": managed_labels()},
+        "spec": {
+            "policyName": QUEUE_POLICY_NAME,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {
+                    "matchLabels": managed_labels(**{AdmissionLabel.KEY: AdmissionLabel.KUEUE}),
+                    "matchExpressions": [{"key": Label.GRANT, "operator": "Exists"}],
+                }
+            },
         },
     }
 

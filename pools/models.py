@@ -19,6 +19,31 @@ class PoolClass(models.TextChoices):
     EXPERIMENTATION = "experimentation", "Experimentation"
 
 
+# Pool classes whose grants queue through Kueue when the cluster has it: throughput work that can
+# wait its turn. Interactive and embedding serving must never wait in a queue nor join a batch cohort.
+QUEUEING_CLASSES = frozenset({PoolClass.BATCH, PoolClass.EXPERIMENTATION})
+
+
+class AdmissionMode(models.TextChoices):
+    """How a grant's GPU work is admitted (docs/queueing.md)."""
+
+    QUOTA = "quota", "ResourceQuota (pods beyond the grant are refused)"
+    KUEUE = "kueue", "Kueue (Jobs wait in a queue, idle quota is borrowed and reclaimed)"
+
+
+class AdmissionPolicy(models.TextChoices):
+    AUTO = "auto", "Kueue for batch and experimentation pools when the cluster has it"
+    QUOTA = "quota", "Always ResourceQuota"
+
+
+class ReclaimPolicy(models.TextChoices):
+    """Kueue's reclaimWithinCohort: how a ClusterQueue takes back quota it lent."""
+
+    ANY = "Any", "Preempt any borrowing workload"
+    LOWER_PRIORITY = "LowerPriority", "Preempt only lower-priority borrowing workloads"
+    NEVER = "Never", "Never preempt; wait until borrowers finish"
+
+
 class Accelerator(models.Model):
     """A schedulable accelerator unit: a whole GPU model, or one MIG profile of it."""
 
@@ -70,6 +95,12 @@ class Cluster(models.Model):
         max_length=300,
         blank=True,
         help_text="Optional Prometheus scraping DCGM and vLLM in this cluster, e.g. http://prometheus:9090",
+    )
+    kueue_version = models.CharField(
+        max_length=20,
+        blank=True,
+        help_text="Kueue API version the cluster serves (v1beta2), found by registration and inventory "
+        "sync; empty when it has no Kueue",
     )
     prometheus_node_label = models.CharField(
         max_length=100,
@@ -147,6 +178,29 @@ class NodePool(models.Model):
         default=60,
         help_text="Longest an interactive pod should wait for a GPU; the warm-pool advice sizes to it",
     )
+    # Queueing policy (docs/queueing.md): used by grants of pools in AdmissionMode.KUEUE.
+    admission = models.CharField(
+        max_length=10,
+        choices=AdmissionPolicy.choices,
+        default=AdmissionPolicy.AUTO,
+        help_text="How new grants admit work; interactive and embedding pools always use ResourceQuota",
+    )
+    lending_percent = models.PositiveSmallIntegerField(
+        default=100,
+        validators=[MaxValueValidator(100)],
+        help_text="Share of each grant's idle GPUs its ClusterQueue lends to the pool's cohort",
+    )
+    max_borrow_gpus = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most GPUs one grant may ask to borrow from the cohort; empty: up to the batch cap",
+    )
+    reclaim_policy = models.CharField(
+        max_length=20,
+        choices=ReclaimPolicy.choices,
+        default=ReclaimPolicy.ANY,
+        help_text="How a grant takes back GPUs it lent (Kueue's reclaimWithinCohort)",
+    )
 
     class Meta:
         ordering = ["cluster__name", "name"]
@@ -185,6 +239,18 @@ class NodePool(models.Model):
             and self.elastic
             and self.headroom_gpus > 0
         )
+
+    @property
+    def admission_mode(self) -> str:
+        """How a grant approved now would admit work: Kueue for a batch or experimentation pool of a
+        cluster that serves Kueue's API, unless an admin chose ResourceQuota; ResourceQuota otherwise."""
+        if (
+            self.pool_class in QUEUEING_CLASSES
+            and self.admission == AdmissionPolicy.AUTO
+            and self.cluster.kueue_version
+        ):
+            return AdmissionMode.KUEUE
+        return AdmissionMode.QUOTA
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,3 +541,152 @@ class CollectorReplica(models.Model):
 
     def __str__(self) -> str:
         return self.holder
+
+
+# ----------------------------------------------------------------------------------------------
+# Kueue queues of grants in AdmissionMode.KUEUE, written by the collector's queue watch
+# (pools/utilisation/queue_watch.py) from its watches of Workloads and ClusterQueues. Like the
+# utilisation rows these are observations of a cluster, not decisions: no audit events.
+
+
+class KueueStatus(models.Model):
+    """Whether a cluster's Kueue answers, as the collector's queue watch last found out."""
+
+    cluster = models.OneToOneField(Cluster, on_delete=models.CASCADE, related_name="kueue_status")
+    heartbeat_at = models.DateTimeField(help_text="Last write by the queue watch")
+    watching = models.BooleanField(
+        default=False, help_text="The Workload and ClusterQueue watches are listed and current"
+    )
+    observed_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    webhook_ok = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Whether a dry-run Job in a queued grant namespace passed Kueue's webhook; "
+        "empty until there is such a namespace to probe",
+    )
+    webhook_message = models.TextField(blank=True, help_text="The apiserver's refusal of the probe")
+    webhook_checked_at = models.DateTimeField(null=True, blank=True)
+    webhook_failing_since = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Kueue of {self.cluster_id}: webhook {self.webhook_ok}"
+
+
+class QueueStatus(models.Model):
+    """One portal ClusterQueue (one per queued grant) as the collector last saw it, with its
+    admitted and pending Workloads in `detail` (positions and estimated starts, docs/queueing.md)."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="queues")
+    pool = models.ForeignKey(
+        NodePool, null=True, blank=True, on_delete=models.SET_NULL, related_name="queues"
+    )
+    grant = models.OneToOneField(
+        "quotas.Grant", null=True, blank=True, on_delete=models.SET_NULL, related_name="queue_status"
+    )
+    team = models.ForeignKey(
+        "quotas.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="queues"
+    )
+    name = models.CharField(max_length=253, help_text="The ClusterQueue")
+    namespace = models.CharField(max_length=63, blank=True)
+    computed_at = models.DateTimeField()
+    active = models.BooleanField(default=False, help_text="Kueue's Active condition")
+    active_reason = models.CharField(max_length=100, blank=True)
+    active_message = models.TextField(blank=True)
+    nominal_gpus = models.PositiveIntegerField(default=0)
+    borrowing_limit_gpus = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: no limit")
+    lending_limit_gpus = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: all")
+    used_gpus = models.PositiveIntegerField(default=0, help_text="GPUs of admitted Workloads")
+    borrowed_gpus = models.PositiveIntegerField(default=0, help_text="Used beyond the nominal quota")
+    lent_gpus = models.PositiveIntegerField(
+        default=0, help_text="Idle nominal GPUs other queues of the cohort use now (apportioned)"
+    )
+    admitted_workloads = models.PositiveIntegerField(default=0)
+    pending_workloads = models.PositiveIntegerField(default=0)
+    oldest_pending_seconds = models.FloatField(default=0)
+    recent_admissions = models.PositiveIntegerField(default=0, help_text="Admissions in the rate window")
+    admission_rate_per_hour = models.FloatField(null=True, blank=True, help_text="Empty: no recent admission")
+    # {"workloads": [...]}: see pools.utilisation.queues.WorkloadRow
+    detail = models.JSONField(default=dict, blank=True)
+
+    objects = TeamScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["cluster", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="queue_status_unique_per_cluster")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.admitted_workloads} admitted, {self.pending_workloads} pending"
+
+
+class WorkloadAdmission(models.Model):
+    """One admission of a Kueue Workload into a portal ClusterQueue: the recent admission rate (the
+    estimated start) and the admission wait come from these rows. A Workload preempted and admitted
+    again has one row per admission."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="admissions")
+    uid = models.CharField(max_length=64)
+    admitted_at = models.DateTimeField()
+    queued_at = models.DateTimeField(help_text="Creation, or the eviction it was queued again after")
+    namespace = models.CharField(max_length=63)
+    name = models.CharField(max_length=253)
+    cluster_queue = models.CharField(max_length=253)
+    pool = models.ForeignKey(NodePool, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    team = models.ForeignKey(
+        "quotas.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="admissions"
+    )
+    gpus = models.PositiveIntegerField(default=0)
+
+    objects = TeamScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-admitted_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "uid", "admitted_at"], name="admission_unique")
+        ]
+        indexes = [models.Index(fields=["cluster", "cluster_queue", "admitted_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name} admitted {self.admitted_at:%H:%M:%S}"
+
+    @property
+    def wait_seconds(self) -> float:
+        return max(0.0, (self.admitted_at - self.queued_at).total_seconds())
+
+
+class QueueSnapshot(models.Model):
+    """A point of a pool's queue history per team (team empty: queues of no grant), in the tiers
+    of the utilisation history. Gauges are averages weighted by `seconds` (the wait a maximum);
+    `admissions` and `admission_wait_seconds` are sums, so the mean admission wait of any span is
+    their quotient, exact across tiers."""
+
+    pool = models.ForeignKey(NodePool, on_delete=models.CASCADE, related_name="queue_snapshots")
+    team = models.ForeignKey(
+        "quotas.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="queue_snapshots"
+    )
+    resolution = models.PositiveIntegerField(choices=SnapshotResolution.choices)
+    at = models.DateTimeField()
+    seconds = models.FloatField()
+    pending_workloads = models.FloatField(default=0)
+    admitted_workloads = models.FloatField(default=0)
+    nominal_gpus = models.FloatField(default=0)
+    used_gpus = models.FloatField(default=0)
+    borrowed_gpus = models.FloatField(default=0)
+    lent_gpus = models.FloatField(default=0)
+    pending_wait_max_seconds = models.FloatField(default=0, help_text="Longest wait of a pending Workload")
+    admissions = models.FloatField(default=0, help_text="Admissions during the time the row stands for")
+    admission_wait_seconds = models.FloatField(default=0, help_text="Sum of those admissions' waits")
+
+    objects = TeamScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["pool", "at"]
+        indexes = [
+            models.Index(fields=["pool", "resolution", "at"]),
+            models.Index(fields=["resolution", "at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"queues of {self.pool_id}/{self.team_id} @ {self.at:%Y-%m-%d %H:%M:%S}"

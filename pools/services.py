@@ -40,6 +40,8 @@ from pools.kube.nodegroups import (
 )
 from pools.kube.objects import (
     KARPENTER_API,
+    KUEUE_GROUP,
+    KUEUE_VERSION,
     NODEPOOL_KIND,
     managed_selector,
     pool_taint,
@@ -100,6 +102,14 @@ _WATCHED_WORKLOADS = (
     ("statefulsets", "apps"),
     ("jobs", "batch"),
 )
+# Kueue's objects for grants that queue (docs/queueing.md): a ResourceFlavor and a Cohort per pool,
+# a ClusterQueue per grant (deleted with an ended grant's namespace), a LocalQueue in its namespace.
+_QUEUE_APPLIED = (
+    ("resourceflavors", KUEUE_GROUP),
+    ("cohorts", KUEUE_GROUP),
+    ("clusterqueues", KUEUE_GROUP),
+    ("localqueues", KUEUE_GROUP),
+)
 # What the collector, the provisioner and revocation do; registration names whichever is missing.
 # Karpenter's NodePools and NodeClaims are watched for elastic pools (a cluster without Karpenter
 # simply has none; RBAC rules for an API group the cluster does not serve are valid).
@@ -108,6 +118,12 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     *_each(("list", "watch"), _WATCHED_WORKLOADS),
     *_each(("list", "watch"), (("nodepools", "karpenter.sh"), ("nodeclaims", "karpenter.sh"))),
     *_each(("get", "create", "patch"), _APPLIED),
+    *_each(("get", "create", "patch"), _QUEUE_APPLIED),
+    # The collector's queue watch (positions, borrowing); ClusterQueues are also deleted with an
+    # ended grant's namespace; a dry-run Job probes the queue contract and Kueue's webhook.
+    *_each(("list", "watch"), (("workloads", KUEUE_GROUP), ("clusterqueues", KUEUE_GROUP))),
+    *_each(("delete",), (("clusterqueues", KUEUE_GROUP),)),
+    *_each(("create",), (("jobs", "batch"),)),
     *_each(
         ("delete",),
         (
@@ -135,6 +151,7 @@ class ConnectionCheck:
     server_version: str
     gpu_nodes: int
     gpu_node_groups: int = 0
+    kueue_version: str = ""  # the Kueue API version the portal would use, "" without Kueue
 
 
 def instance_catalogue() -> dict[str, dict[str, int]]:
@@ -267,6 +284,7 @@ def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
             )
         nodes = ops.list_objects(cluster, "v1", "Node")
         groups = cluster_node_groups(cluster, nodes)
+        kueue_version, _ = kueue_detect(cluster)
     except KubeError as exc:
         raise _as_validation_error(cluster, exc) from exc
     finally:
@@ -287,7 +305,9 @@ def cluster_check_connection(*, cluster: Cluster) -> ConnectionCheck:
                 )
             }
         )
-    return ConnectionCheck(server_version=version, gpu_nodes=gpu_nodes, gpu_node_groups=gpu_groups)
+    return ConnectionCheck(
+        server_version=version, gpu_nodes=gpu_nodes, gpu_node_groups=gpu_groups, kueue_version=kueue_version
+    )
 
 
 def cluster_register(
@@ -379,7 +399,7 @@ def _register_in_cluster(*, name: str, given: list[str | None], actor: User) -> 
 
 def _checked_and_saved(cluster: Cluster, *, credentials: str, actor: User) -> Cluster:
     check = cluster_check_connection(cluster=cluster)
-    cluster.server_version = check.server_version
+    cluster.server_version, cluster.kueue_version = check.server_version, check.kueue_version
     try:
         with transaction.atomic():
             cluster.save()
@@ -392,6 +412,7 @@ def _checked_and_saved(cluster: Cluster, *, credentials: str, actor: User) -> Cl
                     "api_url": cluster.api_url,
                     "credentials": credentials,
                     "server_version": cluster.server_version,
+                    "kueue_version": cluster.kueue_version,
                 },
                 message=(
                     f"Registered cluster {cluster.name} ({cluster.server_version}, "
@@ -554,6 +575,7 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
         nodes = ops.list_objects(cluster, "v1", "Node")
         group_notes: list[str] = []
         groups = cluster_node_groups(cluster, nodes, group_notes)
+        kueue_version, kueue_note = kueue_detect(cluster)
     except KubeError as exc:
         _record_failure(cluster, exc.message)
         raise _as_validation_error(cluster, exc) from exc
@@ -569,6 +591,8 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
     summary.notes += group_notes
     summary.notes += [f"Pool {name} not offered: {reason}." for name, reason in inventory.skipped.items()]
     summary.notes += inventory.warnings
+    if kueue_note:
+        summary.notes.append(kueue_note)
     with transaction.atomic():
         # One sync per cluster at a time: a second one waits and then sees the first one's result.
         locked = Cluster.objects.select_for_update().get(pk=cluster.pk)
@@ -594,8 +618,12 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
             summary.disabled.append(pool.name)
             summary.notes.append(f"Pool {pool.name} was disabled: {why}.")
         zones = sorted({zone for p in inventory.pools for zone in p.zones})
-        before = {"zones": locked.zones, "server_version": locked.server_version}
-        after = {"zones": zones, "server_version": version}
+        before = {
+            "zones": locked.zones,
+            "server_version": locked.server_version,
+            "kueue_version": locked.kueue_version,
+        }
+        after = {"zones": zones, "server_version": version, "kueue_version": kueue_version}
         if before != after:
             audit_event_record(
                 actor=actor,
@@ -605,12 +633,14 @@ def cluster_sync_inventory(*, cluster: Cluster, actor: User | None) -> SyncSumma
                 after=after,
                 message="Inventory sync",
             )
-        locked.zones, locked.server_version = zones, version
+        locked.zones, locked.server_version, locked.kueue_version = zones, version, kueue_version
         locked.last_synced_at, locked.last_error = timezone.now(), ""
-        locked.save(update_fields=["zones", "server_version", "last_synced_at", "last_error"])
+        locked.save(
+            update_fields=["zones", "server_version", "kueue_version", "last_synced_at", "last_error"]
+        )
         _queue_policies(locked)
         _queue_warm_headroom(locked)
-    for key in ("zones", "server_version", "last_synced_at", "last_error"):
+    for key in ("zones", "server_version", "kueue_version", "last_synced_at", "last_error"):
         setattr(cluster, key, getattr(locked, key))
     logger.info(
         "inventory of %s: %d created, %d updated, %d disabled",
@@ -635,7 +665,26 @@ def cluster_policy_objects(cluster: Cluster) -> list[Manifest]:
         manifests.grant_injection_binding(),
         manifests.workload_selector_policy(),
         manifests.workload_selector_binding(),
+        manifests.grant_queue_policy(),
+        manifests.grant_queue_binding(),
     ]
+
+
+def kueue_detect(cluster: Cluster) -> tuple[str, str]:
+    """The Kueue API version the portal uses if the cluster serves it (its CRDs are installed and
+    served: Kueue's own process need not be running), else ""; and a note for an admin when the
+    cluster serves only other versions. Batch and experimentation pools of a cluster with Kueue
+    queue their grants' Jobs (NodePool.admission_mode)."""
+    versions = ops.served_versions(cluster, KUEUE_GROUP)
+    if KUEUE_VERSION in versions:
+        return KUEUE_VERSION, ""
+    if versions:
+        return "", (
+            f"Cluster {cluster.name} serves Kueue's API only as {', '.join(versions)}; the portal needs "
+            f"{KUEUE_GROUP}/{KUEUE_VERSION} (Kueue v0.15 or later), so its batch and experimentation "
+            "pools admit through ResourceQuota."
+        )
+    return "", ""
 
 
 def cluster_policies_apply(*, cluster: Cluster) -> list[str]:

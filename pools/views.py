@@ -110,9 +110,14 @@ def cluster_test(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         outcome, ok = error_text(exc), False
     else:
+        kueue = (
+            f" It serves Kueue ({check.kueue_version}): batch and experimentation grants queue."
+            if check.kueue_version
+            else ""
+        )
         outcome, ok = (
             f"Connected to {cluster.name}: Kubernetes {check.server_version}, {check.gpu_nodes} GPU "
-            "nodes, and the portal holds every permission it needs.",
+            f"nodes, and the portal holds every permission it needs.{kueue}",
             True,
         )
     return _action_result(request, cluster, outcome, ok=ok)

@@ -88,6 +88,16 @@ class CapacityRequestForm(PortalForm):
     gpus = forms.IntegerField(
         label="GPUs", min_value=1, max_value=MAX_UNITS, initial=1, help_text="Accelerator units in total."
     )
+    borrow_gpus = forms.IntegerField(
+        label="May borrow up to (GPUs)",
+        min_value=0,
+        max_value=MAX_UNITS,
+        initial=0,
+        required=False,
+        help_text="Batch and experimentation pools that queue Jobs through Kueue: idle GPUs of other teams "
+        "your Jobs may use beyond your own. Never promised: they are taken back, by preempting your Jobs, "
+        "when their owners need them. Leave 0 otherwise.",
+    )
     starts_at = forms.DateTimeField(label="Start (UTC)", widget=DATETIME_WIDGET)
     ends_at = forms.DateTimeField(label="End (UTC)", widget=DATETIME_WIDGET)
     purpose = forms.CharField(
@@ -134,6 +144,7 @@ class CapacityRequestForm(PortalForm):
             "pool_class": data["pool_class"],
             "accelerator": data["accelerator"],
             "gpus": data["gpus"],
+            "borrow_gpus": data.get("borrow_gpus") or 0,
             "gpus_per_replica": data["gpus_per_replica"],
             "starts_at": data["starts_at"],
             "ends_at": data["ends_at"],

@@ -6,7 +6,9 @@ deterministic (a re-apply finds the same object) and everything carries the port
 `quotas.reconcile` computes the contract from a Grant and applies what these functions return.
 """
 
+import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,13 +16,19 @@ from pools.kube.objects import (
     APP_NAME_LABEL,
     CONTRACT_ACTIVE,
     CONTRACT_PREFIX,
+    CPU_RESOURCE,
     GPU_RESOURCE,
     HOSTNAME_LABEL,
+    KUEUE_API_VERSION,
+    LOCAL_QUEUE_ANNOTATION,
     MANAGED_BY_LABEL,
+    MEMORY_RESOURCE,
     MODEL_ANNOTATION,
     PORTAL_PREFIX,
+    QUEUE_NAME_LABEL,
     SIMULATED_LOAD_ANNOTATION,
     ZONE_LABEL,
+    AdmissionLabel,
     ContractAnnotation,
     Label,
     managed_labels,
@@ -40,6 +48,51 @@ class PodSecurity:
     enforce: str = "baseline"
     warn: str = "restricted"
     audit: str = "restricted"
+
+
+def kueue_pool_object_name(pool: str) -> str:
+    """The name of a pool's ResourceFlavor and Cohort: deterministic, a DNS label, prefixed so it
+    cannot take over a flavour someone else made for the same nodes; a pool name that is not a DNS
+    label itself (node label values may hold dots, capitals or underscores) gets a hash of it."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", pool.lower()).strip("-")
+    name = f"gpu-pool-{clean}"
+    if clean != pool or len(name) > 63:
+        name = f"{name[:54].rstrip('-')}-{hashlib.sha256(pool.encode()).hexdigest()[:8]}"
+    return name
+
+
+# Every queued grant's namespace has one LocalQueue, always of this name, so a team's Job manifests
+# are the same in each of its grants: `kueue.x-k8s.io/queue-name: gpu-grant`.
+LOCAL_QUEUE_NAME = "gpu-grant"
+
+
+@dataclass(frozen=True)
+class QueueContract:
+    """What Kueue must hold for a grant that queues (docs/queueing.md): quantities as the
+    ClusterQueue states them, computed by quotas.reconcile from the grant and its pool's policy."""
+
+    cluster_queue: str  # the grant's namespace: unique, and a valid ClusterQueue name
+    cohort: str  # one per pool
+    flavor: str  # one per pool
+    flavor_labels: dict[str, str]
+    reclaim_policy: str
+    # Nominal quota: the grant's units (0 once it ended) and its CPU and memory.
+    gpus: int
+    cpu: str
+    memory: str
+    # Kueue's borrowingLimit and lendingLimit of each resource; a lending limit of None lends all.
+    borrow_gpus: int
+    borrow_cpu: str
+    borrow_memory: str
+    lend_gpus: int | None
+    lend_cpu: str | None
+    lend_memory: str | None
+    # The namespace's ResourceQuota: nominal plus borrowing, the most Kueue may ever admit, so pods
+    # that bypass the queue are bounded too.
+    quota_gpus: int
+    quota_cpu: str
+    quota_memory: str
+    local_queue: str = LOCAL_QUEUE_NAME
 
 
 @dataclass(frozen=True)
@@ -78,6 +131,8 @@ class GrantContract:
     # The PriorityClass's value and preemption policy, which the injection policy sets with its name.
     priority: int = 0
     preemption_policy: str = "PreemptLowerPriority"
+    # Set when the grant's Jobs queue through Kueue; None for ResourceQuota admission.
+    queue: QueueContract | None = None
 
     @property
     def title(self) -> str:
@@ -87,6 +142,11 @@ class GrantContract:
     @property
     def active(self) -> bool:
         return self.state == CONTRACT_ACTIVE
+
+    @property
+    def quota_gpus(self) -> int:
+        """The GPUs of the namespace's ResourceQuota: the grant's, or a queued grant's ceiling."""
+        return self.gpus if self.queue is None else self.queue.quota_gpus
 
     @property
     def labels(self) -> dict[str, str]:
@@ -113,6 +173,8 @@ def namespace(c: GrantContract) -> Manifest:
         "pod-security.kubernetes.io/audit": pss.audit,
         "pod-security.kubernetes.io/audit-version": "latest",
     }
+    if c.queue is not None:
+        labels[AdmissionLabel.KEY] = AdmissionLabel.KUEUE
     annotations = {
         a.GRANT: c.title,
         a.STATE: c.state,
@@ -131,6 +193,8 @@ def namespace(c: GrantContract) -> Manifest:
         a.PREEMPTION_POLICY: c.preemption_policy,
         a.ZONES: str(len(c.zones)),
     }
+    if c.queue is not None:
+        annotations[LOCAL_QUEUE_ANNOTATION] = c.queue.local_queue
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -144,12 +208,13 @@ def resource_quota(c: GrantContract) -> Manifest:
     Deliberately not scoped by PriorityClass: a scoped quota only counts pods of that class, so a pod
     choosing another class would escape it. The class itself is enforced by the admission policy.
     """
+    cpu, memory = (c.cpu, c.memory) if c.queue is None else (c.queue.quota_cpu, c.queue.quota_memory)
     hard = {
-        quota_key(c.resource): str(c.gpus),
+        quota_key(c.resource): str(c.quota_gpus),
         "pods": str(c.pods),
-        "requests.cpu": c.cpu,
-        "requests.memory": c.memory,
-        "limits.memory": c.memory,
+        "requests.cpu": cpu,
+        "requests.memory": memory,
+        "limits.memory": memory,
     }
     if c.resource != GPU_RESOURCE:
         # A MIG grant must not fall back to whole GPUs.
@@ -252,8 +317,149 @@ def injection_missing(c: GrantContract, pod: Manifest) -> list[str]:
 
 def grant_objects(c: GrantContract) -> list[Manifest]:
     """Every object of a grant, in apply order, the namespace first. The namespace's labels put it
-    under the cluster-wide policy binding, its annotations are the contract the policy reads."""
+    under the cluster-wide policy binding, its annotations are the contract the policy reads.
+    A queued grant's Kueue objects are `queue_objects`."""
     return [namespace(c), resource_quota(c), limit_range(c), role_binding(c)]
+
+
+# --- Kueue: the objects of a grant that queues ------------------------------------------------------
+
+
+def pool_flavor(c: GrantContract) -> Manifest:
+    """The pool's ResourceFlavor: Kueue adds its node labels and tolerations to the pods of the Jobs
+    it admits, so they land on the pool (an elastic pool's NodePool too) like the portal's pods."""
+    assert c.queue is not None
+    return {
+        "apiVersion": KUEUE_API_VERSION,
+        "kind": "ResourceFlavor",
+        "metadata": {
+            "name": c.queue.flavor,
+            "labels": managed_labels(**{Label.POOL: c.pool, Label.POOL_CLASS: c.pool_class}),
+        },
+        "spec": {
+            "nodeLabels": dict(c.queue.flavor_labels),
+            "tolerations": [
+                {"key": c.gpu_taint_key, "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+                {"key": c.taint_key, "operator": "Equal", "value": c.taint_value, "effect": c.taint_effect},
+            ],
+        },
+    }
+
+
+def pool_cohort(c: GrantContract) -> Manifest:
+    """The pool's Cohort: the ClusterQueues of the pool's queued grants lend it their idle quota and
+    borrow from it. No quota of its own, so a cohort never holds more than its members' nominal
+    quota, which the capacity rules keep within the pool (and a batch pool's cap)."""
+    assert c.queue is not None
+    return {
+        "apiVersion": KUEUE_API_VERSION,
+        "kind": "Cohort",
+        "metadata": {
+            "name": c.queue.cohort,
+            "labels": managed_labels(**{Label.POOL: c.pool, Label.POOL_CLASS: c.pool_class}),
+        },
+        "spec": {},
+    }
+
+
+def _quota(name: str, nominal: str, borrow: str, lend: str | None) -> dict[str, str]:
+    entry = {"name": name, "nominalQuota": nominal, "borrowingLimit": borrow}
+    if lend is not None:
+        entry["lendingLimit"] = lend
+    return entry
+
+
+def cluster_queue(c: GrantContract) -> Manifest:
+    """The grant's ClusterQueue: nominal quota of the grant's GPUs, CPU and memory in the pool's
+    flavour, borrowing and lending limits in the pool's cohort, and preemption that reclaims lent
+    quota (the pool's reclaim policy) but never preempts to borrow. Only the grant's namespace may
+    queue to it. BestEffortFIFO: a Job that does not fit yet does not hold up smaller ones behind it."""
+    q = c.queue
+    assert q is not None
+    lend_gpus = None if q.lend_gpus is None else str(q.lend_gpus)
+    return {
+        "apiVersion": KUEUE_API_VERSION,
+        "kind": "ClusterQueue",
+        "metadata": {"name": q.cluster_queue, "labels": c.labels},
+        "spec": {
+            "cohortName": q.cohort,
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": c.namespace}},
+            "queueingStrategy": "BestEffortFIFO",
+            "preemption": {
+                "reclaimWithinCohort": q.reclaim_policy,
+                "borrowWithinCohort": {"policy": "Never"},
+                "withinClusterQueue": "LowerPriority",
+            },
+            "resourceGroups": [
+                {
+                    "coveredResources": [CPU_RESOURCE, MEMORY_RESOURCE, c.resource],
+                    "flavors": [
+                        {
+                            "name": q.flavor,
+                            "resources": [
+                                _quota(CPU_RESOURCE, q.cpu, q.borrow_cpu, q.lend_cpu),
+                                _quota(MEMORY_RESOURCE, q.memory, q.borrow_memory, q.lend_memory),
+                                _quota(c.resource, str(q.gpus), str(q.borrow_gpus), lend_gpus),
+                            ],
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def local_queue(c: GrantContract) -> Manifest:
+    assert c.queue is not None
+    return {
+        "apiVersion": KUEUE_API_VERSION,
+        "kind": "LocalQueue",
+        "metadata": {"name": c.queue.local_queue, "namespace": c.namespace, "labels": c.labels},
+        "spec": {"clusterQueue": c.queue.cluster_queue},
+    }
+
+
+def queue_objects(c: GrantContract) -> list[Manifest]:
+    """A queued grant's Kueue objects in apply order: the pool's flavour and cohort (shared by the
+    pool's grants), the grant's ClusterQueue, the LocalQueue in its namespace."""
+    return [pool_flavor(c), pool_cohort(c), cluster_queue(c), local_queue(c)]
+
+
+def queue_probe_job(c: GrantContract, *, queued: bool) -> Manifest:
+    """A Job only ever created as a dry run. Without the queue label the queue contract must refuse
+    it (the policy binding is in force); with it, Kueue's webhook must accept it (Kueue answers)."""
+    assert c.queue is not None
+    labels = {**c.labels, **({QUEUE_NAME_LABEL: c.queue.local_queue} if queued else {})}
+    return probe_job(c.namespace, labels)
+
+
+def probe_job(namespace: str, labels: dict[str, str]) -> Manifest:
+    """The dry-run Job of the probes above and of the collector's check of Kueue's webhook."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "gpu-grant-queue-probe", "namespace": namespace, "labels": labels},
+        "spec": {
+            "suspend": True,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": "probe",
+                            "image": "queue-probe:dry-run",
+                            "resources": {"limits": {CPU_RESOURCE: "100m", MEMORY_RESOURCE: "64Mi"}},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                }
+            },
+        },
+    }
 
 
 # --- serving deployments ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
-from pools.models import Accelerator, NodePool, PoolClass
+from pools.models import Accelerator, AdmissionMode, NodePool, PoolClass
 from portal.querysets import TeamQuerySet, TeamScopedQuerySet
 from quotas.states import RequestState
 
@@ -92,6 +92,11 @@ class CapacityRequest(models.Model):
     gpus_per_replica = models.PositiveIntegerField(
         default=1, validators=[MinValueValidator(1)], help_text="Units one model replica spans"
     )
+    borrow_gpus = models.PositiveIntegerField(
+        default=0,
+        help_text="Units the team's Jobs may borrow beyond `gpus` from idle quota of the pool's cohort "
+        "(pools that queue through Kueue only); never promised: owners take them back",
+    )
     state = models.CharField(max_length=20, choices=RequestState.choices, default=RequestState.DRAFT)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -150,6 +155,11 @@ class Grant(models.Model):
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="grants")
     pool = models.ForeignKey(NodePool, on_delete=models.PROTECT, related_name="grants")
     gpus = models.PositiveIntegerField()
+    # Fixed at approval from the pool's policy and the cluster: a grant never changes how it admits.
+    admission = models.CharField(max_length=10, choices=AdmissionMode.choices, default=AdmissionMode.QUOTA)
+    borrow_gpus = models.PositiveIntegerField(
+        default=0, help_text="Kueue borrowing limit: units beyond `gpus` its Jobs may borrow"
+    )
     namespace = models.CharField(max_length=63, unique=True)
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
@@ -180,6 +190,11 @@ class Grant(models.Model):
     @property
     def state(self) -> str:
         return self.request.state
+
+    @property
+    def queued(self) -> bool:
+        """Its Jobs queue through Kueue (docs/queueing.md)."""
+        return self.admission == AdmissionMode.KUEUE
 
 
 class ServingDeployment(models.Model):

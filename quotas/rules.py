@@ -99,3 +99,41 @@ def capacity_refusal(figures: PoolCapacity, *, gpus: int, pool_name: str, is_bat
             f"{f.team_granted}, so {gpus} more would exceed it."
         )
     return None
+
+
+def borrow_refusal(
+    figures: PoolCapacity,
+    *,
+    gpus: int,
+    borrow: int,
+    pool_name: str,
+    is_batch: bool,
+    queued: bool,
+    max_borrow: int | None,
+) -> str | None:
+    """Why a grant of `gpus` nominal GPUs may not borrow up to `borrow` more from its pool's cohort;
+    None when it may. Borrowing is never counted as granted (lenders take their GPUs back), but it is
+    bounded: by the pool's per-grant limit, by the pool itself, and for batch work by the batch cap,
+    which so bounds what a cohort can ever borrow."""
+    f = figures
+    if borrow <= 0:
+        return None
+    if not queued:
+        return (
+            f"Pool {pool_name} admits work through a ResourceQuota, not a Kueue queue, so it lends no idle "
+            "GPUs: ask to borrow 0."
+        )
+    if max_borrow is not None and borrow > max_borrow:
+        return f"Pool {pool_name} lets a grant borrow at most {max_borrow} GPUs from its cohort."
+    if gpus + borrow > f.grantable:
+        return (
+            f"Pool {pool_name} has {f.grantable} grantable GPUs: {gpus} of your own and {borrow} borrowed "
+            f"would never fit; borrow at most {max(0, f.grantable - gpus)}."
+        )
+    if is_batch and gpus + borrow > f.batch_cap:
+        return (
+            f"Pool {pool_name} caps batch inference at {f.batch_cap} GPUs, borrowed ones included: "
+            f"{gpus} of your own and {borrow} borrowed would exceed it; borrow at most "
+            f"{max(0, f.batch_cap - gpus)}."
+        )
+    return None

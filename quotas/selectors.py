@@ -3,7 +3,7 @@
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,10 +13,12 @@ from django.db.models.functions import Cast, Coalesce
 from pools.models import (
     Accelerator,
     Cluster,
+    KueueStatus,
     NamespaceWorkloads,
     NodePool,
     PoolClass,
     PoolUtilisation,
+    QueueStatus,
     WorkloadWatchState,
 )
 from pools.selectors import pools_offering
@@ -347,3 +349,73 @@ def grant_workloads_get(*, user: User, grant: Grant, now: datetime) -> GrantWork
         workloads=found.workloads if found else [],
         troubled=found.troubled if found else 0,
     )
+
+
+# --- queues of grants that queue through Kueue (written by the collector's queue watch) ----------
+
+# The queue watch writes at least every 5 s; a status older than this is not current.
+QUEUE_SILENT_AFTER = timedelta(seconds=20)
+
+
+@dataclass
+class KueueHealth:
+    """What a page says about a cluster's Kueue: its webhook answers, fails (since when), or unknown."""
+
+    status: KueueStatus | None
+    now: datetime
+
+    @property
+    def current(self) -> bool:
+        return self.status is not None and self.now - self.status.heartbeat_at <= QUEUE_SILENT_AFTER
+
+    @property
+    def failing(self) -> bool:
+        return self.status is not None and self.status.webhook_ok is False
+
+    @property
+    def message(self) -> str:
+        return self.status.webhook_message if self.status is not None else ""
+
+    @property
+    def since(self) -> datetime | None:
+        return self.status.webhook_failing_since if self.status is not None else None
+
+
+def kueue_health(*, cluster_id: int, now: datetime) -> KueueHealth:
+    return KueueHealth(KueueStatus.objects.filter(cluster_id=cluster_id).first(), now)
+
+
+def queue_list(*, user: User) -> QuerySet[QueueStatus]:
+    """The live ClusterQueues of the grants `user` may see."""
+    return QueueStatus.objects.visible_to(user).select_related("grant", "team", "pool", "cluster")
+
+
+def grant_queue_get(*, user: User, grant: Grant) -> QueueStatus | None:
+    return queue_list(user=user).filter(grant=grant).first()
+
+
+def grant_queues_bulk(*, user: User, grants: Iterable[Grant]) -> dict[int, QueueStatus]:
+    """The live queue of each of `grants`, by grant id, in one query."""
+    ids = [g.pk for g in grants if g.queued]
+    if not ids:
+        return {}
+    return {q.grant_id: q for q in queue_list(user=user).filter(grant_id__in=ids)}
+
+
+def pool_cohorts_bulk(*, pools: Iterable[NodePool]) -> dict[int, dict[str, int]]:
+    """Cohort totals of many pools in one query, for approvers: pool id -> queues, nominal, used,
+    borrowed GPUs and pending Workloads. Pool-level figures, shown to whoever sees the pool."""
+    result: dict[int, dict[str, int]] = {}
+    rows = QueueStatus.objects.filter(pool__in=list(pools)).values(
+        "pool_id", "nominal_gpus", "used_gpus", "borrowed_gpus", "pending_workloads"
+    )
+    for row in rows:
+        totals = result.setdefault(
+            row["pool_id"], {"queues": 0, "nominal": 0, "used": 0, "borrowed": 0, "pending": 0}
+        )
+        totals["queues"] += 1
+        totals["nominal"] += row["nominal_gpus"]
+        totals["used"] += row["used_gpus"]
+        totals["borrowed"] += row["borrowed_gpus"]
+        totals["pending"] += row["pending_workloads"]
+    return result

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from quotas import views
+from quotas import queue_views, views
 
 app_name = "quotas"
 
@@ -15,6 +15,7 @@ urlpatterns = [
     path("grants/<int:pk>/example.yaml", views.grant_example_manifest, name="grant_example_manifest"),
     path("grants/<int:pk>/revoke/", views.grant_revoke, name="grant_revoke"),
     path("grants/<int:pk>/shrink/", views.grant_shrink, name="grant_shrink"),
+    path("grants/<int:pk>/queue/", queue_views.grant_queue, name="grant_queue"),
     path("grants/<int:pk>/deployments/new/", views.deployment_create, name="deployment_create"),
     path("deployments/<int:pk>/scale/", views.deployment_scale, name="deployment_scale"),
     path("deployments/<int:pk>/delete/", views.deployment_delete, name="deployment_delete"),

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING, HttpResponseClientRedirect
 
-from pools.models import NodePool, PoolClass
+from pools.models import AdmissionMode, NodePool, PoolClass
 from portal.models import User
 from portal.ui import (
     error_text,
@@ -32,6 +32,7 @@ from quotas import policies, rules, selectors, services
 from quotas.access import grant_access_get
 from quotas.forms import CapacityRequestForm, DecisionForm, ReasonForm, ServingDeploymentForm
 from quotas.models import CapacityRequest, Grant, ServingDeployment
+from quotas.queue_views import queue_context
 from quotas.rules import PoolCapacity
 from quotas.states import HOLDING_STATES, PENDING_STATES, RequestState
 
@@ -52,29 +53,53 @@ class Impact:
     figures: PoolCapacity
     gpus: int
     refusal: str | None
+    # Pools that queue through Kueue: what the request may borrow, and its cohort as the collector
+    # last saw it (queues, nominal, used, borrowed GPUs, pending Workloads), for approvers.
+    queued: bool = False
+    borrow: int = 0
+    cohort: dict[str, int] | None = None
 
     @property
     def granted_after(self) -> int:
         return self.figures.granted + self.gpus
 
 
-def _impact(req: CapacityRequest, figures: dict[tuple[int, int | None], PoolCapacity]) -> Impact | None:
+def _impact(
+    req: CapacityRequest,
+    figures: dict[tuple[int, int | None], PoolCapacity],
+    cohorts: dict[int, dict[str, int]],
+) -> Impact | None:
     if req.pool is None:
         return None
     pool_figures = figures[(req.pool.pk, req.team_id)]
+    is_batch = req.pool_class == PoolClass.BATCH
+    queued = req.pool.admission_mode == AdmissionMode.KUEUE
     return Impact(
         pool=req.pool,
         figures=pool_figures,
         gpus=req.gpus,
         refusal=rules.capacity_refusal(
-            pool_figures, gpus=req.gpus, pool_name=str(req.pool), is_batch=req.pool_class == PoolClass.BATCH
+            pool_figures, gpus=req.gpus, pool_name=str(req.pool), is_batch=is_batch
+        )
+        or rules.borrow_refusal(
+            pool_figures,
+            gpus=req.gpus,
+            borrow=req.borrow_gpus,
+            pool_name=str(req.pool),
+            is_batch=is_batch,
+            queued=queued,
+            max_borrow=req.pool.max_borrow_gpus,
         ),
+        queued=queued,
+        borrow=req.borrow_gpus,
+        cohort=cohorts.get(req.pool.pk, {}) if queued else None,
     )
 
 
 def _impacts(requests: list[CapacityRequest]) -> list[Impact | None]:
     figures = selectors.pool_capacity_bulk(pairs=[(r.pool, r.team_id) for r in requests if r.pool])
-    return [_impact(r, figures) for r in requests]
+    cohorts = selectors.pool_cohorts_bulk(pools={r.pool for r in requests if r.pool})
+    return [_impact(r, figures, cohorts) for r in requests]
 
 
 def _visible_request(user: User, pk: int) -> CapacityRequest:
@@ -131,6 +156,7 @@ def team(request: HttpRequest, slug: str | None = None) -> HttpResponse:
     team = get_object_or_404(teams, slug=slug)
     grants = list(selectors.grant_usage_list(user=user).filter(team=team)[:TEAM_PAGE_ROWS])
     measured = selectors.grant_measured_usage(grants=grants)
+    queues = selectors.grant_queues_bulk(user=user, grants=grants)
     return render(
         request,
         "quotas/team.html",
@@ -144,6 +170,7 @@ def team(request: HttpRequest, slug: str | None = None) -> HttpResponse:
                 team=team, deleted_at__isnull=True
             )[:TEAM_PAGE_ROWS],
             "row_limit": TEAM_PAGE_ROWS,
+            "queues": [(grant, queues[grant.pk]) for grant in grants if grant.pk in queues],
         },
     )
 
@@ -220,6 +247,7 @@ def _live_context(user: User, req: CapacityRequest) -> dict:
         and policies.can_operate_serving(user=user, team_id=req.team_id),
         "can_cancel": req.state in PENDING_STATES | {RequestState.DRAFT}
         and policies.can_cancel(user=user, capacity_request=req),
+        **queue_context(user, grant),
     }
 
 

@@ -432,6 +432,7 @@ def constrained_keys(pod: Json) -> set[str]:
 
 
 def condition_of(obj: Json, kind: str) -> Json | None:
+    """The status condition `kind` of any object as the apiserver serves it, or None."""
     for condition in (obj.get("status") or {}).get("conditions") or []:
         if condition.get("type") == kind:
             return condition
@@ -527,3 +528,36 @@ def container_troubles(pod: Json) -> list[Json]:
             }
         )
     return troubles
+
+
+# --- Kueue: batch and experimentation queueing ----------------------------------------------------
+# The portal writes Kueue objects of this API version only (the CRDs of Kueue v0.17 also serve
+# v1beta1, without a conversion webhook): a cluster that does not serve it is one without Kueue.
+
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
+KUEUE_API_VERSION = f"{KUEUE_GROUP}/{KUEUE_VERSION}"
+# Kueue manages a Job only when it names a LocalQueue of its namespace with this label.
+QUEUE_NAME_LABEL = f"{KUEUE_GROUP}/queue-name"
+CPU_RESOURCE = "cpu"
+MEMORY_RESOURCE = "memory"
+
+
+class AdmissionLabel:
+    """How a grant namespace admits GPU work: its value is an AdmissionMode of pools.models
+    ("kueue" namespaces only carry it, so the queue contract's binding selects them by it)."""
+
+    KEY = f"{PORTAL_PREFIX}/admission"
+    KUEUE = "kueue"
+
+
+# Namespace annotation the queue contract reads: the LocalQueue every Job must name.
+LOCAL_QUEUE_ANNOTATION = f"{CONTRACT_PREFIX}/local-queue"
+
+
+def kueue_webhook_failure(message: str) -> bool:
+    """Whether an apiserver refusal is Kueue's fail-closed webhook not answering (Kueue down or
+    unreachable), rather than Kueue or a policy deciding against the object. On a cluster the hook
+    is called through Kueue's Service (kueue-webhook-service); on the testbed its name says kueue."""
+    text = message.lower()
+    return "failed calling webhook" in text and "kueue" in text

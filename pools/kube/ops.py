@@ -156,3 +156,24 @@ def server_version(cluster: ClusterAccess) -> str:
             f"Cluster {cluster.name}: the server has no /version; is the address a Kubernetes API server?",
             reason="NotKubernetes",
         ) from None
+
+
+def served_versions(cluster: ClusterAccess, group: str) -> list[str]:
+    """The versions of API `group` the apiserver serves (discovery, /apis/<group>), [] when it
+    serves none: how the portal finds out whether a cluster runs an engine, e.g. Kueue's CRDs."""
+
+    def run(conn: Connection) -> list[str]:
+        response = conn.api.call_api(
+            f"/apis/{group}",
+            "GET",
+            auth_settings=["BearerToken"],
+            response_type="object",
+            _preload_content=False,
+        )[0]
+        body = _json(response)
+        return [str(v.get("version", "")) for v in body.get("versions") or [] if v.get("version")]
+
+    try:
+        return call(cluster, run)
+    except NotFound:
+        return []

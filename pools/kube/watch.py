@@ -188,6 +188,8 @@ class ApiSource:
     ) -> None:
         self.cluster = cluster
         self.label_selector = label_selector
+        # Until the first list says otherwise.
+        self.served = False
         self.path = (
             f"/api/{api_version}/{plural}" if "/" not in api_version else f"/apis/{api_version}/{plural}"
         )

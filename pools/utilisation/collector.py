@@ -45,6 +45,7 @@ from pools.utilisation.leases import (
     renew_seconds,
 )
 from pools.utilisation.nodegroups import NodeGroupWatch
+from pools.utilisation.queue_watch import QueueWatch
 from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
 from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
 from pools.utilisation.workloads import WorkloadWatch, with_pod_status
@@ -161,6 +162,15 @@ class ClusterCollector:
         # Node groups, bring-up times, the autoscaler's health and the pre-flight's inventory.
         self.nodegroups = NodeGroupWatch(cluster, on_change=self.changed.set, lease=lease, **caches)
         self._last_publish: datetime | None = None
+        # Kueue's Workloads and ClusterQueues: their own watches, thread and tables.
+        self.queues = QueueWatch(
+            cluster,
+            interval=interval,
+            heartbeat=heartbeat,
+            lease=lease,
+            on_fenced=self.fenced.set,
+            **caches,
+        )
         self.allowlist = Allowlist.from_setting(settings.PORTAL_GPU_NODE_ALLOWLIST)
 
     def _cache(
@@ -190,6 +200,7 @@ class ClusterCollector:
             cache.start()
         self.workloads.start()
         self.nodegroups.start()
+        self.queues.start()
         self._thread = threading.Thread(target=self.run, name=f"collector {self.cluster.name}", daemon=True)
         self._thread.start()
 
@@ -200,6 +211,7 @@ class ClusterCollector:
             cache.stop()
         self.workloads.stop(timeout)
         self.nodegroups.stop()
+        self.queues.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
 

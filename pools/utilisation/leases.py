@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -162,6 +164,16 @@ def collector_lease_fence(*, lease: LeaseToken) -> CollectorLease:
     if held is None:
         raise LeaseLost(f"cluster {lease.cluster_id}: lease #{lease.epoch} of {lease.holder} is not held")
     return held
+
+
+@contextmanager
+def collector_lease_fenced(*, lease: LeaseToken | None) -> Iterator[None]:
+    """One transaction for the writes inside, refused whole (LeaseLost) unless `lease` still holds
+    the cluster; None leaves them unfenced. Keep cluster requests out of it: it holds the lease row."""
+    with transaction.atomic():
+        if lease is not None:
+            collector_lease_fence(lease=lease)
+        yield
 
 
 @transaction.atomic

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from pools.models import CollectorState
 from pools.utilisation import selectors
 from pools.utilisation.figures import POOL_FIGURES
+from pools.utilisation.queue_metrics import QueueMetricsCollector
 
 POOL_LABELS = ["cluster", "pool", "pool_class", "accelerator"]
 TEAM_LABELS = ["cluster", "pool", "team", "namespace"]
@@ -143,4 +144,5 @@ def metrics(request: HttpRequest) -> HttpResponse:
         return response
     registry = CollectorRegistry(auto_describe=False)
     registry.register(UtilisationCollector())
+    registry.register(QueueMetricsCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

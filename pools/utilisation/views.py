@@ -20,6 +20,7 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from pools.models import NodePool
 from pools.utilisation import charts, elastic, selectors
 from pools.utilisation.forms import HISTORY_RANGES, CostPeriodForm, HistoryRangeForm
+from pools.utilisation.queue_selectors import pool_cohort_get, pool_queue_history
 
 POLL_SECONDS = 2
 HISTORY_POLL_SECONDS = 15
@@ -110,7 +111,40 @@ def _history_charts(pool_id: int, span: timedelta) -> list[charts.TimeChart]:
         title="Queue: pending pods and longest wait",
         height=140,
     )
-    return [gpus, queue]
+    return [gpus, queue, *_queue_history_charts(pool_id, start, end)]
+
+
+def _queue_history_charts(pool_id: int, start: datetime, end: datetime) -> list[charts.TimeChart]:
+    """The pool's Kueue queues over time (docs/queueing.md), when it has any history of them."""
+    points = pool_queue_history(pool_id=pool_id, start=start, end=end)
+    if not points:
+        return []
+    samples = [
+        charts.Sample(
+            at=p["at"],
+            seconds=p["seconds"],
+            values={
+                "pending": p["pending"],
+                "borrowed": p["borrowed"],
+                "wait": (p["admission_wait"] / p["admissions"] / 60) if p["admissions"] else 0.0,
+            },
+        )
+        for p in points
+    ]
+    return [
+        charts.time_chart(
+            samples,
+            [
+                ("pending", "Pending Jobs (Kueue)", "pending", "area"),
+                ("borrowed", "GPUs borrowed in the cohort", "requested", "line"),
+                ("wait", "Mean admission wait (min)", "wait", "line"),
+            ],
+            start=start,
+            end=end,
+            title="Queues: pending Jobs, borrowed GPUs, admission wait",
+            height=140,
+        )
+    ]
 
 
 @require_GET
@@ -144,6 +178,9 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     target = request.htmx.target if request.htmx else None
     if target == "pool-live":
         return render(request, "utilisation/partials/pool_live.html", context)
+    context["cohort"] = pool_cohort_get(user=request.user, pool=detail.view.pool)
+    if target == "pool-cohort":
+        return render(request, "utilisation/partials/pool_cohort.html", context)
     # Prometheus is asked only for its own region, which polls as slowly as the history.
     if target in (None, "pool-prometheus"):
         context["prom"] = selectors.pool_prometheus_get(detail=detail)

@@ -319,6 +319,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "pools.utilisation.tasks.utilisation_history_compact",
         "schedule": timedelta(minutes=5),
     },
+    # Kueue queue history (docs/queueing.md): the same tiers and retention as utilisation.
+    "queue-history-compact": {
+        "task": "pools.utilisation.tasks.queue_history_compact",
+        "schedule": timedelta(minutes=5),
+    },
     # Idempotency-Key records older than PORTAL_API_IDEMPOTENCY_HOURS are forgotten.
     "idempotency-records-purge": {
         "task": "portal.tasks.idempotency_records_purge",

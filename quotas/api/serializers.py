@@ -11,6 +11,7 @@ from pools.utilisation.diagnosis import STATE_LABELS, TITLES
 from portal.api.serializers import BoundedDateTimeField
 from portal.models import AuditEvent
 from quotas import selectors
+from quotas.manifests import LOCAL_QUEUE_NAME
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Precision, ServingDeployment, Team
 from quotas.states import RequestState
 
@@ -71,6 +72,7 @@ class CapacityRequestSerializer(serializers.ModelSerializer):
             "model_parameters_billion",
             "model_precision",
             "gpus_per_replica",
+            "borrow_gpus",
             "state",
             "created_at",
             "updated_at",
@@ -115,6 +117,7 @@ class CapacityRequestSerializer(serializers.ModelSerializer):
             ),
             "model_precision": instance.model_precision,
             "gpus_per_replica": instance.gpus_per_replica,
+            "borrow_gpus": instance.borrow_gpus,
             "state": instance.state,
             "created_at": moment(instance.created_at),
             "updated_at": moment(instance.updated_at),
@@ -132,12 +135,22 @@ class CapacityRequestSerializer(serializers.ModelSerializer):
         }
 
 
+class SlugInputField(serializers.SlugRelatedField):
+    """A writable slug reference that answers a NUL character as unknown: PostgreSQL text cannot hold
+    one, and looking it up would be a database error (a 500) instead of a 400."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", ""))
+        return super().to_internal_value(data)
+
+
 class CapacityRequestCreateSerializer(serializers.Serializer):
-    team = serializers.SlugRelatedField(
+    team = SlugInputField(
         slug_field="slug", queryset=Team.objects.none(), help_text="Slug of one of your teams"
     )
     pool_class = serializers.ChoiceField(choices=PoolClass.choices)
-    accelerator = serializers.SlugRelatedField(
+    accelerator = SlugInputField(
         slug_field="slug",
         queryset=accelerator_list(),
         help_text="Accelerator slug, see /api/v1/accelerators/",
@@ -160,6 +173,14 @@ class CapacityRequestCreateSerializer(serializers.Serializer):
     )
     model_precision = serializers.ChoiceField(choices=Precision.choices, required=False, allow_blank=True)
     gpus_per_replica = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
+    borrow_gpus = serializers.IntegerField(
+        min_value=0,
+        max_value=100_000,
+        required=False,
+        help_text="Batch and experimentation pools that queue through Kueue: idle GPUs of the pool's "
+        "cohort the team's Jobs may borrow beyond `gpus` (nominal); reclaimed by preemption when their "
+        "owners need them",
+    )
     submit = serializers.BooleanField(
         default=True, help_text="Submit for approval now (default), or keep as a draft to submit later"
     )
@@ -207,6 +228,9 @@ class GrantSerializer(serializers.ModelSerializer):
     accelerator = serializers.CharField(source="pool.accelerator.slug", read_only=True)
     state = serializers.ChoiceField(choices=RequestState.choices, source="request.state", read_only=True)
     conditions = ConditionSerializer(many=True, read_only=True)
+    local_queue = serializers.SerializerMethodField(
+        help_text="The LocalQueue Jobs must name (label kueue.x-k8s.io/queue-name) when `admission` is kueue"
+    )
 
     class Meta:
         model = Grant
@@ -218,6 +242,9 @@ class GrantSerializer(serializers.ModelSerializer):
             "pool_name",
             "accelerator",
             "gpus",
+            "admission",
+            "borrow_gpus",
+            "local_queue",
             "namespace",
             "starts_at",
             "ends_at",
@@ -229,6 +256,69 @@ class GrantSerializer(serializers.ModelSerializer):
             "namespace_deleted_at",
             "created_at",
         ]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_local_queue(self, grant: Grant) -> str | None:
+        return LOCAL_QUEUE_NAME if grant.queued else None
+
+
+class QueuedWorkloadSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="The Kueue Workload")
+    job = serializers.CharField(help_text="The Job it stands for")
+    state = serializers.ChoiceField(choices=["admitted", "pending", "finished", "inactive"])
+    gpus = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    position = serializers.IntegerField(
+        allow_null=True, help_text="Place in the ClusterQueue, 1 first; pending only"
+    )
+    queued_at = serializers.DateTimeField(allow_null=True, help_text="Creation, or its last eviction")
+    waited_seconds = serializers.FloatField(help_text="As of computed_at; until admission for admitted ones")
+    eta = serializers.DateTimeField(
+        allow_null=True, help_text="Estimated start (docs/queueing.md); pending only"
+    )
+    admitted_at = serializers.DateTimeField(allow_null=True)
+    message = serializers.CharField(help_text="Kueue's reason: why it waits, or why it was evicted")
+
+
+class GrantQueueSerializer(serializers.Serializer):
+    """A queued grant's ClusterQueue as the collector last saw it."""
+
+    grant = serializers.IntegerField(source="grant_id")
+    cluster_queue = serializers.CharField(source="name")
+    local_queue = serializers.SerializerMethodField()
+    computed_at = serializers.DateTimeField()
+    active = serializers.BooleanField()
+    nominal_gpus = serializers.IntegerField()
+    borrowing_limit_gpus = serializers.IntegerField(allow_null=True)
+    lending_limit_gpus = serializers.IntegerField(allow_null=True, help_text="null: lends all its idle quota")
+    used_gpus = serializers.IntegerField()
+    borrowed_gpus = serializers.IntegerField()
+    lent_gpus = serializers.IntegerField()
+    admitted_workloads = serializers.IntegerField()
+    pending_workloads = serializers.IntegerField()
+    oldest_pending_seconds = serializers.FloatField()
+    admission_rate_per_hour = serializers.FloatField(allow_null=True)
+    kueue_webhook_ok = serializers.SerializerMethodField(
+        help_text="Whether Kueue's webhook answered the collector's last dry-run Job; null: not known"
+    )
+    kueue_webhook_message = serializers.SerializerMethodField()
+    workloads = serializers.SerializerMethodField()
+
+    def get_local_queue(self, queue: Any) -> str:
+        return LOCAL_QUEUE_NAME
+
+    @extend_schema_field(serializers.BooleanField(allow_null=True))
+    def get_kueue_webhook_ok(self, queue: Any) -> bool | None:
+        health = self.context.get("kueue")
+        return health.status.webhook_ok if health is not None and health.status is not None else None
+
+    def get_kueue_webhook_message(self, queue: Any) -> str:
+        health = self.context.get("kueue")
+        return health.message if health is not None else ""
+
+    @extend_schema_field(QueuedWorkloadSerializer(many=True))
+    def get_workloads(self, queue: Any) -> list[dict[str, Any]]:
+        return QueuedWorkloadSerializer(queue.detail.get("workloads", []), many=True).data
 
 
 class RevokeInputSerializer(serializers.Serializer):

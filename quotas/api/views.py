@@ -12,6 +12,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
@@ -221,6 +222,28 @@ class GrantViewSet(viewsets.ReadOnlyModelViewSet):
         data = _validated(s.ShrinkInputSerializer, request)
         grant = services.grant_shrink(grant=self.get_object(), actor=request.user, gpus=data["gpus"])
         return self._answer(grant)
+
+    @extend_schema(
+        summary="A queued grant's queue",
+        description="For grants whose `admission` is kueue: its ClusterQueue's GPUs (nominal, in use, "
+        "borrowed from and lent to the pool's cohort) and its admitted and pending Workloads, each pending "
+        "one with its position in the queue, how long it has waited and an estimated start, as the "
+        "collector last read them from Kueue (docs/queueing.md says how they are computed). 404 for a "
+        "grant that does not queue or whose queue the collector has not seen yet.",
+        responses=s.GrantQueueSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def queue(self, request: Request, pk: str) -> Response:
+        grant = self.get_object()
+        found = selectors.grant_queue_get(user=request.user, grant=grant) if grant.queued else None
+        if found is None:
+            raise NotFound(
+                f"Grant {grant.namespace} does not queue through Kueue."
+                if not grant.queued
+                else f"The collector has not reported on the queue of grant {grant.namespace} yet."
+            )
+        health = selectors.kueue_health(cluster_id=grant.pool.cluster_id, now=timezone.now())
+        return Response(s.GrantQueueSerializer(found, context={"kueue": health}).data)
 
     @extend_schema(
         summary="Delete an ended grant's namespace",

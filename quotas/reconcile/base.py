@@ -23,6 +23,7 @@ from pools.services import cluster_policy_objects
 from portal.services import audit_event_record
 from quotas import manifests, rules
 from quotas.models import Grant, ServingDeployment
+from quotas.reconcile.queue_contract import queue_contract
 from quotas.states import HOLDING_STATES
 
 # Polling interval while something converges on its own (a quota not yet observed, replicas loading).
@@ -87,6 +88,7 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
         pod_security=manifests.PodSecurity(**cfg["POD_SECURITY"]),
         priority=priority.value,
         preemption_policy=priority.preemption_policy,
+        queue=queue_contract(grant, holding=holding, node_selector=selector) if grant.queued else None,
     )
 
 
@@ -304,7 +306,7 @@ def merge_conditions(
             "lastTransitionTime": now.isoformat() if changed else previous["lastTransitionTime"],
             "observedGeneration": generation,
         }
-    order = ["Applied", "QuotaEnforced", "PolicyBound", "ContractInjected", "Ready"]
+    order = ["Applied", "QuotaEnforced", "PolicyBound", "ContractInjected", "Queued", "Ready"]
     return sorted(
         by_type.values(), key=lambda c: (order.index(c["type"]) if c["type"] in order else 99, c["type"])
     )

@@ -31,6 +31,13 @@ from quotas.reconcile.base import (
     title,
     write_audits,
 )
+from quotas.reconcile.queues import (
+    kueue_unavailable,
+    queue_apply,
+    queue_conditions,
+    queue_quota_removed,
+    queue_remove,
+)
 from quotas.reconcile.serving import serving_deployment_reconcile
 from quotas.states import RequestState
 
@@ -56,7 +63,7 @@ def _load_grant(grant_id: int) -> Grant | None:
 
 def _quota_observed(contract: manifests.GrantContract, quota: dict[str, Any]) -> bool:
     hard = ((quota.get("status") or {}).get("hard") or {}).get(quota_key(contract.resource))
-    return hard is not None and same(str(contract.gpus), hard)
+    return hard is not None and same(str(contract.quota_gpus), hard)
 
 
 def _policy_refusal(cluster: Cluster, contract: manifests.GrantContract) -> str | None:
@@ -121,7 +128,8 @@ def _quota_condition(contract: manifests.GrantContract, quota: dict[str, Any]) -
             "QuotaEnforced",
             "False",
             "QuotaNotObserved",
-            f"The quota controller has not reported {key}={contract.gpus} for {contract.namespace} yet.",
+            f"The quota controller has not reported {key}={contract.quota_gpus} for {contract.namespace} "
+            "yet.",
         )
     if contract.active:
         return Condition("QuotaEnforced", "True", "QuotaActive", f"{key}: {used} used of {hard}.")
@@ -189,6 +197,9 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
         *converge_cluster_wide(cluster, grant_shared_objects(cluster, contract), compare=compare),
         *converge(cluster, manifests.grant_objects(contract), compare=compare),
     ]
+    if contract.queue is not None:
+        # Last: with Kueue down its webhook refuses these, and the namespace and quota are in place.
+        results += queue_apply(cluster, contract, compare=compare)
     applied = {title(r.manifest): r for r in results}
     quota_applied = applied[title(manifests.resource_quota(contract))]
     quota, refusal, gap = _await_enforcement(cluster, contract, quota_applied.live)
@@ -217,6 +228,8 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
             )
         )
 
+    if contract.queue is not None and not contract.active:
+        audits += queue_quota_removed(contract, applied)
     scaled = 0
     if not contract.active:
         # Inline rather than queued: the grant only reports Ready=False/Revoked once they are at zero.
@@ -237,31 +250,47 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
         policy_condition,
         injection_condition,
     ]
+    queue_waiting = False
+    if contract.queue is not None:
+        queued, queue_waiting = queue_conditions(cluster, contract, applied)
+        conditions += queued
+    blocking = next((c for c in conditions if c.status != "True"), None)
     if not contract.active:
         ended = RequestState(grant.request.state).label.lower()
+        queue_note = (
+            ""
+            if contract.queue is None
+            else f" ClusterQueue {contract.queue.cluster_queue} has no GPU quota any more: its pending "
+            "Jobs stay pending."
+        )
         conditions.append(
             Condition(
                 "Ready",
                 "False",
                 RequestState(grant.request.state).label,
                 f"The grant is {ended}: GPU quota set to 0 and {scaled} serving deployment(s) scaled to "
-                f"zero; namespace {contract.namespace} is kept until a platform admin deletes it.",
+                f"zero; namespace {contract.namespace} is kept until a platform admin deletes it."
+                + queue_note,
             )
         )
-    elif all(c.status == "True" for c in (quota_condition, policy_condition, injection_condition)):
+    elif blocking is None:
+        queue = contract.queue
+        how = (
+            f"may use {contract.gpus} {contract.resource}"
+            if queue is None
+            else f"queues Jobs through LocalQueue {queue.local_queue} for {contract.gpus} {contract.resource}"
+            + (f" (borrowing up to {queue.borrow_gpus} more)" if queue.borrow_gpus else "")
+        )
         conditions.append(
             Condition(
                 "Ready",
                 "True",
                 "Provisioned",
-                f"Namespace {contract.namespace} may use {contract.gpus} {contract.resource} on pool "
+                f"Namespace {contract.namespace} {how} on pool "
                 f"{contract.pool} with priority class {contract.priority_class_name}.",
             )
         )
     else:
-        blocking = next(
-            c for c in (quota_condition, policy_condition, injection_condition) if c.status != "True"
-        )
         conditions.append(Condition("Ready", "False", blocking.reason, blocking.message))
     if policy_condition.status != "True" or injection_condition.reason == "NotInjectedYet":
         forget_cluster_wide(cluster)  # a policy or a binding may be gone: apply them next time
@@ -269,6 +298,7 @@ def _grant_apply(cluster: Cluster, grant: Grant, generation: int) -> Outcome:
         quota_condition.status != "True"
         or policy_condition.reason == "NotEnforcedYet"
         or injection_condition.reason == "NotInjectedYet"
+        or queue_waiting
     )
     return Outcome(conditions, audits, requeue_after=POLL_SECONDS if waiting else None)
 
@@ -280,6 +310,8 @@ def _grant_remove(cluster: Cluster, grant: Grant) -> Outcome:
     manifest = manifests.namespace(contract)
     if ops.delete(cluster, manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]):
         gone.append(title(manifest))
+    if contract.queue is not None:
+        gone += queue_remove(cluster, contract)
     ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True).update(
         deleted_at=timezone.now(), ready_replicas=0
     )
@@ -348,7 +380,14 @@ def grant_reconcile(*, grant_id: int) -> float | None:
             outcome = _grant_apply(cluster, grant, generation)
     except TemporaryKubeError as exc:
         forget_cluster_wide(cluster)
-        _record_grant(grant_id, generation=None, conditions=error_conditions(exc), audits=[], state_move=None)
+        explained = kueue_unavailable(cluster, exc) if grant.queued else None
+        _record_grant(
+            grant_id,
+            generation=None,
+            conditions=explained or error_conditions(exc),
+            audits=[],
+            state_move=None,
+        )
         raise
     except PermanentKubeError as exc:
         forget_cluster_wide(cluster)

@@ -19,7 +19,8 @@ PROVISIONABLE_STATES = frozenset({S.APPROVED, S.PROVISIONING, S.ACTIVE})
 
 
 def snapshot(req: CapacityRequest) -> dict[str, Any]:
-    return {"state": req.state, "gpus": req.gpus, "pool": req.pool_id}
+    borrow = {"borrow_gpus": req.borrow_gpus} if req.borrow_gpus else {}
+    return {"state": req.state, "gpus": req.gpus, "pool": req.pool_id, **borrow}
 
 
 def transition(

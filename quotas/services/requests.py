@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from pools.models import Accelerator, NodePool, PoolClass
+from pools.models import QUEUEING_CLASSES, Accelerator, AdmissionMode, NodePool, PoolClass
 from pools.selectors import pools_offering
 from pools.services import pool_preflight_refusal
 from portal.models import User
@@ -77,6 +77,7 @@ def _validate_request(
     model_parameters_billion: Decimal | None,
     model_precision: str,
     gpus_per_replica: int,
+    borrow_gpus: int = 0,
 ) -> NodePool:
     """Check a request against every rule that does not depend on other pending requests; pick its pool."""
     errors: dict[str, list[str]] = {}
@@ -86,6 +87,13 @@ def _validate_request(
         errors.setdefault("pool_class", []).append(f"Unknown pool class {pool_class!r}.")
     if gpus < 1:
         errors.setdefault("gpus", []).append("Ask for at least one GPU.")
+    if borrow_gpus < 0:
+        errors.setdefault("borrow_gpus", []).append("Borrow 0 GPUs or more.")
+    elif borrow_gpus and pool_class not in QUEUEING_CLASSES:
+        errors.setdefault("borrow_gpus", []).append(
+            "Only batch inference and experimentation grants queue and may borrow idle GPUs; "
+            "interactive and embedding grants get exactly their own."
+        )
     if gpus_per_replica < 1 or gpus_per_replica > max(gpus, 1):
         errors.setdefault("gpus_per_replica", []).append(
             f"GPUs per replica must be between 1 and the GPUs requested ({gpus})."
@@ -132,17 +140,34 @@ def _validate_request(
     figures_by_pool = pool_capacity_bulk(pairs=[(pool, team.pk) for pool in candidates])
     for pool in candidates:
         figures = figures_by_pool[(pool.pk, team.pk)]
-        refusal = rules.capacity_refusal(
-            figures, gpus=gpus, pool_name=str(pool), is_batch=pool_class == PoolClass.BATCH
-        )
+        is_batch = pool_class == PoolClass.BATCH
+        refusal = rules.capacity_refusal(figures, gpus=gpus, pool_name=str(pool), is_batch=is_batch)
+        field = "gpus"
+        if refusal is None:
+            refusal, field = _borrow_refusal(pool, figures, gpus=gpus, borrow=borrow_gpus, is_batch=is_batch)
         scored.append(
-            (refusal is not None, pool.pool_class != pool_class, -figures.free, pool.pk, pool, refusal)
+            (refusal is not None, pool.pool_class != pool_class, -figures.free, pool.pk, pool, refusal, field)
         )
     scored.sort(key=lambda row: row[:4])
     best = scored[0]
     if best[0]:
-        raise ValidationError({"gpus": [best[5]]})
+        raise ValidationError({best[6]: [best[5]]})
     return best[4]
+
+
+def _borrow_refusal(
+    pool: NodePool, figures: rules.PoolCapacity, *, gpus: int, borrow: int, is_batch: bool
+) -> tuple[str | None, str]:
+    refusal = rules.borrow_refusal(
+        figures,
+        gpus=gpus,
+        borrow=borrow,
+        pool_name=str(pool),
+        is_batch=is_batch,
+        queued=pool.admission_mode == AdmissionMode.KUEUE,
+        max_borrow=pool.max_borrow_gpus,
+    )
+    return refusal, "borrow_gpus"
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -164,6 +189,7 @@ def capacity_request_create(
     model_parameters_billion: Decimal | None = None,
     model_precision: str = "",
     gpus_per_replica: int = 1,
+    borrow_gpus: int = 0,
     submit: bool = True,
 ) -> CapacityRequest:
     if not purpose.strip():
@@ -179,6 +205,7 @@ def capacity_request_create(
         model_parameters_billion=model_parameters_billion,
         model_precision=model_precision,
         gpus_per_replica=gpus_per_replica,
+        borrow_gpus=borrow_gpus,
     )
     req = CapacityRequest.objects.create(
         team=team,
@@ -195,6 +222,7 @@ def capacity_request_create(
         model_parameters_billion=model_parameters_billion,
         model_precision=model_precision,
         gpus_per_replica=gpus_per_replica,
+        borrow_gpus=borrow_gpus,
     )
     audit_event_record(
         actor=requester, action="capacity_request.created", obj=req, team=team, after=snapshot(req)
@@ -244,8 +272,10 @@ def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
     """Lock the pool row so concurrent approvals of its last GPUs serialise, then apply the rules."""
     pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=req.pool_id)
     figures = pool_capacity(pool=pool, team_id=req.team_id)
-    return rules.capacity_refusal(
-        figures, gpus=req.gpus, pool_name=str(pool), is_batch=req.pool_class == PoolClass.BATCH
+    is_batch = req.pool_class == PoolClass.BATCH
+    return (
+        rules.capacity_refusal(figures, gpus=req.gpus, pool_name=str(pool), is_batch=is_batch)
+        or _borrow_refusal(pool, figures, gpus=req.gpus, borrow=req.borrow_gpus, is_batch=is_batch)[0]
     )
 
 
@@ -254,22 +284,22 @@ def _approve_final(req: CapacityRequest, *, actor: User | None, stage: str, comm
         request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.APPROVE, comment=comment
     )
     transition(req, to=S.APPROVED, actor=actor, action="capacity_request.approved", message=comment)
+    # The pool row is locked (_lock_and_check_capacity): its admission mode is the one just checked.
     grant = Grant.objects.create(
         request=req,
         team=req.team,
         pool=req.pool,
         gpus=req.gpus,
+        admission=req.pool.admission_mode,
+        borrow_gpus=req.borrow_gpus,
         namespace=Grant.namespace_for(req),
         starts_at=req.starts_at,
         ends_at=req.ends_at,
     )
-    audit_event_record(
-        actor=actor,
-        action="grant.created",
-        obj=grant,
-        team=req.team,
-        after={"gpus": grant.gpus, "pool": str(grant.pool), "namespace": grant.namespace},
-    )
+    after = {"gpus": grant.gpus, "pool": str(grant.pool), "namespace": grant.namespace}
+    if grant.queued:
+        after |= {"admission": grant.admission, "borrow_gpus": grant.borrow_gpus}
+    audit_event_record(actor=actor, action="grant.created", obj=grant, team=req.team, after=after)
     queue_grant_reconcile(grant)
     return grant
 

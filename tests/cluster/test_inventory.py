@@ -32,6 +32,7 @@ class FakeCluster:
         self.nodepools: list[dict[str, Any]] = []
         self.down = False
         self.calls = 0
+        self.kueue_versions: list[str] = []  # what /apis/kueue.x-k8s.io lists; none: no Kueue
 
     def server_version(self, cluster: Cluster) -> str:
         self.calls += 1
@@ -42,6 +43,10 @@ class FakeCluster:
     def create(self, cluster: Cluster, manifest: dict[str, Any]) -> dict[str, Any]:
         assert manifest["kind"] == "SelfSubjectAccessReview"
         return {**manifest, "status": {"allowed": True}}
+
+    def served_versions(self, cluster: Cluster, group: str) -> list[str]:
+        assert group == "kueue.x-k8s.io"
+        return list(self.kueue_versions)
 
     def list_objects(self, cluster: Cluster, api_version: str, kind: str, **kw: Any) -> list[dict[str, Any]]:
         if (api_version, kind) == ("karpenter.sh/v1", "NodePool"):
@@ -61,6 +66,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, topology: dict[str, Any]) -> FakeClust
     monkeypatch.setattr(services.ops, "server_version", fake.server_version)
     monkeypatch.setattr(services.ops, "list_objects", fake.list_objects)
     monkeypatch.setattr(services.ops, "create", fake.create)
+    monkeypatch.setattr(services.ops, "served_versions", fake.served_versions)
     return fake
 
 
@@ -304,3 +310,27 @@ def test_nodepools_the_credentials_may_not_list_are_a_note_not_a_failed_sync(
     summary = services.cluster_sync_inventory(cluster=cluster, actor=admin)
     assert summary.created
     assert any(note.startswith("Karpenter NodePools were not read") for note in summary.notes)
+
+
+def test_sync_records_whether_the_cluster_serves_kueue_and_audits_the_change(
+    db: None, fake: FakeCluster
+) -> None:
+    admin = factories.user("kueue-admin", is_platform_admin=True)
+    cluster = factories.cluster()
+    services.cluster_sync_inventory(cluster=cluster, actor=admin)
+    assert cluster.kueue_version == ""
+    fake.kueue_versions = ["v1beta1", "v1beta2"]
+    services.cluster_sync_inventory(cluster=cluster, actor=admin)
+    cluster.refresh_from_db()
+    assert cluster.kueue_version == "v1beta2"
+    change = AuditEvent.objects.filter(action="cluster.update").latest("pk")
+    assert (change.before["kueue_version"], change.after["kueue_version"]) == ("", "v1beta2")
+    batch = NodePool.objects.get(cluster=cluster, name="batch-h100")
+    assert batch.admission_mode == "kueue"
+    assert NodePool.objects.get(cluster=cluster, name="interactive-a100").admission_mode == "quota"
+    # Only the older API: the portal cannot use it, says so, and batch pools admit through quota.
+    fake.kueue_versions = ["v1beta1"]
+    summary = services.cluster_sync_inventory(cluster=cluster, actor=admin)
+    cluster.refresh_from_db()
+    assert cluster.kueue_version == ""
+    assert any("serves Kueue's API only as v1beta1" in note for note in summary.notes)
