@@ -7,10 +7,12 @@ from rest_framework import serializers
 
 from pools.models import PoolClass
 from pools.selectors import accelerator_list
+from portal.api.filters import MAX_ID
 from portal.api.serializers import BoundedDateTimeField
 from portal.models import AuditEvent
 from quotas import selectors
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Precision, ServingDeployment, Team
+from quotas.services.decisions import MAX_BATCH
 from quotas.states import RequestState
 
 # --- teams ---------------------------------------------------------------------------------------
@@ -182,6 +184,64 @@ class DecisionInputSerializer(serializers.Serializer):
 
 class RejectInputSerializer(serializers.Serializer):
     comment = serializers.CharField(max_length=5000, help_text="Why; the requester reads it")
+
+
+class BulkDecisionInputSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=ApprovalDecision.Decision.choices)
+    comment = serializers.CharField(
+        max_length=5000,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="One comment for every decision of the batch; required to reject",
+    )
+    requests = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        min_length=1,
+        max_length=MAX_BATCH,
+        help_text=f"Ids of the requests to decide, each once, at most {MAX_BATCH}",
+    )
+
+    def validate_requests(self, ids: list[int]) -> list[int]:
+        repeated = sorted({pk for pk in ids if ids.count(pk) > 1})
+        if repeated:
+            raise serializers.ValidationError(f"Each request once: {', '.join(map(str, repeated))} repeated.")
+        return ids
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["decision"] == ApprovalDecision.Decision.REJECT and not attrs.get("comment", "").strip():
+            raise serializers.ValidationError(
+                {"comment": ["Say why the requests are rejected; each requester reads it."]}
+            )
+        return attrs
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The API's one error format."""
+
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
+class DecisionItemSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.IntegerField(help_text="What a single decision of this request would have answered")
+    outcome = serializers.ChoiceField(
+        choices=["approved", "lead_approved", "rejected", "refused"],
+        help_text="approved: granted; lead_approved: now awaiting a platform admin; refused: see error",
+    )
+    state = serializers.ChoiceField(
+        choices=RequestState.choices, allow_null=True, help_text="After the batch"
+    )
+    grant = serializers.IntegerField(allow_null=True, help_text="The grant an approval created")
+    error = ErrorSerializer(allow_null=True)
+
+
+class BulkDecisionSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=ApprovalDecision.Decision.choices)
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Results per outcome")
+    results = DecisionItemSerializer(many=True, help_text="One per request, in the order given")
 
 
 # --- grants ---------------------------------------------------------------------------------------
