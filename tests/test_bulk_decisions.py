@@ -38,9 +38,11 @@ def test_bulk_final_approval_grants_each_and_audits_each(
     world: World, django_capture_on_commit_callbacks
 ) -> None:
     reqs = lead_approved(world, 3, gpus=2)
-    with mock.patch("quotas.tasks.grants_reconcile.delay") as queued:
-        with django_capture_on_commit_callbacks(execute=True):
-            results = decide(world.admin, reqs, comment="batch ok")
+    with (
+        mock.patch("quotas.tasks.grants_reconcile.delay") as queued,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        results = decide(world.admin, reqs, comment="batch ok")
     assert [r.outcome for r in results] == ["approved"] * 3
     assert all(r.ok for r in results)
     grants = Grant.objects.filter(request__in=reqs)
@@ -203,5 +205,4 @@ def test_query_count_grows_with_the_writes_not_the_reads(world: World) -> None:
     per_item = (len(many.captured_queries) - len(few.captured_queries)) / 4
     # The writes of one approval (decision, state, grant, audit rows, savepoint) and its two policy
     # reads; the pool, its lock, the pre-flight and the capacity figures are read once per pool.
-    print("per item", per_item)
     assert per_item <= 14, per_item

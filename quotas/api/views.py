@@ -78,6 +78,14 @@ class CapacityRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
         )
         return qs.select_related("grant").prefetch_related("decisions__approver")
 
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # The hottest read (automation polls it): one query for the page as plain values and one for
+        # its decisions, rendered by capacity_request_rows (equal to the serializer's output).
+        queryset = self.filter_queryset(self.get_queryset())
+        rows = self.paginate_queryset(selectors.capacity_request_values(queryset))
+        decisions = selectors.capacity_request_decision_values(request_ids=[r["pk"] for r in rows])
+        return self.get_paginated_response(s.capacity_request_rows(rows, decisions))
+
     def _answer(self, req: CapacityRequest, code: int = status.HTTP_200_OK) -> Response:
         fresh = selectors.capacity_request_list(user=self.request.user).select_related("grant")
         fresh = fresh.prefetch_related("decisions__approver").get(pk=req.pk)
