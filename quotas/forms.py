@@ -243,5 +243,12 @@ class DecisionForm(PortalForm):
     comment = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
 
+class BulkDecisionForm(PortalForm):
+    """One decision and one comment for every request selected in the inbox."""
+
+    decision = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
+    comment = forms.CharField(required=False, max_length=5000, widget=forms.Textarea(attrs={"rows": 2}))
+
+
 class ReasonForm(PortalForm):
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)

@@ -2,7 +2,7 @@
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,7 @@ from pools.models import (
 from pools.selectors import pools_offering
 from portal.models import AuditEvent, User
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, ServingDeployment, Team
-from quotas.rules import PoolCapacity
+from quotas.rules import PoolCapacity, capacity_refusal
 from quotas.states import HOLDING_STATES, RequestState
 
 
@@ -66,6 +66,51 @@ def capacity_request_list(*, user: User) -> QuerySet[CapacityRequest]:
     )
 
 
+# What the API's representation of a request reads (quotas.api.serializers.capacity_request_rows): the
+# request's own columns and the names of what it points to, as plain values.
+REQUEST_VALUES = (
+    "pk",
+    "team__slug",
+    "requester__username",
+    "pool_class",
+    "accelerator__slug",
+    "pool_id",
+    "pool__name",
+    "pool__cluster__name",
+    "gpus",
+    "cpu",
+    "memory_gib",
+    "starts_at",
+    "ends_at",
+    "purpose",
+    "model_parameters_billion",
+    "model_precision",
+    "gpus_per_replica",
+    "borrow_gpus",
+    "state",
+    "created_at",
+    "updated_at",
+    "grant__id",
+)
+DECISION_VALUES = ("request_id", "stage", "approver__username", "decision", "comment", "decided_at")
+
+
+def capacity_request_values(queryset: QuerySet[CapacityRequest]) -> QuerySet[CapacityRequest]:
+    """The rows of a (scoped, filtered, ordered) request queryset as dicts of REQUEST_VALUES: one
+    query for a page, joins included, and no model instances to build."""
+    return queryset.select_related(None).prefetch_related(None).values(*REQUEST_VALUES)
+
+
+def capacity_request_decision_values(*, request_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """The decisions of these requests (already read through a scoped selector), oldest first, per
+    request id: one query."""
+    by_request: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    rows = ApprovalDecision.objects.filter(request_id__in=list(request_ids)).order_by("decided_at", "id")
+    for row in rows.values(*DECISION_VALUES):
+        by_request[row["request_id"]].append(row)
+    return by_request
+
+
 def capacity_request_get(*, user: User, pk: int) -> CapacityRequest:
     """Raises CapacityRequest.DoesNotExist for rows the user may not see: outsiders get a 404, not a 403."""
     return capacity_request_list(user=user).get(pk=pk)
@@ -90,6 +135,68 @@ def approval_inbox(*, user: User) -> QuerySet[CapacityRequest]:
         .select_related("team", "requester", "accelerator", "pool", "pool__cluster")
         .order_by("created_at", "id")
     )
+
+
+@dataclass(frozen=True)
+class BatchPoolImpact:
+    """What approving the selected inbox requests of one pool would do to it, counted in request id
+    order as the bulk decision counts them (quotas.services.decisions)."""
+
+    pool: NodePool
+    figures: PoolCapacity
+    final: list[CapacityRequest]  # at the platform stage: approving them grants GPUs
+    lead_stage: list[CapacityRequest]  # approving them only moves them to the platform stage
+    refused: dict[int, str]  # request id -> why approving it now would be refused
+
+    @property
+    def fitting(self) -> int:
+        return len(self.final) - len(self.refused)
+
+    @property
+    def gpus(self) -> int:
+        return sum(r.gpus for r in self.final if r.pk not in self.refused)
+
+    @property
+    def granted_after(self) -> int:
+        return self.figures.granted + self.gpus
+
+
+def approval_batch_impact(*, user: User, request_ids: Iterable[int]) -> list[BatchPoolImpact]:
+    """The capacity impact, per pool, of approving these requests of `user`'s inbox (others are
+    ignored): two queries, whatever the number of requests."""
+    requests = list(approval_inbox(user=user).filter(pk__in=list(request_ids)).order_by("pk"))
+    by_pool: dict[int, list[CapacityRequest]] = defaultdict(list)
+    for req in requests:
+        if req.pool is not None:
+            by_pool[req.pool.pk].append(req)
+    pairs = [(reqs[0].pool, r.team_id) for reqs in by_pool.values() for r in reqs]
+    figures = pool_capacity_bulk(pairs=pairs)
+    impacts = []
+    for reqs in by_pool.values():
+        pool = reqs[0].pool
+        base = figures[(pool.pk, reqs[0].team_id)]
+        granted, batch, per_team = base.granted, base.batch_granted, defaultdict(int)
+        refused: dict[int, str] = {}
+        final = [r for r in reqs if r.state == RequestState.PENDING_PLATFORM]
+        for req in final:
+            team = figures[(pool.pk, req.team_id)]
+            now = replace(
+                team,
+                granted=granted,
+                batch_granted=batch,
+                team_granted=team.team_granted + per_team[req.team_id],
+            )
+            is_batch = req.pool_class == PoolClass.BATCH
+            refusal = capacity_refusal(now, gpus=req.gpus, pool_name=str(pool), is_batch=is_batch)
+            if refusal:
+                refused[req.pk] = refusal
+                continue
+            granted += req.gpus
+            batch += req.gpus if is_batch else 0
+            per_team[req.team_id] += req.gpus
+        lead_stage = [r for r in reqs if r.state == RequestState.PENDING_LEAD]
+        impacts.append(BatchPoolImpact(pool, base, final, lead_stage, refused))
+    return sorted(impacts, key=lambda i: str(i.pool))
 
 
 def grant_list(*, user: User) -> QuerySet[Grant]:

@@ -34,6 +34,18 @@ def grant_reconcile(self: Task, grant_id: int) -> None:
         self.apply_async((grant_id,), countdown=requeue_after)
 
 
+@shared_task
+def grants_reconcile(grant_ids: list[int]) -> dict[str, int]:
+    """Many grants of a bulk approval in one pass; what cannot go that way is queued one by one
+    (grant_reconcile, which retries cluster errors with backoff)."""
+    outcome = reconcile.grants_reconcile(grant_ids=grant_ids)
+    if outcome.again:
+        grants_reconcile.apply_async((outcome.again,), countdown=outcome.requeue_after)
+    for grant_id in outcome.single:
+        grant_reconcile.delay(grant_id)
+    return {"grants": len(grant_ids), "again": len(outcome.again), "single": len(outcome.single)}
+
+
 @shared_task(bind=True, **RETRY_POLICY)
 def serving_deployment_reconcile(self: Task, deployment_id: int) -> None:
     requeue_after = reconcile.serving_deployment_reconcile(deployment_id=deployment_id)

@@ -20,6 +20,8 @@ urlpatterns = [
     path("deployments/<int:pk>/scale/", views.deployment_scale, name="deployment_scale"),
     path("deployments/<int:pk>/delete/", views.deployment_delete, name="deployment_delete"),
     path("inbox/", views.inbox, name="inbox"),
+    path("inbox/preview/", views.inbox_preview, name="inbox_preview"),
+    path("inbox/decide/", views.inbox_decide, name="inbox_decide"),
     path("team/", views.team, name="team"),
     path("team/<slug:slug>/", views.team, name="team_detail"),
 ]

@@ -30,7 +30,13 @@ from portal.ui import (
 )
 from quotas import policies, rules, selectors, services
 from quotas.access import grant_access_get
-from quotas.forms import CapacityRequestForm, DecisionForm, ReasonForm, ServingDeploymentForm
+from quotas.forms import (
+    BulkDecisionForm,
+    CapacityRequestForm,
+    DecisionForm,
+    ReasonForm,
+    ServingDeploymentForm,
+)
 from quotas.models import CapacityRequest, Grant, ServingDeployment
 from quotas.queue_views import queue_context
 from quotas.rules import PoolCapacity
@@ -175,14 +181,83 @@ def team(request: HttpRequest, slug: str | None = None) -> HttpResponse:
     )
 
 
-@login_required
-def inbox(request: HttpRequest) -> HttpResponse:
-    requests = list(selectors.approval_inbox(user=request.user)[:PAGE_SIZE])
+def _inbox_context(user: User) -> dict:
+    requests = list(selectors.approval_inbox(user=user)[:PAGE_SIZE])
     items = [
         {"req": req, "impact": impact, "form": DecisionForm()}
         for req, impact in zip(requests, _impacts(requests), strict=True)
     ]
-    return render(request, "quotas/inbox.html", {"items": items, "limit": PAGE_SIZE})
+    return {"items": items, "limit": PAGE_SIZE, "bulk_form": BulkDecisionForm()}
+
+
+@login_required
+def inbox(request: HttpRequest) -> HttpResponse:
+    return render(request, "quotas/inbox.html", _inbox_context(request.user))
+
+
+def _selected(request: HttpRequest) -> list[int]:
+    values = request.POST.getlist("requests") if request.method == "POST" else request.GET.getlist("requests")
+    ids = []
+    for value in values:
+        if value.isdigit() and len(value) <= 18 and int(value) not in ids:
+            ids.append(int(value))
+    return ids
+
+
+def _refusal_text(result: services.DecisionResult) -> str:
+    if isinstance(result.error, PermissionDenied | ValidationError):
+        return error_text(result.error)
+    return "No such request in your inbox." if result.error is not None else ""
+
+
+@login_required
+def inbox_preview(request: HttpRequest) -> HttpResponse:
+    """The capacity impact, per pool, of approving the requests selected in the inbox."""
+    ids = _selected(request)[: services.decisions.MAX_BATCH]
+    impacts = selectors.approval_batch_impact(user=request.user, request_ids=ids)
+    return render(request, "quotas/partials/inbox_impact.html", {"impacts": impacts, "selected": len(ids)})
+
+
+@writer_required
+@require_POST
+def inbox_decide(request: HttpRequest) -> HttpResponse:
+    """Approve or reject every selected request with one comment (quotas.services.decisions)."""
+    user = request.user
+    form = BulkDecisionForm(request.POST)
+    ids = _selected(request)
+    results: list[services.DecisionResult] = []
+    error = ""
+    if not form.is_valid():
+        error = "Choose Approve or Reject."
+    elif not ids:
+        error = "Select the requests to decide first."
+    else:
+        visible = set(
+            selectors.capacity_request_list(user=user).filter(pk__in=ids).values_list("pk", flat=True)
+        )
+        try:
+            results = services.capacity_requests_decide(
+                actor=user,
+                request_ids=[pk for pk in ids if pk in visible],
+                decision=form.cleaned_data["decision"],
+                comment=form.cleaned_data["comment"],
+            )
+        except ValidationError as exc:
+            error = error_text(exc)
+    outcomes = [{"id": r.request_id, "outcome": r.outcome, "error": _refusal_text(r)} for r in results]
+    if not request.htmx:
+        if error:
+            return refusal(request, error, status=422)
+        done = sum(1 for r in results if r.ok)
+        messages.success(request, f"{done} of {len(results)} requests decided.")
+        for item in outcomes:
+            if item["error"]:
+                messages.error(request, f"#{item['id']}: {item['error']}")
+        return redirect("quotas:inbox")
+    context = {**_inbox_context(user), "outcomes": outcomes, "bulk_error": error}
+    if error:
+        context["bulk_form"] = form
+    return render(request, "quotas/partials/inbox_list.html", context, status=422 if error else 200)
 
 
 # --- the request wizard -------------------------------------------------------------------------

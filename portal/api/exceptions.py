@@ -111,6 +111,15 @@ def error_body(exc: exceptions.APIException) -> dict[str, Any]:
     return {"code": str(codes), "message": str(detail), "fields": {}}
 
 
+def error_parts(exc: Exception, context: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]] | None:
+    """The HTTP status and the one error body an exception would answer with, for a part of an answer
+    (an item of a batch); None for an exception that is a bug, not an answer."""
+    translated = _translate(exc, context or {})
+    if not isinstance(translated, exceptions.APIException):
+        return None
+    return translated.status_code, error_body(translated)
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     exc = _translate(exc, context)
     response = drf_exception_handler(exc, context)

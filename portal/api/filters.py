@@ -5,7 +5,10 @@ from typing import Any
 
 import django_filters
 from django import forms
+from django.db.models import QuerySet
 from django_filters.fields import IsoDateTimeField
+from django_filters.rest_framework import DjangoFilterBackend
+from rest_framework.request import Request
 
 from portal.api.serializers import storable_datetime
 
@@ -38,3 +41,21 @@ class DateTimeFilter(django_filters.IsoDateTimeFilter):
     """An ISO 8601 datetime within what the database can compare against (see storable_datetime)."""
 
     field_class = _StorableIsoDateTimeField
+
+
+# Query parameters no filterset reads: paging and ordering are other backends' and the paginator's.
+NOT_FILTERS = frozenset({"page", "page_size", "ordering"})
+
+
+class FilterBackend(DjangoFilterBackend):
+    """DjangoFilterBackend, except that a request naming no filter parameter is not filtered at all.
+
+    Building a filterset builds and validates its form, deep-copying every filter and form field, on
+    every request; with no filter parameter that work cannot change the rows (the portal's filtersets
+    have no required filter and no default value), so automation polling the first page skips it.
+    """
+
+    def filter_queryset(self, request: Request, queryset: QuerySet, view: Any) -> QuerySet:
+        if not set(request.query_params) - NOT_FILTERS:
+            return queryset
+        return super().filter_queryset(request, queryset, view)

@@ -20,12 +20,12 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import ValidationError
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.api.exceptions import UnprocessableEntity
+from portal.api.renderers import render_json
 from portal.models import IdempotencyRecord
 
 HEADER = "Idempotency-Key"
@@ -124,7 +124,7 @@ def idempotent(handler: Handler) -> Handler:
                 return response
             claimed.status_code = response.status_code
             # Stored as rendered, in the same key order, so the replay renders to the same bytes.
-            claimed.response_body = JSONRenderer().render(response.data).decode()
+            claimed.response_body = render_json(response.data).decode()
             claimed.save(update_fields=["status_code", "response_body"])
             return response
 

@@ -136,11 +136,13 @@ REST_FRAMEWORK = {
         "portal.api.permissions.AuditorsReadOnly",
     ],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's JSON, written by orjson (portal/api/renderers.py).
+    "DEFAULT_RENDERER_CLASSES": ["portal.api.renderers.FastJSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.PagePagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        # django-filter's backend, skipped for requests that filter nothing (portal/api/filters.py).
+        "portal.api.filters.FilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
     "EXCEPTION_HANDLER": "portal.api.exceptions.api_exception_handler",

@@ -1,18 +1,23 @@
+import functools
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
-from rest_framework import serializers
+from rest_framework import ISO_8601, serializers
+from rest_framework.settings import api_settings
 
 from pools.models import PoolClass
 from pools.selectors import accelerator_list
 from pools.utilisation.diagnosis import STATE_LABELS, TITLES
+from portal.api.filters import MAX_ID
 from portal.api.serializers import BoundedDateTimeField
 from portal.models import AuditEvent
 from quotas import selectors
 from quotas.manifests import LOCAL_QUEUE_NAME
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Precision, ServingDeployment, Team
+from quotas.services.decisions import MAX_BATCH
 from quotas.states import RequestState
 
 # --- teams ---------------------------------------------------------------------------------------
@@ -145,6 +150,91 @@ class SlugInputField(serializers.SlugRelatedField):
         return super().to_internal_value(data)
 
 
+def _utc_moment(field: serializers.DateTimeField) -> Any:
+    """DateTimeField.to_representation without its per-value machinery, for the common case of this
+    deployment (TIME_ZONE UTC, no custom format): the same text, Z for UTC. Anything else falls back."""
+    output_format = getattr(field, "format", api_settings.DATETIME_FORMAT)
+    if output_format is None or output_format.lower() != ISO_8601:
+        return field.to_representation
+    if str(timezone.get_current_timezone()) != "UTC":
+        return field.to_representation
+
+    def moment(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            return field.to_representation(value)
+        text = value.astimezone(UTC).isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return moment
+
+
+@functools.cache
+def _row_converters(tz_name: str, datetime_format: str) -> tuple[Any, Any, Any]:
+    """The field converters of a request's representation, built once per time zone and format (a
+    serializer's fields are deep-copied on every instantiation)."""
+    fields = CapacityRequestSerializer().fields
+    return (
+        _utc_moment(fields["created_at"]),
+        fields["cpu"].to_representation,
+        fields["model_parameters_billion"].to_representation,
+    )
+
+
+def capacity_request_rows(
+    rows: list[dict[str, Any]], decisions: dict[int, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The list endpoints' representation of requests read as values (quotas.selectors.REQUEST_VALUES):
+    the same JSON as CapacityRequestSerializer (tests/api/test_representation.py holds them equal), built
+    from plain values because model instances, prefetches and field-by-field rendering were most of the
+    cost of a 50-row page."""
+    moment, cpu, params = _row_converters(str(timezone.get_current_timezone()), api_settings.DATETIME_FORMAT)
+    out = []
+    for r in rows:
+        pk = r["pk"]
+        out.append(
+            {
+                "id": pk,
+                "team": r["team__slug"],
+                "requester": r["requester__username"],
+                "pool_class": r["pool_class"],
+                "accelerator": r["accelerator__slug"],
+                "pool": r["pool_id"],
+                "pool_name": f"{r['pool__cluster__name']}/{r['pool__name']}"
+                if r["pool_id"] is not None
+                else None,
+                "gpus": r["gpus"],
+                "cpu": None if r["cpu"] is None else cpu(r["cpu"]),
+                "memory_gib": r["memory_gib"],
+                "starts_at": moment(r["starts_at"]),
+                "ends_at": moment(r["ends_at"]),
+                "purpose": r["purpose"],
+                "model_parameters_billion": None
+                if r["model_parameters_billion"] is None
+                else params(r["model_parameters_billion"]),
+                "model_precision": r["model_precision"],
+                "gpus_per_replica": r["gpus_per_replica"],
+                "borrow_gpus": r["borrow_gpus"],
+                "state": r["state"],
+                "created_at": moment(r["created_at"]),
+                "updated_at": moment(r["updated_at"]),
+                "grant": r["grant__id"],
+                "decisions": [
+                    {
+                        "stage": d["stage"],
+                        "approver": d["approver__username"],
+                        "decision": d["decision"],
+                        "comment": d["comment"],
+                        "decided_at": moment(d["decided_at"]),
+                    }
+                    for d in decisions.get(pk, ())
+                ],
+            }
+        )
+    return out
+
+
 class CapacityRequestCreateSerializer(serializers.Serializer):
     team = SlugInputField(
         slug_field="slug", queryset=Team.objects.none(), help_text="Slug of one of your teams"
@@ -204,6 +294,64 @@ class DecisionInputSerializer(serializers.Serializer):
 
 class RejectInputSerializer(serializers.Serializer):
     comment = serializers.CharField(max_length=5000, help_text="Why; the requester reads it")
+
+
+class BulkDecisionInputSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=ApprovalDecision.Decision.choices)
+    comment = serializers.CharField(
+        max_length=5000,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="One comment for every decision of the batch; required to reject",
+    )
+    requests = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        min_length=1,
+        max_length=MAX_BATCH,
+        help_text=f"Ids of the requests to decide, each once, at most {MAX_BATCH}",
+    )
+
+    def validate_requests(self, ids: list[int]) -> list[int]:
+        repeated = sorted({pk for pk in ids if ids.count(pk) > 1})
+        if repeated:
+            raise serializers.ValidationError(f"Each request once: {', '.join(map(str, repeated))} repeated.")
+        return ids
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["decision"] == ApprovalDecision.Decision.REJECT and not attrs.get("comment", "").strip():
+            raise serializers.ValidationError(
+                {"comment": ["Say why the requests are rejected; each requester reads it."]}
+            )
+        return attrs
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The API's one error format."""
+
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
+class DecisionItemSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.IntegerField(help_text="What a single decision of this request would have answered")
+    outcome = serializers.ChoiceField(
+        choices=["approved", "lead_approved", "rejected", "refused"],
+        help_text="approved: granted; lead_approved: now awaiting a platform admin; refused: see error",
+    )
+    state = serializers.ChoiceField(
+        choices=RequestState.choices, allow_null=True, help_text="After the batch"
+    )
+    grant = serializers.IntegerField(allow_null=True, help_text="The grant an approval created")
+    error = ErrorSerializer(allow_null=True)
+
+
+class BulkDecisionSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=ApprovalDecision.Decision.choices)
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Results per outcome")
+    results = DecisionItemSerializer(many=True, help_text="One per request, in the order given")
 
 
 # --- grants ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from rest_framework.serializers import Serializer
 from pools.api.filtersets import NodePoolFilterSet
 from pools.models import NodePool
 from pools.selectors import node_pool_list
+from portal.api.exceptions import error_parts
 from portal.api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent
 from portal.api.permissions import SeesEverything
 from portal.models import AuditEvent
@@ -80,6 +81,14 @@ class CapacityRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
         )
         return qs.select_related("grant").prefetch_related("decisions__approver")
 
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # The hottest read (automation polls it): one query for the page as plain values and one for
+        # its decisions, rendered by capacity_request_rows (equal to the serializer's output).
+        queryset = self.filter_queryset(self.get_queryset())
+        rows = self.paginate_queryset(selectors.capacity_request_values(queryset))
+        decisions = selectors.capacity_request_decision_values(request_ids=[r["pk"] for r in rows])
+        return self.get_paginated_response(s.capacity_request_rows(rows, decisions))
+
     def _answer(self, req: CapacityRequest, code: int = status.HTTP_200_OK) -> Response:
         fresh = selectors.capacity_request_list(user=self.request.user).select_related("grant")
         fresh = fresh.prefetch_related("decisions__approver").get(pk=req.pk)
@@ -139,6 +148,59 @@ class CapacityRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
             capacity_request=self.get_object(), actor=request.user, comment=data["comment"]
         )
         return self._answer(req)
+
+    @extend_schema(
+        summary="Approve or reject many",
+        description="Decide up to 500 requests at once with one comment (required to reject), by the "
+        "rules of single decisions: the stage each request is in, never your own, two people for two "
+        "stages, and for final approvals the pre-flight (once per pool) and the capacity rules under each "
+        "pool's row lock. Answers 200 with one result per request, in the order given: its outcome, the "
+        "status a single decision would have answered, and on refusal the error in the API's format. A "
+        "request is decided whole or not at all. With an Idempotency-Key the whole batch commits with its "
+        "answer, and a retry gets the same results.",
+        request=s.BulkDecisionInputSerializer,
+        responses=s.BulkDecisionSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=False, methods=["post"])
+    @idempotent
+    def decide(self, request: Request) -> Response:
+        data = _validated(s.BulkDecisionInputSerializer, request)
+        ids: list[int] = data["requests"]
+        visible = selectors.capacity_request_list(user=request.user).filter(pk__in=ids)
+        seen = set(visible.values_list("pk", flat=True))
+        decided = (
+            services.capacity_requests_decide(
+                actor=request.user,
+                request_ids=[pk for pk in ids if pk in seen],
+                decision=data["decision"],
+                comment=data["comment"],
+            )
+            if seen
+            else []
+        )
+        by_id = {r.request_id: r for r in decided}
+        states = dict(visible.values_list("pk", "state"))
+        items = []
+        for pk in ids:
+            result = by_id.get(pk) or services.DecisionResult(pk, "refused", CapacityRequest.DoesNotExist())
+            status_code, error = 200, None
+            if result.error is not None:
+                status_code, error = error_parts(result.error, {"kwargs": {"pk": pk}}) or (500, None)
+            items.append(
+                {
+                    "id": pk,
+                    "status": status_code,
+                    "outcome": result.outcome,
+                    "state": states.get(pk),
+                    "grant": result.grant_id,
+                    "error": error,
+                }
+            )
+        counts = {outcome: 0 for outcome in ("approved", "lead_approved", "rejected", "refused")}
+        for item in items:
+            counts[item["outcome"]] += 1
+        return Response({"decision": data["decision"], "counts": counts, "results": items})
 
     @extend_schema(
         summary="Reject",

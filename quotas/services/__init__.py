@@ -6,6 +6,7 @@ or PermissionDenied (the actor may not do this: quotas.policies says who may); f
 turn both into messages. One module per entity; this package re-exports them all.
 """
 
+from quotas.services.decisions import DecisionResult, capacity_requests_decide
 from quotas.services.grants import (
     grant_expire,
     grant_namespace_delete,
@@ -33,12 +34,14 @@ from quotas.services.serving import (
 from quotas.services.teams import membership_remove, membership_set
 
 __all__ = [
+    "DecisionResult",
     "capacity_request_approve",
     "capacity_request_cancel",
     "capacity_request_create",
     "capacity_request_expire",
     "capacity_request_reject",
     "capacity_request_submit",
+    "capacity_requests_decide",
     "capacity_requests_expire_due",
     "grant_expire",
     "grant_namespace_delete",

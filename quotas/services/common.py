@@ -131,3 +131,19 @@ def locked_grant(grant: Grant, *, states: frozenset[str], needed: str, code: str
 def live_deployments(grant: Grant) -> QuerySet[ServingDeployment]:
     """The grant's serving deployments that still hold (or may hold) its GPUs."""
     return ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True)
+
+
+# A bulk decision's grants are reconciled in chunks of this many: one task applies a chunk's objects
+# in one pass and probes enforcement once (quotas.reconcile.bulk), and several worker processes share
+# a big batch.
+RECONCILE_CHUNK = 25
+
+
+def queue_grants_reconcile(grant_ids: Sequence[int]) -> None:
+    """Queue the reconcile of many grants once the transaction commits, `RECONCILE_CHUNK` per task."""
+    from quotas.tasks import grants_reconcile
+
+    ids = list(grant_ids)
+    chunks = [ids[i : i + RECONCILE_CHUNK] for i in range(0, len(ids), RECONCILE_CHUNK)]
+    if chunks:
+        transaction.on_commit(lambda: [grants_reconcile.delay(chunk) for chunk in chunks], robust=True)

@@ -272,6 +272,13 @@ def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
     """Lock the pool row so concurrent approvals of its last GPUs serialise, then apply the rules."""
     pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=req.pool_id)
     figures = pool_capacity(pool=pool, team_id=req.team_id)
+    return capacity_refusal(req, pool=pool, figures=figures)
+
+
+def capacity_refusal(req: CapacityRequest, *, pool: NodePool, figures: rules.PoolCapacity) -> str | None:
+    """Why granting `req` on `pool` with these figures would break a capacity rule (borrowing from
+    the cohort included); None when it fits. The one check of single and bulk final approvals
+    (quotas.services.decisions)."""
     is_batch = req.pool_class == PoolClass.BATCH
     return (
         rules.capacity_refusal(figures, gpus=req.gpus, pool_name=str(pool), is_batch=is_batch)
@@ -279,7 +286,9 @@ def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
     )
 
 
-def _approve_final(req: CapacityRequest, *, actor: User | None, stage: str, comment: str) -> Grant:
+def _approve_final(
+    req: CapacityRequest, *, actor: User | None, stage: str, comment: str, queue: bool = True
+) -> Grant:
     ApprovalDecision.objects.create(
         request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.APPROVE, comment=comment
     )
@@ -300,7 +309,8 @@ def _approve_final(req: CapacityRequest, *, actor: User | None, stage: str, comm
     if grant.queued:
         after |= {"admission": grant.admission, "borrow_gpus": grant.borrow_gpus}
     audit_event_record(actor=actor, action="grant.created", obj=grant, team=req.team, after=after)
-    queue_grant_reconcile(grant)
+    if queue:  # a bulk decision queues its grants together (quotas.services.decisions)
+        queue_grant_reconcile(grant)
     return grant
 
 

@@ -17,3 +17,20 @@ document.addEventListener("DOMContentLoaded", () => {
     if (event.detail.successful) alertBox.hidden = true;
   });
 });
+
+// The inbox's bulk decision: picking requests (or all of them) asks the server for the capacity impact
+// per pool of approving the selection (the region listens for "bulk-changed"; htmx runs without eval,
+// so the wiring lives here rather than in an event filter).
+document.addEventListener("change", (event) => {
+  const target = event.target;
+  if (!(target instanceof HTMLInputElement)) return;
+  if (target.classList.contains("bulk-all")) {
+    document.querySelectorAll("input.bulk-select").forEach((box) => {
+      box.checked = target.checked;
+    });
+  } else if (!target.classList.contains("bulk-select")) {
+    return;
+  }
+  const region = document.getElementById("bulk-impact");
+  if (region && window.htmx) window.htmx.trigger(region, "bulk-changed");
+});

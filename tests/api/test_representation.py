@@ -7,8 +7,8 @@ import pytest
 from django.utils import timezone
 from rest_framework import serializers
 
-from quotas import services
-from quotas.api.serializers import CapacityRequestSerializer
+from quotas import selectors, services
+from quotas.api.serializers import CapacityRequestSerializer, capacity_request_rows
 from quotas.models import CapacityRequest
 from tests import factories
 
@@ -63,3 +63,26 @@ def test_every_kind_of_request_renders_the_same_both_ways(world, settings) -> No
     assert [d["approver"] for d in fast[approved.pk]["decisions"]] == ["bob", "admin"]
     assert fast[rejected.pk]["decisions"][0]["comment"] == "too <big>"
     assert [d["approver"] for d in fast[auto.pk]["decisions"]] == [None]
+
+    # The list endpoints' values path renders the very same JSON.
+    values = list(selectors.capacity_request_values(CapacityRequest.objects.filter(pk__in=ids)))
+    decisions = selectors.capacity_request_decision_values(request_ids=ids)
+    from_values = {r["id"]: r for r in capacity_request_rows(values, decisions)}
+    assert from_values == {row.pk: generic(row) for row in rows}
+
+
+def test_the_list_endpoint_serves_the_values_path(world, settings) -> None:
+    from rest_framework.test import APIClient
+
+    from portal.api.services import api_token_issue
+
+    settings.PORTAL_PREFLIGHT = False
+    approved = factories.request(world.alice, world.vision, world.a100, gpus=1)
+    services.capacity_request_approve(capacity_request=approved, actor=world.bob, comment="fine")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_token_issue(user=world.bob, name='t').raw}")
+    listed = client.get("/api/v1/capacity-requests/").json()["results"]
+    one = client.get(f"/api/v1/capacity-requests/{approved.pk}/").json()
+    assert listed == [one]
+    row = CapacityRequest.objects.select_related("team", "requester", "accelerator", "pool__cluster").get()
+    assert one == generic(row)

@@ -1,0 +1,331 @@
+"""Reconcile of many new grants of one cluster in one pass: what a bulk approval queues.
+
+Level-based like `grant_reconcile`, and each grant ends with its own conditions, observed generation,
+state move and audit rows, exactly as a single reconcile records them. What the pass shares:
+
+- the cluster-wide objects (PriorityClasses, the contract and injection policies and their
+  bindings) once;
+- the grants' objects applied concurrently (namespaces first, then what lives in them), as
+  `kubectl apply -f DIR` would apply a directory of them, but several requests in flight;
+- the quota controller's report read for every grant in the same polling rounds;
+- enforcement proven by one dry-run probe per pass instead of one per grant. The policy reads each
+  namespace's contract from its own annotations through one binding that selects grant namespaces
+  by label (pools.manifests.grant_contract_binding), and the apiserver learns namespaces in
+  resourceVersion order: a probe refused in the namespace written last proves the binding is loaded
+  and every earlier namespace of the pass is known to admission. Each grant's PolicyBound condition
+  also checks its own live namespace: the binding's labels and the contract annotations in place.
+  The injection policy is proven the same way, by one dry-run GPU pod in that namespace.
+
+Only the common case goes this way: the first apply of an active grant that admits through
+ResourceQuota (a queued grant's Kueue objects are the single reconcile's). A grant being resynced
+(compare for drift), ended, or with its namespace deleted, and any grant the cluster answered with an
+error, goes through `grant_reconcile` on its own, with its retries.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from django.db import transaction
+
+from pools.kube import ops
+from pools.kube.errors import KubeError
+from pools.kube.objects import Label, managed_labels
+from pools.manifests import POLICY_NAME, Manifest
+from pools.models import Cluster
+from quotas import manifests, services
+from quotas.models import Grant
+from quotas.reconcile.base import (
+    POLL_SECONDS,
+    Applied,
+    Condition,
+    converge_cluster_wide,
+    forget_cluster_wide,
+    grant_contract,
+    grant_shared_objects,
+    title,
+)
+from quotas.reconcile.grants import (
+    ENFORCEMENT_FIRST_POLL_SECONDS,
+    ENFORCEMENT_WAIT_SECONDS,
+    _injection_condition,
+    _injection_gap,
+    _policy_condition,
+    _policy_refusal,
+    _quota_condition,
+    _quota_observed,
+    _record_grant,
+)
+
+log = logging.getLogger(__name__)
+
+# Requests in flight against one apiserver: enough to overlap its work with ours on two cores,
+# few enough not to crowd out everyone else (the client's connection pool holds 10 per cluster).
+CONCURRENCY = 8
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Item:
+    grant: Grant
+    generation: int
+    contract: manifests.GrantContract
+    applied: list[Applied] = field(default_factory=list)
+    quota: dict[str, Any] = field(default_factory=dict)
+    error: KubeError | None = None
+
+
+def _each(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: list[T]) -> list[R | KubeError]:
+    """fn over items concurrently; a cluster error is returned in the item's place, not raised."""
+
+    def guarded(item: T) -> R | KubeError:
+        try:
+            return fn(item)
+        except KubeError as exc:
+            return exc
+
+    return list(pool.map(guarded, items))
+
+
+def _bulk_eligible(grant: Grant) -> bool:
+    contract = grant_contract(grant)
+    # A queued grant's Kueue objects and its Queued condition are the single reconcile's.
+    return (
+        grant.pool.cluster.enabled
+        and grant.namespace_deleted_at is None
+        and grant.observed_generation < grant.generation
+        and contract.active
+        and contract.queue is None
+    )
+
+
+def _bound(contract: manifests.GrantContract, namespace: dict[str, Any]) -> bool:
+    """The live namespace is selected by the one binding and carries this grant's contract."""
+    meta = namespace.get("metadata") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    wanted = manifests.namespace(contract)["metadata"]
+    selected = all(labels.get(k) == v for k, v in managed_labels().items()) and Label.GRANT in labels
+    return selected and all(annotations.get(k) == v for k, v in wanted["annotations"].items())
+
+
+def _apply_pass(cluster: Cluster, items: list[_Item], pool: ThreadPoolExecutor) -> None:
+    shared: dict[str, Manifest] = {}
+    for item in items:
+        for manifest in grant_shared_objects(cluster, item.contract):
+            shared.setdefault(title(manifest), manifest)
+    by_title = {
+        title(a.manifest): a for a in converge_cluster_wide(cluster, list(shared.values()), compare=False)
+    }
+    for item in items:
+        item.applied = [by_title[title(m)] for m in grant_shared_objects(cluster, item.contract)]
+    # Namespaces first: what lives in them can only be applied once they exist.
+    objects = [(item, manifests.grant_objects(item.contract)) for item in items]
+    for step in (lambda objs: objs[:1], lambda objs: objs[1:]):
+        work = [(item, m) for item, objs in objects if item.error is None for m in step(objs)]
+        for (item, manifest), live in zip(
+            work, _each(pool, lambda pair: ops.apply(cluster, pair[1]), work), strict=True
+        ):
+            if isinstance(live, KubeError):
+                item.error = item.error or live
+            else:
+                item.applied.append(Applied(manifest, None, live, []))
+
+
+def _live(item: _Item, kind: str) -> dict[str, Any]:
+    return next(a.live for a in item.applied if a.manifest["kind"] == kind)
+
+
+def _namespace_version(item: _Item) -> int:
+    """The resourceVersion of the grant's namespace as the apply left it: the latest one written."""
+    return int((_live(item, "Namespace").get("metadata") or {}).get("resourceVersion") or 0)
+
+
+def _await_enforcement(
+    cluster: Cluster, items: list[_Item], pool: ThreadPoolExecutor
+) -> tuple[str | None, str | None]:
+    """Poll (boundedly) until every grant's quota is reported, and probe the contract policy and
+    the injection policy once, in the newest namespace (one binding each selects them all); returns
+    the policy's refusal of the probe (None while the apiserver still admits it) and what the
+    injection still misses (None once it completes pods)."""
+
+    ok = [item for item in items if item.error is None]
+    if not ok:
+        return None, "not checked"
+    gap: str | None = "not checked yet"
+    for item in ok:
+        item.quota = _live(item, "ResourceQuota")
+
+    probe = max(ok, key=_namespace_version)
+    deadline = time.monotonic() + ENFORCEMENT_WAIT_SECONDS
+    refusal = None
+    pause = ENFORCEMENT_FIRST_POLL_SECONDS
+    while True:
+        waiting = [item for item in ok if not _quota_observed(item.contract, item.quota)]
+
+        def read(item: _Item) -> dict[str, Any] | None:
+            return ops.get(cluster, "v1", "ResourceQuota", manifests.QUOTA_NAME, item.contract.namespace)
+
+        for item, quota in zip(waiting, _each(pool, read, waiting), strict=True):
+            if isinstance(quota, dict):
+                item.quota = quota
+        try:
+            if refusal is None:
+                refusal = _policy_refusal(cluster, probe.contract)
+            if gap is not None:
+                gap = _injection_gap(cluster, probe.contract)
+        except KubeError as exc:
+            probe.error = exc
+            return None, gap
+        done = all(_quota_observed(item.contract, item.quota) for item in ok)
+        if (done and refusal is not None and gap is None) or time.monotonic() >= deadline:
+            return refusal, gap
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+def _conditions(
+    item: _Item, refusal: str | None, gap: str | None, probe_namespace: str
+) -> tuple[list[Condition], bool]:
+    """The grant's conditions, as `_grant_apply` words them; and whether it must be polled again."""
+    contract = item.contract
+    quota_condition = _quota_condition(contract, item.quota)
+    policy_condition = _policy_condition(contract, _live(item, "ValidatingAdmissionPolicy"), refusal)
+    bound = _bound(contract, _live(item, "Namespace"))
+    # The injection binding selects namespaces as the contract binding does: bound for one, for both.
+    injection_condition = _injection_condition(
+        contract, gap if bound else "the namespace lacks the labels or contract annotations the binding reads"
+    )
+    if policy_condition.status == "True":
+        if bound:
+            policy_condition = Condition(
+                "PolicyBound",
+                "True",
+                "Enforced",
+                f"Policy {POLICY_NAME} applies to namespace {contract.namespace} through its binding (the "
+                "namespace carries the binding's labels and the contract annotations); a dry-run pod that "
+                f"breaks the contract was refused in {probe_namespace}, applied last in the same pass.",
+            )
+        else:
+            policy_condition = Condition(
+                "PolicyBound",
+                "False",
+                "NotBound",
+                f"Namespace {contract.namespace} lacks the labels or contract annotations the binding reads.",
+            )
+    conditions = [
+        Condition(
+            "Applied",
+            "True",
+            "Applied",
+            f"{len(item.applied)} objects in place at generation {item.generation}.",
+        ),
+        quota_condition,
+        policy_condition,
+        injection_condition,
+    ]
+    blocking = next((c for c in conditions if c.status != "True"), None)
+    if blocking is None:
+        conditions.append(
+            Condition(
+                "Ready",
+                "True",
+                "Provisioned",
+                f"Namespace {contract.namespace} may use {contract.gpus} {contract.resource} on pool "
+                f"{contract.pool} with priority class {contract.priority_class_name}.",
+            )
+        )
+    else:
+        conditions.append(Condition("Ready", "False", blocking.reason, blocking.message))
+    waiting = (
+        quota_condition.status != "True"
+        or policy_condition.reason == "NotEnforcedYet"
+        or injection_condition.reason == "NotInjectedYet"
+    )
+    return conditions, waiting
+
+
+@dataclass
+class BulkOutcome:
+    """What the task does next: grants to reconcile again together after `requeue_after` seconds,
+    and grants to hand to `grant_reconcile` one by one (errors, resyncs, ended grants)."""
+
+    again: list[int] = field(default_factory=list)
+    requeue_after: float | None = None
+    single: list[int] = field(default_factory=list)
+
+
+def grants_reconcile(*, grant_ids: list[int]) -> BulkOutcome:
+    """Make the clusters of these grants match the database, new active grants of a cluster in one
+    pass (see the module docstring); the rest are returned for one-by-one reconciles."""
+    outcome = BulkOutcome()
+    grants = list(
+        Grant.objects.select_related("request", "team", "pool__cluster", "pool__accelerator")
+        .filter(pk__in=grant_ids)
+        .order_by("pk")
+    )
+    by_cluster: dict[int, list[Grant]] = {}
+    for grant in grants:
+        if _bulk_eligible(grant):
+            by_cluster.setdefault(grant.pool.cluster_id, []).append(grant)
+        else:
+            outcome.single.append(grant.pk)
+    for batch in by_cluster.values():
+        again = _reconcile_cluster(batch[0].pool.cluster, batch, outcome)
+        if again:
+            outcome.again += again
+            outcome.requeue_after = POLL_SECONDS
+    return outcome
+
+
+def _reconcile_cluster(cluster: Cluster, grants: list[Grant], outcome: BulkOutcome) -> list[int]:
+    with transaction.atomic():
+        for grant in grants:
+            services.grant_provisioning_start(grant=grant)
+    items = []
+    for grant in grants:
+        grant.request.refresh_from_db(fields=["state"])
+        items.append(_Item(grant, grant.generation, grant_contract(grant)))
+    with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix=f"apply-{cluster.name}") as pool:
+        try:
+            _apply_pass(cluster, items, pool)
+        except KubeError as exc:  # the cluster-wide objects: every grant goes one by one, with retries
+            forget_cluster_wide(cluster)
+            log.info("bulk reconcile on %s: %s; reconciling one by one", cluster.name, exc.message)
+            outcome.single += [item.grant.pk for item in items]
+            return []
+        refusal, gap = _await_enforcement(cluster, items, pool)
+    probe = max((i for i in items if i.error is None), key=_namespace_version, default=None)
+    again: list[int] = []
+    with transaction.atomic():
+        for item in items:
+            if item.error is not None:
+                # The single reconcile records the cluster's answer and retries with backoff.
+                outcome.single.append(item.grant.pk)
+                continue
+            conditions, waiting = _conditions(item, refusal, gap, probe.contract.namespace if probe else "")
+            ready = next(c for c in conditions if c.type == "Ready")
+
+            def succeed(g: Grant, ready: Condition = ready) -> bool:
+                return ready.status == "True" and services.grant_provisioning_succeed(
+                    grant=g, message=ready.message
+                )
+
+            recorded = _record_grant(
+                item.grant.pk,
+                generation=item.generation,
+                conditions=conditions,
+                audits=[],
+                state_move=succeed,
+            )
+            if recorded is not None and recorded.generation != item.generation:
+                outcome.single.append(item.grant.pk)  # changed while we applied
+            elif waiting:
+                again.append(item.grant.pk)
+    if refusal is None or gap is not None:
+        forget_cluster_wide(cluster)  # a policy or a binding may be gone: apply them next time
+    return again

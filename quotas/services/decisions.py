@@ -1,0 +1,244 @@
+"""Bulk decisions: approve or reject many capacity requests at once, with the rules of single ones.
+
+The same checks as `capacity_request_approve` / `capacity_request_reject` (quotas.policies says who
+may decide each request at its stage: never one's own, the two-person rule; the window; for final
+approvals the cluster pre-flight and the capacity rules: headroom, the batch cap, the per-team
+maximum), and the same audit rows, one decision at a time. What is shared is done once:
+
+- the pre-flight (`pools.services.pool_preflight_refusal`) runs once per pool per batch, before any
+  lock, as for a single approval;
+- each pool's decisions run in one transaction that holds the pool's row lock, so its capacity is
+  read once and then counted up in memory as requests are granted, instead of re-read per request;
+- the grants of a pool are queued for the reconciler together (`grants_reconcile`, in chunks).
+
+Partial success is the normal case: every request gets its own result. A request is decided in a
+savepoint of its own, so one that fails is rolled back whole and never half-applied, while the
+others of its pool stand. Locks are taken in a fixed order (pools by id, then requests by id), so
+two bulk decisions never deadlock each other.
+"""
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+
+from pools.models import NodePool, PoolClass
+from pools.services import pool_preflight_refusal
+from portal.models import User
+from quotas import policies, rules
+from quotas.models import ApprovalDecision, CapacityRequest
+from quotas.selectors import pool_capacity_bulk
+from quotas.services.common import queue_grants_reconcile, transition
+from quotas.services.requests import _approve_final, _check_window, capacity_refusal
+from quotas.states import RequestState
+
+S = RequestState
+APPROVE, REJECT = ApprovalDecision.Decision.APPROVE, ApprovalDecision.Decision.REJECT
+# One call decides at most this many requests: a page of the inbox is 50; automation may send more,
+# but one batch holds its pools' row locks while it runs.
+MAX_BATCH = 500
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    """What happened to one request of a batch: `outcome` is approved (granted), lead_approved (now
+    awaiting a platform admin), rejected, or refused with `error` (PermissionDenied or
+    ValidationError, as the single decision would have raised it)."""
+
+    request_id: int
+    outcome: str
+    error: Exception | None = None
+    grant_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _validate(*, decision: str, comment: str, request_ids: Sequence[int]) -> list[int]:
+    errors: dict[str, list[str]] = {}
+    if decision not in (APPROVE, REJECT):
+        errors["decision"] = [f"Choose {APPROVE} or {REJECT}, not {decision!r}."]
+    if decision == REJECT and not comment.strip():
+        errors["comment"] = ["Say why the requests are rejected; each requester reads it."]
+    ids = list(request_ids)
+    if not ids:
+        errors["requests"] = ["Name at least one request."]
+    elif len(ids) > MAX_BATCH:
+        errors["requests"] = [f"At most {MAX_BATCH} requests per batch; {len(ids)} were named."]
+    elif len(set(ids)) != len(ids):
+        repeated = sorted({pk for pk in ids if ids.count(pk) > 1})
+        errors["requests"] = [f"Each request once: {', '.join(f'#{pk}' for pk in repeated)} repeated."]
+    if errors:
+        raise ValidationError(errors)
+    return ids
+
+
+def _preflight(pool_id: int) -> str | None:
+    """The pool's pre-flight refusal (settings.PORTAL_PREFLIGHT), as a single final approval runs it."""
+    if not settings.PORTAL_PREFLIGHT:
+        return None
+    pool = NodePool.objects.select_related("cluster", "accelerator").get(pk=pool_id)
+    return pool_preflight_refusal(pool=pool)
+
+
+class _PoolLedger:
+    """A pool's capacity figures under its row lock, counted up as the batch grants its requests."""
+
+    def __init__(self, pool: NodePool, team_ids: set[int]) -> None:
+        self.pool = pool
+        figures = pool_capacity_bulk(pairs=[(pool, team_id) for team_id in sorted(team_ids)])
+        any_team = next(iter(figures.values()))
+        self.granted = any_team.granted
+        self.batch_granted = any_team.batch_granted
+        self.team_granted = {team_id: figures[(pool.pk, team_id)].team_granted for team_id in team_ids}
+        self.base = any_team
+
+    def figures(self, team_id: int) -> rules.PoolCapacity:
+        return dataclasses.replace(
+            self.base,
+            granted=self.granted,
+            batch_granted=self.batch_granted,
+            team_granted=self.team_granted[team_id],
+        )
+
+    def take(self, req: CapacityRequest) -> None:
+        self.granted += req.gpus
+        if req.pool_class == PoolClass.BATCH:
+            self.batch_granted += req.gpus
+        self.team_granted[req.team_id] += req.gpus
+
+
+def _decide_one(
+    req: CapacityRequest,
+    *,
+    actor: User,
+    decision: str,
+    comment: str,
+    preflight: dict[int | None, str | None],
+    ledger: _PoolLedger | None,
+) -> DecisionResult:
+    """One request, row-locked by the caller: the body of capacity_request_approve / _reject."""
+    stage = policies.decision_stage(user=actor, capacity_request=req)
+    if decision == REJECT:
+        ApprovalDecision.objects.create(
+            request=req, stage=stage, approver=actor, decision=REJECT, comment=comment
+        )
+        transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
+        return DecisionResult(req.pk, "rejected")
+    _check_window(req)
+    if stage == ApprovalDecision.Stage.LEAD:
+        ApprovalDecision.objects.create(
+            request=req, stage=stage, approver=actor, decision=APPROVE, comment=comment
+        )
+        transition(
+            req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
+        )
+        return DecisionResult(req.pk, "lead_approved")
+    if req.pool_id not in preflight:
+        # Moved to the platform stage after the batch looked (another lead approved it meanwhile):
+        # its pool's pre-flight had not been needed yet. Still once per pool.
+        preflight[req.pool_id] = _preflight(req.pool_id)
+    if preflight[req.pool_id]:
+        raise ValidationError(preflight[req.pool_id], code="preflight")
+    assert ledger is not None  # a pool of final approvals is locked before its requests
+    refusal = capacity_refusal(req, pool=ledger.pool, figures=ledger.figures(req.team_id))
+    if refusal:
+        raise ValidationError(refusal, code="capacity")
+    grant = _approve_final(req, actor=actor, stage=stage, comment=comment, queue=False)
+    ledger.take(req)
+    return DecisionResult(req.pk, "approved", grant_id=grant.pk)
+
+
+def _decide_pool(
+    pool_id: int | None,
+    ids: list[int],
+    *,
+    actor: User,
+    decision: str,
+    comment: str,
+    preflight: dict[int | None, str | None],
+) -> list[DecisionResult]:
+    """Every request of one pool in one transaction, the pool row locked for final approvals."""
+    results: list[DecisionResult] = []
+    granted: list[int] = []
+    with transaction.atomic():
+        requests = list(
+            CapacityRequest.objects.select_for_update(of=("self",))
+            .select_related("team", "pool__cluster", "pool__accelerator", "accelerator")
+            .filter(pk__in=ids)
+            .order_by("pk")
+        )
+        ledger = None
+        finals = decision == APPROVE and any(r.state == S.PENDING_PLATFORM for r in requests)
+        if finals and pool_id is not None:
+            pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=pool_id)
+            ledger = _PoolLedger(pool, {r.team_id for r in requests})
+        for req in requests:
+            try:
+                with transaction.atomic():  # a savepoint: the request is decided whole or not at all
+                    result = _decide_one(
+                        req,
+                        actor=actor,
+                        decision=decision,
+                        comment=comment,
+                        preflight=preflight,
+                        ledger=ledger,
+                    )
+            except (PermissionDenied, ValidationError) as exc:
+                result = DecisionResult(req.pk, "refused", error=exc)
+            if result.grant_id is not None:
+                granted.append(result.grant_id)
+            results.append(result)
+        found = {r.pk for r in requests}
+        results += [
+            DecisionResult(pk, "refused", error=CapacityRequest.DoesNotExist(f"No request #{pk}."))
+            for pk in ids
+            if pk not in found
+        ]
+        queue_grants_reconcile(granted)
+    return results
+
+
+def capacity_requests_decide(
+    *, actor: User, request_ids: Sequence[int], decision: str, comment: str = ""
+) -> list[DecisionResult]:
+    """Approve or reject each of `request_ids` (read by the caller through a scoped selector) with one
+    comment; one result per request, in the order given. Raises ValidationError only for a batch that
+    is malformed as a whole (unknown decision, no comment on a rejection, empty, too big, repeats)."""
+    ids = _validate(decision=decision, comment=comment, request_ids=request_ids)
+    by_pool: dict[int | None, list[int]] = defaultdict(list)
+    needs_preflight: set[int] = set()
+    for pk, pool_id, state in CapacityRequest.objects.filter(pk__in=ids).values_list(
+        "pk", "pool_id", "state"
+    ):
+        by_pool[pool_id].append(pk)
+        if decision == APPROVE and state == S.PENDING_PLATFORM and pool_id is not None:
+            needs_preflight.add(pool_id)
+    # Before any lock, as for a single approval: the pre-flight may read the cluster.
+    preflight: dict[int | None, str | None] = {
+        pool_id: _preflight(pool_id) for pool_id in sorted(needs_preflight)
+    }
+    results: dict[int, DecisionResult] = {}
+    known = {pk for pks in by_pool.values() for pk in pks}
+    for pk in ids:
+        if pk not in known:
+            results[pk] = DecisionResult(
+                pk, "refused", error=CapacityRequest.DoesNotExist(f"No request #{pk}.")
+            )
+    # Pools in id order (requests without a pool last): the lock order every bulk decision shares.
+    for pool_id in sorted(by_pool, key=lambda p: (p is None, p or 0)):
+        for result in _decide_pool(
+            pool_id,
+            sorted(by_pool[pool_id]),
+            actor=actor,
+            decision=decision,
+            comment=comment,
+            preflight=preflight,
+        ):
+            results[result.request_id] = result
+    return [results[pk] for pk in ids]
