@@ -12,7 +12,7 @@ from pools.models import PoolClass
 from pools.selectors import accelerator_list
 from pools.utilisation.diagnosis import STATE_LABELS, TITLES
 from portal.api.filters import MAX_ID
-from portal.api.serializers import BoundedDateTimeField
+from portal.api.serializers import BoundedDateTimeField, ErrorSerializer
 from portal.models import AuditEvent
 from quotas import selectors
 from quotas.manifests import LOCAL_QUEUE_NAME
@@ -324,14 +324,6 @@ class BulkDecisionInputSerializer(serializers.Serializer):
                 {"comment": ["Say why the requests are rejected; each requester reads it."]}
             )
         return attrs
-
-
-class ErrorSerializer(serializers.Serializer):
-    """The API's one error format."""
-
-    code = serializers.CharField()
-    message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
 
 
 class DecisionItemSerializer(serializers.Serializer):
