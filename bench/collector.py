@@ -13,7 +13,10 @@ over-requested, which kwok does not refuse and the figures count as they are. Fi
   such a step (the load generator, sharing the cores, may fall short of its target rate);
 - resident memory: VmRSS and VmHWM of the collector process;
 - fragment latency: sequential HTMX GETs of the dashboard's live overview (pool cards) and of the bench
-  pool's live region (node grid) from gunicorn on the bench database, while pods churn.
+  pool's live region (node grid) from gunicorn on the bench database, while pods churn. Each full
+  render is followed at once by the poll a browser sends next, with the render's ETag as If-None-Match:
+  answered 304 while the figures are unchanged (the "not modified" path, its own p50/p95), 200 when the
+  collector wrote in between (counted as a full render).
 """
 
 import http.client
@@ -256,33 +259,42 @@ class Fragments(threading.Thread):
             "overview": ("/utilisation/", "utilisation-live"),
             "pool": (f"/utilisation/pools/{pool_id}/", "pool-live"),
         }
-        self.samples: dict[str, list[float]] = {k: [] for k in self.targets}
+        # "<key>" full renders, "<key>_304" polls answered not modified.
+        self.samples: dict[str, list[float]] = {name: [] for k in self.targets for name in (k, f"{k}_304")}
         self.errors = 0
         self.stop = threading.Event()
+        self.conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=30)
+
+    def _get(self, path: str, target: str, etag: str | None) -> tuple[int, str | None, float] | None:
+        headers = {
+            "Cookie": self.cookie,
+            "HX-Request": "true",
+            "HX-Target": target,
+            "HX-Current-URL": f"http://127.0.0.1{path}",
+        }
+        if etag:
+            headers["If-None-Match"] = etag
+        start = time.perf_counter()
+        try:
+            self.conn.request("GET", path, headers=headers)
+            resp = self.conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException):
+            self.conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=30)
+            return None
+        return resp.status, resp.getheader("ETag"), (time.perf_counter() - start) * 1000
 
     def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=30)
         while not self.stop.is_set():
             for key, (path, target) in self.targets.items():
-                headers = {
-                    "Cookie": self.cookie,
-                    "HX-Request": "true",
-                    "HX-Target": target,
-                    "HX-Current-URL": f"http://127.0.0.1{path}",
-                }
-                start = time.perf_counter()
-                try:
-                    conn.request("GET", path, headers=headers)
-                    resp = conn.getresponse()
-                    resp.read()
-                    ok = resp.status == 200
-                except (OSError, http.client.HTTPException):
-                    conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=30)
-                    ok = False
-                if ok:
-                    self.samples[key].append((time.perf_counter() - start) * 1000)
-                else:
-                    self.errors += 1
+                etag = None
+                for conditional in (False, True):
+                    got = self._get(path, target, etag)
+                    if got is None or got[0] not in (200, 304) or (got[0] == 304 and not conditional):
+                        self.errors += 1
+                        break
+                    status, etag, ms = got
+                    self.samples[f"{key}_304" if status == 304 else key].append(ms)
             self.stop.wait(0.2)
 
 

@@ -8,27 +8,32 @@ everything to platform admins and auditors. The collector and /metrics read with
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Min, Q, Sum
+from django.db import connection
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 
 from pools.kube.objects import POOL_LABEL, Label
 from pools.models import (
     COLLECTOR_SILENT_AFTER,
     Cluster,
+    ClusterInventory,
     ClusterUtilisation,
     CollectorState,
+    NodeBringUp,
     NodePool,
     PoolClass,
     PoolSnapshot,
     PoolUtilisation,
     SnapshotResolution,
     TeamUsageSnapshot,
+    WarmHeadroom,
 )
 from pools.utilisation import prometheus
 from pools.utilisation.figures import GrantSpec, PoolSpec
@@ -335,6 +340,140 @@ def team_usage_list(*, user: User) -> list[TeamUsageRow]:
                 target.used += usage.get("gpus", 0)
                 target.pending += usage.get("pending_gpus", 0)
     return sorted(rows.values(), key=lambda r: (r.team == "", r.team, r.cluster, r.pool))
+
+
+# ----------------------------------------------------------------------------------------------
+# Versions of the polled fragments: a poll whose version is unchanged is answered "not modified"
+# without reading or rendering the figures. A version covers everything its fragment shows that can
+# change: the rows (any column shown), the user's scope, and what changes with time alone.
+
+# What the pool card and the pool's live region show of the pool itself.
+_POOL_SHOWN = (
+    "pk",
+    "name",
+    "cluster_id",
+    "pool_class",
+    "headroom_gpus",
+    "node_selector",
+    "accelerator__name",
+    "accelerator__mig_profile",
+)
+# What the freshness line and the cluster card show of the collector's state. The heartbeat moves
+# on every write of the collector, so it also stands for the pool figures written with it.
+_STATUS_SHOWN = (
+    "cluster_id",
+    "state",
+    "heartbeat_at",
+    "observed_at",
+    "stale_since",
+    "last_error",
+    "unpooled_gpu_nodes",
+    "unmatched_pending",
+)
+
+
+def _fingerprints(parts: Sequence[QuerySet[Any]]) -> list[str]:
+    """For each queryset, "rows:sum of the rows' 64-bit hashes", all in one query. The sum does not
+    depend on the order of the rows, so PostgreSQL neither sorts them nor sends them: a changed,
+    added or removed row changes its part, whatever column of the row changed."""
+    selects, params = [], []
+    for part in parts:
+        sql, part_params = part.query.sql_with_params()
+        # `sql` is the ORM's own compiled query, its values left as parameters: nothing is interpolated.
+        selects.append(
+            f"(SELECT count(*) || ':' || coalesce(sum(hashtextextended(r::text, 0)), 0) FROM ({sql}) r)"  # noqa: S608
+        )
+        params += part_params
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(selects), params)
+        return [str(value) for value in cursor.fetchone()]
+
+
+def _version(user: User, *keys: object) -> str:
+    # The user is part of every version: two users never share one, even when their scopes agree today.
+    key = "\0".join(str(k) for k in (user.pk, user.sees_everything, *keys))
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+def _silent(clusters: QuerySet[ClusterUtilisation], now: datetime) -> QuerySet[Any]:
+    # A collector falls silent by not writing: `_freshness` flips with time alone, so the set of
+    # silent clusters at `now` is part of the version (the same boundary as `_freshness`).
+    return clusters.filter(heartbeat_at__lt=now - COLLECTOR_SILENT_AFTER).values_list("cluster_id")
+
+
+def overview_version(*, user: User, now: datetime) -> str:
+    """The version of what the dashboard's live region shows `user` at `now` (utilisation_overview
+    and team_usage_list); one query."""
+    statuses = ClusterUtilisation.objects.filter(cluster__enabled=True)
+    parts = [
+        Cluster.objects.filter(enabled=True).values_list("pk", "name"),
+        statuses.values_list(*_STATUS_SHOWN),
+        _silent(statuses, now),
+        NodePool.objects.filter(enabled=True, cluster__enabled=True).values_list(
+            *_POOL_SHOWN, "utilisation__computed_at"
+        ),
+        # The team usage: the user's teams, and their grants that hold capacity.
+        teams_visible_to(user=user).values_list("slug"),
+        Grant.objects.visible_to(user)
+        .filter(request__state__in=HOLDING_STATES, pool__enabled=True)
+        .values_list("pk", "gpus", "team__slug", "pool_id", "pool__name", "pool__cluster__name"),
+    ]
+    return _version(user, "overview", *_fingerprints(parts))
+
+
+def pool_live_version(*, user: User, pool_id: int, now: datetime) -> str | None:
+    """The version of what a pool's live region shows `user` at `now` (pool_detail_get), or None
+    for a pool that is unknown or disabled, which is for the page to answer; one query."""
+    pool = NodePool.objects.filter(pk=pool_id, enabled=True, cluster__enabled=True)
+    statuses = ClusterUtilisation.objects.filter(cluster_id__in=pool.values("cluster_id"))
+    parts = [
+        pool.values_list(*_POOL_SHOWN, "utilisation__computed_at"),
+        statuses.values_list(*_STATUS_SHOWN),
+        _silent(statuses, now),
+        # The namespaces whose pending pods and usage the user sees (_visible_namespaces).
+        Grant.objects.visible_to(user).values_list("namespace"),
+        # The autoscaling and warm-headroom panel (pools.utilisation.elastic.pool_elastic_get): the
+        # inventory by its digest, the placeholders, and the bring-ups by count and newest id.
+        ClusterInventory.objects.filter(cluster_id__in=pool.values("cluster_id")).values_list(
+            "digest", "node_groups_served", "node_groups_error", "autoscaler_state", "autoscaler_message"
+        ),
+        WarmHeadroom.objects.filter(pool_id=pool_id).values_list(
+            "gpus_wanted", "gpus_held", "pods_pending", "placeholders", "conditions", "reconciled_at"
+        ),
+        NodeBringUp.objects.filter(cluster_id__in=pool.values("cluster_id"))
+        .values("cluster_id")
+        .annotate(rows=Count("id"), last=Max("id"))
+        .values_list("rows", "last"),
+    ]
+    found, *rest = _fingerprints(parts)
+    if found.startswith("0:"):
+        return None
+    return _version(user, "pool", pool_id, found, *rest)
+
+
+def pool_history_version(
+    *, user: User, pool_id: int, span: timedelta, now: datetime, step: timedelta
+) -> str | None:
+    """The version of a pool's history over the `span` before `now` (pool_history), or None for a
+    pool that is unknown or disabled; one query. The window slides with time alone: `step` is how
+    far it may slide before the version changes (less than one column of the chart)."""
+    pool = NodePool.objects.filter(pk=pool_id, enabled=True, cluster__enabled=True)
+    snapshots = PoolSnapshot.objects.filter(pool_id=pool_id)
+    parts = [
+        pool.values_list("pk"),
+        # New samples and roll-ups get new ids; compaction deleting old ones changes the count.
+        snapshots.values("pool_id").annotate(rows=Count("id"), last=Max("id")).values_list("rows", "last"),
+        # tier_ranges: where each tier begins (each an index probe of (resolution, at)).
+        *(
+            PoolSnapshot.objects.filter(resolution=tier).order_by("at").values_list("at")[:1]
+            for tier in TIERS
+        ),
+    ]
+    found, *rest = _fingerprints(parts)
+    if found.startswith("0:"):
+        return None
+    window = floor_time(now, max(1, int(step.total_seconds())))
+    return _version(user, "history", pool_id, span, window.isoformat(), *rest)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,13 @@
 
 Each page is one view; htmx polls the same view for the live region (selected by the HX-Target of
 the request) every POLL_SECONDS, and the history region every HISTORY_POLL_SECONDS.
+
+A polled region carries the version of its figures (selectors.*_version) as its ETag and sends it
+back as If-None-Match (hx-headers); while it is unchanged the poll is answered 304 Not Modified, which
+htmx leaves unswapped (base.html's responseHandling), at the cost of one query and no rendering.
 """
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from functools import wraps
@@ -14,6 +19,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render, resolve_url
 from django.utils import timezone
+from django.utils.cache import get_conditional_response, patch_cache_control, patch_vary_headers
 from django.views.decorators.http import require_GET
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
@@ -44,6 +50,38 @@ def login_required_polling(view: View) -> View:
     return wrapper
 
 
+def _etag(version: str | None) -> str | None:
+    # Weak: the tag names the figures, not the bytes. Two renders of one version may differ in
+    # bytes (the history's window slides by less than a column; a CSP nonce or markup change after
+    # a deploy), and If-None-Match on a GET compares weakly anyway.
+    return None if version is None else f'W/"{version}"'
+
+
+def _poll_headers(etag: str | None) -> str:
+    """The region's hx-headers: its next poll asks whether its version is still current."""
+    return json.dumps({"If-None-Match": etag}) if etag else ""
+
+
+def _revalidated(response: HttpResponse, etag: str | None) -> HttpResponse:
+    if etag is None:
+        return response
+    response.headers["ETag"] = etag
+    # A browser may keep the region but must ask every time; the URL also serves the whole page, so
+    # a kept copy is one per HX-Target (and per user: the session middleware adds Vary: Cookie).
+    patch_cache_control(response, private=True, no_cache=True)
+    patch_vary_headers(response, ("HX-Request", "HX-Target"))
+    return response
+
+
+def _not_modified(request: HttpRequest, etag: str | None) -> HttpResponse | None:
+    """304 when the poll's If-None-Match still names the current version. Called after the
+    permission checks: for what the user may not see there is no version to compare."""
+    if etag is None:
+        return None
+    response = get_conditional_response(request, etag=etag)
+    return None if response is None else _revalidated(response, etag)
+
+
 def _team_usage_chart(rows: list[selectors.TeamUsageRow]) -> charts.BarChart:
     return charts.bar_chart(
         [
@@ -56,21 +94,28 @@ def _team_usage_chart(rows: list[selectors.TeamUsageRow]) -> charts.BarChart:
 @require_GET
 @login_required_polling
 def dashboard(request: HttpRequest) -> HttpResponse:
-    clusters = selectors.utilisation_overview(user=request.user, now=timezone.now())
+    now = timezone.now()
+    # The version is taken before the figures are read: a write in between makes the next poll
+    # render once more, never keeps newer figures behind an older tag.
+    etag = _etag(selectors.overview_version(user=request.user, now=now))
+    live_region = bool(request.htmx and request.htmx.target == "utilisation-live")
+    if live_region and (not_modified := _not_modified(request, etag)):
+        return not_modified
+    clusters = selectors.utilisation_overview(user=request.user, now=now)
     team_rows = selectors.team_usage_list(user=request.user)
     context = {
         "clusters": clusters,
         "team_rows": team_rows,
         "team_chart": _team_usage_chart(team_rows),
         "poll_seconds": POLL_SECONDS,
+        "live_headers": _poll_headers(etag),
     }
-    if request.htmx and request.htmx.target == "utilisation-live":
-        return render(request, "utilisation/partials/overview_live.html", context)
+    if live_region:
+        return _revalidated(render(request, "utilisation/partials/overview_live.html", context), etag)
     return render(request, "utilisation/dashboard.html", context)
 
 
-def _history_charts(pool_id: int, span: timedelta) -> list[charts.TimeChart]:
-    end = timezone.now()
+def _history_charts(pool_id: int, span: timedelta, end: datetime) -> list[charts.TimeChart]:
     start = end - span
     rows = selectors.pool_history(pool_id=pool_id, start=start, end=end)
     samples = [
@@ -150,20 +195,36 @@ def _queue_history_charts(pool_id: int, start: datetime, end: datetime) -> list[
 @require_GET
 @login_required_polling
 def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    now = timezone.now()
+    target = request.htmx.target if request.htmx else None
+    form = HistoryRangeForm(request.GET)
+    history_range = form.cleaned_data["range"] if form.is_valid() else None
+    # Versions before figures (see dashboard). None for a pool the user cannot see, which is then
+    # answered below exactly as without versions.
+    live_etag = history_etag = None
+    if target in (None, "pool-live"):
+        live_etag = _etag(selectors.pool_live_version(user=request.user, pool_id=pk, now=now))
+    if target in (None, "pool-history") and history_range is not None:
+        span = HISTORY_RANGES[history_range]
+        version = selectors.pool_history_version(
+            user=request.user, pool_id=pk, span=span, now=now, step=span / charts.MAX_COLUMNS
+        )
+        history_etag = _etag(version)
+    region_etag = {"pool-live": live_etag, "pool-history": history_etag}.get(target or "")
+    if not_modified := _not_modified(request, region_etag):
+        return not_modified
     try:
-        detail = selectors.pool_detail_get(user=request.user, pool_id=pk, now=timezone.now())
+        detail = selectors.pool_detail_get(user=request.user, pool_id=pk, now=now)
     except NodePool.DoesNotExist:
         if request.htmx:
             return HttpResponseStopPolling()  # the pool went away: stop asking
         raise Http404("No such pool") from None
-    form = HistoryRangeForm(request.GET)
-    if not form.is_valid():
+    if history_range is None:
         return HttpResponse(
             f"Unknown history range; choose one of {', '.join(HISTORY_RANGES)}.",
             status=400,
             content_type="text/plain",
         )
-    history_range = form.cleaned_data["range"]
     context: dict[str, Any] = {
         "detail": detail,
         "pool": detail.view.pool,
@@ -174,10 +235,11 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "history_range": history_range,
         "history_ranges": list(HISTORY_RANGES),
         "elastic": elastic.pool_elastic_get(pool=detail.view.pool, live=detail.view.live, now=timezone.now()),
+        "live_headers": _poll_headers(live_etag),
+        "history_headers": _poll_headers(history_etag),
     }
-    target = request.htmx.target if request.htmx else None
     if target == "pool-live":
-        return render(request, "utilisation/partials/pool_live.html", context)
+        return _revalidated(render(request, "utilisation/partials/pool_live.html", context), live_etag)
     context["cohort"] = pool_cohort_get(user=request.user, pool=detail.view.pool)
     if target == "pool-cohort":
         return render(request, "utilisation/partials/pool_cohort.html", context)
@@ -186,9 +248,9 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context["prom"] = selectors.pool_prometheus_get(detail=detail)
     if target == "pool-prometheus":
         return render(request, "utilisation/partials/pool_prometheus.html", context)
-    context["history"] = _history_charts(pk, HISTORY_RANGES[history_range])
+    context["history"] = _history_charts(pk, HISTORY_RANGES[history_range], now)
     if target == "pool-history":
-        return render(request, "utilisation/partials/pool_history.html", context)
+        return _revalidated(render(request, "utilisation/partials/pool_history.html", context), history_etag)
     return render(request, "utilisation/pool_detail.html", context)
 
 
