@@ -1,7 +1,7 @@
 """The long-lived loop that keeps each cluster's utilisation figures current.
 
 One ClusterCollector per cluster holds list+watch caches of its nodes and pods (pools.kube.watch).
-Whenever they change (at most every DEBOUNCE seconds) and at least every HEARTBEAT seconds, it
+Whenever they change (at most every watching.DEBOUNCE seconds) and at least every HEARTBEAT seconds, it
 recomputes the figures (pools.utilisation) and writes them; every `interval` seconds it also
 records a history sample. A Supervisor runs the collectors of the enabled clusters whose lease it
 holds (pools/utilisation/leases.py: replicas share the clusters, each watched by exactly one) and
@@ -32,7 +32,6 @@ from pools.kube.watch import Backoff, KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState
 from pools.utilisation.figures import ClusterFigures, compute
 from pools.utilisation.leases import (
-    LeaseLost,
     LeaseToken,
     collector_lease_acquire,
     collector_lease_release,
@@ -48,14 +47,13 @@ from pools.utilisation.nodegroups import NodeGroupWatch
 from pools.utilisation.queue_watch import QueueWatch
 from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
 from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
+from pools.utilisation.watching import caches_health, publish_loop
 from pools.utilisation.workloads import WorkloadWatch, with_pod_status
 
 logger = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
-# Coalesce a burst of watch events (a Deployment scaling, a node pool joining) into one write.
-DEBOUNCE = 0.5
 # Recompute this often even without events: queue waits grow, and the heartbeat proves we run.
 HEARTBEAT = 5.0
 # Pods that have finished hold nothing; the apiserver filters them out of list and watch.
@@ -216,26 +214,14 @@ class ClusterCollector:
             self._thread.join(timeout)
 
     def run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.changed.wait(self._wait_time())
-                self.changed.clear()
-                if self._stop.is_set():
-                    break
-                try:
-                    self.publish()
-                except LeaseLost:
-                    # Another replica watches the cluster now; the supervisor stops our watches.
-                    logger.warning("collector %s: lease lost, no longer writing", self.cluster.name)
-                    self.fenced.set()
-                    break
-                except Exception:
-                    # Neither the database restarting nor one odd object may end the collector: the
-                    # next round retries, and a collector that stays broken shows as silent.
-                    logger.exception("collector %s: computing or writing figures failed", self.cluster.name)
-                self._stop.wait(DEBOUNCE)
-        finally:
-            connection.close()
+        publish_loop(
+            what=f"collector {self.cluster.name}",
+            publish=self.publish,
+            changed=self.changed,
+            stop=self._stop,
+            wait=self._wait_time,
+            on_fenced=self.fenced.set,
+        )
 
     def _wait_time(self) -> float:
         if self._last_sample is None:
@@ -248,12 +234,8 @@ class ClusterCollector:
         close_old_connections()
         now = timezone.now()
         statuses = [cache.status() for cache in self.caches]
-        if any(s.stale for s in statuses):
-            state = CollectorState.STALE
-        elif all(s.synced for s in statuses):
-            state = CollectorState.LIVE
-        else:
-            state = CollectorState.SYNCING
+        health = caches_health(statuses, now)
+        state = health.state
         figures = None
         if state == CollectorState.LIVE:
             namespace_labels = {
@@ -277,16 +259,13 @@ class ClusterCollector:
                 nodes_version=statuses[0].resource_version,
             )
             self._last_publish = now
-        contacts = [s.last_contact for s in statuses if s.last_contact]
-        stale_since = [s.stale_since for s in statuses if s.stale_since]
         utilisation_publish(
             cluster_id=self.cluster.pk,
             state=state,
             now=now,
-            # While every watch is healthy the data is current; otherwise it is as of the last answer.
-            observed_at=now if state == CollectorState.LIVE else max(contacts, default=None),
-            stale_since=min(stale_since) if stale_since else None,
-            last_error="; ".join(sorted({s.last_error for s in statuses if s.last_error})),
+            observed_at=health.observed_at,
+            stale_since=health.stale_since,
+            last_error=health.last_error,
             lists=sum(s.lists for s in statuses),
             figures=figures,
             lease=self.lease,

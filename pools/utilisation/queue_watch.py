@@ -4,7 +4,7 @@ One QueueWatch per ClusterCollector (registered in pools.utilisation.collector),
 and with its own list+watch caches (pools.kube.watch), so a cluster without Kueue, or with Kueue
 stopped, leaves the utilisation figures exactly as they were. It watches only while the cluster
 serves Kueue's API (Cluster.kueue_version, found by registration and inventory sync). Whenever the
-caches change (at most every DEBOUNCE seconds) and at least every HEARTBEAT seconds it computes the
+caches change (at most every watching.DEBOUNCE seconds) and at least every HEARTBEAT seconds it computes the
 queue figures (pools.utilisation.queues) and writes them (pools.utilisation.queue_services): the live
 row of every queue, each new admission, and every `interval` seconds a history sample. Every
 PROBE_SECONDS it creates a dry-run Job in a queued grant's namespace to learn whether Kueue's
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 from django.utils import timezone
 
 from pools.kube import ops
@@ -37,15 +37,15 @@ from pools.kube.watch import ApiSource, Backoff, ResourceCache
 from pools.models import Cluster, QueueSnapshot, SnapshotResolution, WorkloadAdmission
 from pools.utilisation import queue_selectors as selectors
 from pools.utilisation import queue_services as services
-from pools.utilisation.leases import LeaseLost, LeaseToken, collector_lease_fenced
+from pools.utilisation.leases import LeaseToken, collector_lease_fenced
 from pools.utilisation.queues import QueueFigures, QueueGrant, compute_queues
+from pools.utilisation.watching import publish_loop
 from quotas.manifests import LOCAL_QUEUE_NAME, probe_job
 
 logger = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
-DEBOUNCE = 0.5
 HEARTBEAT = 5.0
 PROBE_SECONDS = 10.0
 # Workload conditions the figures read; the others (PodsReady, admission checks...) are dropped.
@@ -191,28 +191,20 @@ class QueueWatch:
         self.caches = ()
 
     def run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.changed.wait(self.heartbeat)
-                self.changed.clear()
-                if self._stop.is_set():
-                    break
-                try:
-                    self.publish()
-                except LeaseLost:
-                    logger.warning("queue watch %s: lease lost, no longer writing", self.cluster.name)
-                    if self.on_fenced is not None:
-                        self.on_fenced()
-                    break
-                except Exception:
-                    # As the collector: neither the database restarting nor one odd object may end it.
-                    logger.exception("queue watch %s: computing or writing figures failed", self.cluster.name)
-                    # The round's writes were rolled back together: record its admissions again next
-                    # round (a repeat is ignored).
-                    self._recorded = {}
-                self._stop.wait(DEBOUNCE)
-        finally:
-            connection.close()
+        publish_loop(
+            what=f"queue watch {self.cluster.name}",
+            publish=self.publish,
+            changed=self.changed,
+            stop=self._stop,
+            wait=lambda: self.heartbeat,
+            on_fenced=self.on_fenced,
+            on_error=self._forget_recorded,
+        )
+
+    def _forget_recorded(self) -> None:
+        # The round's writes were rolled back together: record its admissions again next round (a
+        # repeat is ignored).
+        self._recorded = {}
 
     # -- one round -------------------------------------------------------------------------
 

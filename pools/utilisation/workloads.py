@@ -5,7 +5,7 @@ A WorkloadWatch runs next to the figures of its ClusterCollector. It keeps list+
 Deployments, ReplicaSets, StatefulSets and Jobs, and of the events that explain missing pods
 (refused creates, nodes being brought up), and reads the collector's own pod and namespace caches
 (the pods keep what the diagnosis needs besides what the figures need: `with_pod_status`). On
-every change (at most every DEBOUNCE seconds) and every HEARTBEAT it diagnoses each portal
+every change (at most every watching.DEBOUNCE seconds) and every HEARTBEAT it diagnoses each portal
 namespace (pools.utilisation.diagnosis) and writes the namespaces whose rows changed, so the grant
 page and the API read the answer from the database: no page view ever asks the cluster.
 
@@ -24,21 +24,20 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from pools.kube.objects import FAILED_CREATE_REASON, NODE_BRING_UP_REASONS
 from pools.kube.watch import Backoff, KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState, NamespaceWorkloads, WorkloadWatchState
 from pools.utilisation.diagnosis import TRIMMERS, diagnose, trim_event, trim_pod_status, troubled
-from pools.utilisation.leases import LeaseLost, LeaseToken, collector_lease_fence
+from pools.utilisation.leases import LeaseToken, collector_lease_fence
+from pools.utilisation.watching import caches_health, publish_loop
 
 logger = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
-# A refused create shows on the grant page within this plus the page's poll interval (2 s).
-DEBOUNCE = 0.5
 # Recompute this often without events too: refusal events age out of the diagnosis window.
 HEARTBEAT = 5.0
 EVENT_REASONS = (FAILED_CREATE_REASON, *NODE_BRING_UP_REASONS)
@@ -118,26 +117,14 @@ class WorkloadWatch:
             self._thread.join(timeout)
 
     def run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.changed.wait(self.heartbeat)
-                self.changed.clear()
-                if self._stop.is_set():
-                    break
-                try:
-                    self.publish()
-                except LeaseLost:
-                    logger.warning("collector %s: lease lost, no longer writing workloads", self.cluster.name)
-                    if self.on_fenced is not None:
-                        self.on_fenced()
-                    break
-                except Exception:
-                    # As for the figures: the next round retries; a watch that stays broken shows as
-                    # stale or silent on the grant page.
-                    logger.exception("collector %s: diagnosing workloads failed", self.cluster.name)
-                self._stop.wait(DEBOUNCE)
-        finally:
-            connection.close()
+        publish_loop(
+            what=f"workload watch {self.cluster.name}",
+            publish=self.publish,
+            changed=self.changed,
+            stop=self._stop,
+            wait=lambda: self.heartbeat,
+            on_fenced=self.on_fenced,
+        )
 
     def diagnose(self, now: datetime) -> dict[str, list[Json]]:
         """Rows per portal namespace, from the caches as they are now."""
@@ -161,13 +148,8 @@ class WorkloadWatch:
     def publish(self) -> None:
         close_old_connections()
         now = timezone.now()
-        statuses = [cache.status() for cache in (*self.caches, self.pods, self.namespaces)]
-        if any(s.stale for s in statuses):
-            state = CollectorState.STALE
-        elif all(s.synced for s in statuses):
-            state = CollectorState.LIVE
-        else:
-            state = CollectorState.SYNCING
+        health = caches_health([cache.status() for cache in (*self.caches, self.pods, self.namespaces)], now)
+        state = health.state
         changed: dict[str, list[Json]] = {}
         texts: dict[str, str] = {}
         present = None
@@ -176,15 +158,13 @@ class WorkloadWatch:
             texts = {namespace: json.dumps(r, sort_keys=True) for namespace, r in rows.items()}
             changed = {ns: rows[ns] for ns, text in texts.items() if self._published.get(ns) != text}
             present = set(rows)
-        contacts = [s.last_contact for s in statuses if s.last_contact]
-        stale_since = [s.stale_since for s in statuses if s.stale_since]
         workloads_publish(
             cluster_id=self.cluster.pk,
             state=state,
             now=now,
-            observed_at=now if state == CollectorState.LIVE else max(contacts, default=None),
-            stale_since=min(stale_since) if stale_since else None,
-            last_error="; ".join(sorted({s.last_error for s in statuses if s.last_error})),
+            observed_at=health.observed_at,
+            stale_since=health.stale_since,
+            last_error=health.last_error,
             changed=changed,
             present=present if present != self._present else None,
             lease=self.lease,
