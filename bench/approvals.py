@@ -86,6 +86,44 @@ def _worker(ids: list[int], start_at: float, out: "mp.Queue[tuple[int, int]]") -
     out.put((approved, refused))
 
 
+def run_bulk_once(n_requests: int) -> dict[str, Any]:
+    """The same requests decided in batches of the API's cap by one process: one pre-flight and one
+    locked transaction per pool and batch, a savepoint per request (quotas.services.decisions)."""
+    from django.db.models import Sum
+    from django.test import override_settings
+
+    from pools.models import NodePool
+    from portal.celery import app
+    from portal.models import User
+    from quotas import services
+    from quotas.models import Grant
+    from quotas.services.decisions import APPROVE, MAX_BATCH
+
+    ids = _prepare(n_requests)
+    admin = User.objects.get(username="admin")
+    approved = refused = 0
+    start = time.perf_counter()
+    with override_settings(PORTAL_PREFLIGHT=False):
+        for i in range(0, len(ids), MAX_BATCH):
+            for r in services.capacity_requests_decide(
+                actor=admin, request_ids=ids[i : i + MAX_BATCH], decision=APPROVE
+            ):
+                if r.outcome == "approved":
+                    approved += 1
+                else:
+                    refused += 1
+    elapsed = time.perf_counter() - start
+    violations = []
+    for pool in NodePool.objects.all():
+        granted = Grant.objects.filter(pool=pool).aggregate(s=Sum("gpus"))["s"] or 0
+        if granted > pool.grantable_gpus:
+            violations.append(f"{pool.name}: {granted} > {pool.grantable_gpus}")
+    if violations:
+        raise AssertionError(f"capacity exceeded in bulk: {violations}")
+    app.control.purge()
+    return {"decisions": approved + refused, "approved": approved, "refused": refused, "seconds": elapsed}
+
+
 def run_once(n_requests: int) -> dict[str, Any]:
     from django.db import connections
     from django.db.models import Sum
@@ -125,13 +163,24 @@ def run(sizes: tuple[int, ...] = (200, 1000), repeats: int = 3) -> dict[str, Any
     out: dict[str, Any] = {"processes": PROCESSES, "pools": POOLS, "sizes": {}}
     for n in sizes:
         rate = Series(f"approvals/s with {n} requests", "decisions/s")
-        runs = []
+        bulk_rate = Series(f"bulk decisions/s with {n} requests", "decisions/s")
+        runs, bulk_runs = [], []
         for _ in range(repeats):
             r = run_once(n)
             runs.append(r)
             rate.values.append(r["decisions"] / r["seconds"])
             print(f"[bench approvals] n={n}: {r}", flush=True)
-        out["sizes"][n] = {"rate": rate.summary(), "runs": runs, "capacity_violations": 0}
+            b = run_bulk_once(n)
+            bulk_runs.append(b)
+            bulk_rate.values.append(b["decisions"] / b["seconds"])
+            print(f"[bench approvals] n={n}, bulk: {b}", flush=True)
+        out["sizes"][n] = {
+            "rate": rate.summary(),
+            "runs": runs,
+            "bulk_rate": bulk_rate.summary(),
+            "bulk_runs": bulk_runs,
+            "capacity_violations": 0,
+        }
     return out
 
 

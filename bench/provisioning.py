@@ -1,5 +1,8 @@
 """Provisioning throughput: approve N requests at once and time until every grant is Active, against
 kubectl applying the same manifests one object at a time and as one directory, on the same cluster.
+Two portal paths: approvals one after another (each queues its grant's reconcile), and one bulk
+decision (quotas.services.decisions: one pre-flight and one locked transaction per pool, the grants
+queued together and reconciled in one pass, quotas.reconcile.bulk).
 
 What the portal does beyond the baselines: the approvals themselves (with the cluster pre-flight)
 count; per grant the worker applies the grant's 4 objects (the 3 cluster-wide ones it shares with every
@@ -98,6 +101,31 @@ def _portal(ids: list[int], timeout: float) -> dict[str, float]:
         return CapacityRequest.objects.filter(pk__in=ids, state=RequestState.ACTIVE).count() == len(ids)
 
     wait_for(f"{len(ids)} grants to become Active", active, timeout, interval=0.2)
+    return {"approve_seconds": approved, "seconds": time.perf_counter() - start}
+
+
+def _portal_bulk(ids: list[int], timeout: float) -> dict[str, float]:
+    from portal.models import User
+    from quotas import services
+    from quotas.models import CapacityRequest
+    from quotas.services.decisions import APPROVE, MAX_BATCH
+    from quotas.states import RequestState
+
+    admin = User.objects.get(username="admin")
+    start = time.perf_counter()
+    for i in range(0, len(ids), MAX_BATCH):  # the preflight stays on: once per pool and batch
+        results = services.capacity_requests_decide(
+            actor=admin, request_ids=ids[i : i + MAX_BATCH], decision=APPROVE
+        )
+        refused = [r for r in results if r.outcome != "approved"]
+        if refused:
+            raise RuntimeError(f"{len(refused)} bulk approvals refused, the first: {refused[0].error}")
+    approved = time.perf_counter() - start
+
+    def active() -> bool:
+        return CapacityRequest.objects.filter(pk__in=ids, state=RequestState.ACTIVE).count() == len(ids)
+
+    wait_for(f"{len(ids)} bulk-approved grants to become Active", active, timeout, interval=0.2)
     return {"approve_seconds": approved, "seconds": time.perf_counter() - start}
 
 
@@ -207,10 +235,11 @@ def run(sizes: tuple[int, ...] = (50, 200), repeats: int = 3, workdir: str = "va
             for n in sizes:
                 series = {
                     k: Series(f"{k} with {n} grants", "s")
-                    for k in ("portal", "kubectl_one_at_a_time", "kubectl_directory")
+                    for k in ("portal", "portal_bulk", "kubectl_one_at_a_time", "kubectl_directory")
                 }
                 ratios = {
-                    k: Series(f"portal/{k} with {n} grants", "x") for k in ("one_at_a_time", "directory")
+                    k: Series(f"portal/{k} with {n} grants", "x")
+                    for k in ("one_at_a_time", "directory", "bulk_directory")
                 }
                 runs = []
                 objects = 0
@@ -218,18 +247,24 @@ def run(sizes: tuple[int, ...] = (50, 200), repeats: int = 3, workdir: str = "va
                     run_no += 1
                     ids = _requests(run_no, n)
                     portal = _portal(ids, timeout=max(300.0, 5.0 * n))
+                    run_no += 1
+                    bulk = _portal_bulk(_requests(run_no, n), timeout=max(300.0, 5.0 * n))
                     one = _one_at_a_time(kubeconfig, _baseline_manifests(ids, f"kc1-{run_no}"))
                     directory_objects = _baseline_manifests(ids, f"kcd-{run_no}")
                     directory = _directory(kubeconfig, directory_objects)
                     objects = len(directory_objects)
                     r = {
                         **portal,
+                        "bulk_approve_seconds": bulk["approve_seconds"],
+                        "bulk_seconds": bulk["seconds"],
                         "kubectl_one_at_a_time_seconds": one,
                         "kubectl_directory_seconds": directory,
                         "objects": objects,
                     }
                     runs.append(r)
                     series["portal"].values.append(portal["seconds"])
+                    series["portal_bulk"].values.append(bulk["seconds"])
+                    ratios["bulk_directory"].values.append(bulk["seconds"] / directory)
                     series["kubectl_one_at_a_time"].values.append(one)
                     series["kubectl_directory"].values.append(directory)
                     ratios["one_at_a_time"].values.append(portal["seconds"] / one)
