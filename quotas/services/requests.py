@@ -271,6 +271,7 @@ def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -
 def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
     """Lock the pool row so concurrent approvals of its last GPUs serialise, then apply the rules."""
     pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=req.pool_id)
+    req.pool = pool  # the locked row, with its cluster: what the grant is then created from
     figures = pool_capacity(pool=pool, team_id=req.team_id)
     return capacity_refusal(req, pool=pool, figures=figures)
 
@@ -329,7 +330,11 @@ def _check_window(req: CapacityRequest) -> None:
 def capacity_request_approve(
     *, capacity_request: CapacityRequest, actor: User, comment: str = ""
 ) -> CapacityRequest:
-    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    req = (
+        CapacityRequest.objects.select_for_update(of=("self",))
+        .select_related("team", "accelerator")
+        .get(pk=capacity_request.pk)
+    )
     stage = policies.decision_stage(user=actor, capacity_request=req)
     _check_window(req)
     if stage == ApprovalDecision.Stage.LEAD:
