@@ -5,11 +5,14 @@ whose rows belong to a team use TeamScopedQuerySet as their manager, so every se
 `Model.objects.visible_to(user)` and no view or selector spells the filter out again.
 """
 
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from django.db import models
+from django.db.models import Model, QuerySet
 
 from portal import roles
+
+M = TypeVar("M", bound=Model)
 
 
 class TeamScopedQuerySet(models.QuerySet):
@@ -25,3 +28,10 @@ class TeamScopedQuerySet(models.QuerySet):
 
 class TeamQuerySet(TeamScopedQuerySet):
     team_path = ""
+
+
+def locked(queryset: QuerySet[M]) -> QuerySet[M]:
+    """Lock the rows of `queryset` itself FOR UPDATE, never the rows it joins with select_related: a
+    joined team, pool or cluster row locked that way blocks every commit that references it (PostgreSQL's
+    foreign-key checks take KEY SHARE on it), which deadlocked approvals against grant reconciles."""
+    return queryset.select_for_update(of=("self",))

@@ -13,6 +13,7 @@ from pools.kube.errors import Invalid, PermanentKubeError, TemporaryKubeError
 from pools.kube.objects import quota_key
 from pools.manifests import INJECTION_POLICY_NAME, POLICY_NAME
 from pools.models import Cluster
+from portal.querysets import locked
 from quotas import manifests, services
 from quotas.models import Grant, ServingDeployment
 from quotas.reconcile.base import (
@@ -337,9 +338,7 @@ def _record_grant(
     audits: list[AuditNote],
     state_move: Callable[[Grant], bool] | None,
 ) -> Grant | None:
-    grant = (
-        Grant.objects.select_for_update().select_related("team", "pool__cluster").filter(pk=grant_id).first()
-    )
+    grant = locked(Grant.objects.select_related("team", "pool__cluster")).filter(pk=grant_id).first()
     if grant is None:
         return None
     grant.save(update_fields=observe(grant, conditions, generation=generation))

@@ -14,6 +14,7 @@ from pools.kube import ops
 from pools.kube.errors import PermanentKubeError, TemporaryKubeError
 from pools.kube.objects import SIMULATED_LOAD_ANNOTATION, Label
 from pools.models import Cluster
+from portal.querysets import locked
 from quotas import manifests
 from quotas.models import ServingDeployment
 from quotas.reconcile.base import (
@@ -191,9 +192,7 @@ def _record_deployment(
     audits: list[AuditNote],
     status: ServingStatus | None = None,
 ) -> ServingDeployment | None:
-    deployment = (
-        ServingDeployment.objects.select_for_update().select_related("team").filter(pk=deployment_id).first()
-    )
+    deployment = locked(ServingDeployment.objects.select_related("team")).filter(pk=deployment_id).first()
     if deployment is None:
         return None
     fields = observe(deployment, conditions, generation=generation)

@@ -9,6 +9,7 @@ from django.db import models, transaction
 from django.db.models import QuerySet
 
 from portal.models import User
+from portal.querysets import locked
 from portal.services import audit_event_record
 from quotas.models import CapacityRequest, Grant, ServingDeployment, Team
 from quotas.states import RequestState, check_transition
@@ -116,11 +117,7 @@ def _plain(value: Any) -> Any:
 def locked_grant(grant: Grant, *, states: frozenset[str], needed: str, code: str) -> Grant:
     """The grant, row-locked for the rest of the transaction, if its request is in one of `states`;
     otherwise a ValidationError saying what it is and what was `needed`."""
-    grant = (
-        Grant.objects.select_for_update()
-        .select_related("request", "team", "pool__accelerator")
-        .get(pk=grant.pk)
-    )
+    grant = locked(Grant.objects.select_related("request", "team", "pool__accelerator")).get(pk=grant.pk)
     if grant.request.state not in states:
         raise ValidationError(
             f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; {needed}.", code=code

@@ -29,6 +29,7 @@ from django.db import transaction
 from pools.models import NodePool, PoolClass
 from pools.services import pool_preflight_refusal
 from portal.models import User
+from portal.querysets import locked
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest
 from quotas.selectors import pool_capacity_bulk
@@ -168,15 +169,18 @@ def _decide_pool(
     granted: list[int] = []
     with transaction.atomic():
         requests = list(
-            CapacityRequest.objects.select_for_update(of=("self",))
-            .select_related("team", "pool__cluster", "pool__accelerator", "accelerator")
+            locked(
+                CapacityRequest.objects.select_related(
+                    "team", "pool__cluster", "pool__accelerator", "accelerator"
+                )
+            )
             .filter(pk__in=ids)
             .order_by("pk")
         )
         ledger = None
         finals = decision == APPROVE and any(r.state == S.PENDING_PLATFORM for r in requests)
         if finals and pool_id is not None:
-            pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=pool_id)
+            pool = locked(NodePool.objects.select_related("cluster")).get(pk=pool_id)
             ledger = _PoolLedger(pool, {r.team_id for r in requests})
         for req in requests:
             try:

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal.models import User
+from portal.querysets import locked
 from quotas import policies
 from quotas.models import CapacityRequest, Grant
 from quotas.services.common import (
@@ -25,7 +26,7 @@ S = RequestState
 
 
 def _end_grant(grant: Grant, *, to: str, actor: User | None, action: str, message: str) -> None:
-    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=grant.request_id)
+    req = locked(CapacityRequest.objects.select_related("team")).get(pk=grant.request_id)
     if req.state not in HOLDING_STATES:
         raise ValidationError(
             f"Grant {grant.namespace} is already {req.get_state_display().lower()}.",
@@ -119,7 +120,7 @@ def grant_shrink(*, grant: Grant, actor: User, gpus: int) -> Grant:
 
 
 def _locked_request(grant: Grant) -> CapacityRequest:
-    return CapacityRequest.objects.select_for_update().select_related("team").get(pk=grant.request_id)
+    return locked(CapacityRequest.objects.select_related("team")).get(pk=grant.request_id)
 
 
 @transaction.atomic
@@ -165,7 +166,7 @@ def grant_namespace_delete(*, grant: Grant, actor: User) -> Grant:
     revoking or expiring a grant keeps the namespace so that the team's objects and data survive."""
     if not policies.can_manage_grants(user=actor):
         raise PermissionDenied("Only a platform admin can delete a grant's namespace.")
-    grant = Grant.objects.select_for_update().select_related("request", "team").get(pk=grant.pk)
+    grant = locked(Grant.objects.select_related("request", "team")).get(pk=grant.pk)
     if grant.request.state not in TERMINAL_STATES:
         raise ValidationError(
             f"Grant {grant.namespace} is {grant.request.get_state_display().lower()}; revoke it or let it "

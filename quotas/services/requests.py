@@ -13,6 +13,7 @@ from pools.models import QUEUEING_CLASSES, Accelerator, AdmissionMode, NodePool,
 from pools.selectors import pools_offering
 from pools.services import pool_preflight_refusal
 from portal.models import User
+from portal.querysets import locked
 from portal.services import audit_event_record
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
@@ -270,7 +271,7 @@ def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -
 
 def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
     """Lock the pool row so concurrent approvals of its last GPUs serialise, then apply the rules."""
-    pool = NodePool.objects.select_for_update().select_related("cluster").get(pk=req.pool_id)
+    pool = locked(NodePool.objects.select_related("cluster")).get(pk=req.pool_id)
     req.pool = pool  # the locked row, with its cluster: what the grant is then created from
     figures = pool_capacity(pool=pool, team_id=req.team_id)
     return capacity_refusal(req, pool=pool, figures=figures)
@@ -330,11 +331,7 @@ def _check_window(req: CapacityRequest) -> None:
 def capacity_request_approve(
     *, capacity_request: CapacityRequest, actor: User, comment: str = ""
 ) -> CapacityRequest:
-    req = (
-        CapacityRequest.objects.select_for_update(of=("self",))
-        .select_related("team", "accelerator")
-        .get(pk=capacity_request.pk)
-    )
+    req = locked(CapacityRequest.objects.select_related("team", "accelerator")).get(pk=capacity_request.pk)
     stage = policies.decision_stage(user=actor, capacity_request=req)
     _check_window(req)
     if stage == ApprovalDecision.Stage.LEAD:
@@ -367,7 +364,7 @@ def capacity_request_reject(
 ) -> CapacityRequest:
     if not comment.strip():
         raise ValidationError({"comment": ["Say why the request is rejected; the requester reads it."]})
-    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    req = locked(CapacityRequest.objects.select_related("team")).get(pk=capacity_request.pk)
     stage = policies.decision_stage(user=actor, capacity_request=req)
     ApprovalDecision.objects.create(
         request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.REJECT, comment=comment
@@ -379,7 +376,7 @@ def capacity_request_reject(
 
 @transaction.atomic
 def capacity_request_cancel(*, capacity_request: CapacityRequest, actor: User) -> CapacityRequest:
-    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    req = locked(CapacityRequest.objects.select_related("team")).get(pk=capacity_request.pk)
     if not policies.can_cancel(user=actor, capacity_request=req):
         raise PermissionDenied("Only the requester or a team lead can cancel a request.")
     if req.state not in PENDING_STATES | {S.DRAFT}:
@@ -397,7 +394,7 @@ def capacity_request_cancel(*, capacity_request: CapacityRequest, actor: User) -
 @transaction.atomic
 def capacity_request_expire(*, capacity_request: CapacityRequest, now: datetime) -> bool:
     """pending -> expired once the request's window has ended undecided. False if it changed meanwhile."""
-    req = CapacityRequest.objects.select_for_update().select_related("team").get(pk=capacity_request.pk)
+    req = locked(CapacityRequest.objects.select_related("team")).get(pk=capacity_request.pk)
     if req.state not in PENDING_STATES or req.ends_at > now:
         return False
     transition(

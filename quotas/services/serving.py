@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal.models import User
+from portal.querysets import locked
 from portal.services import audit_event_record
 from quotas import policies
 from quotas.models import Grant, ServingDeployment
@@ -181,9 +182,7 @@ def serving_deployment_scale(
 
 @transaction.atomic
 def serving_deployment_delete(*, deployment: ServingDeployment, actor: User) -> ServingDeployment:
-    deployment = (
-        ServingDeployment.objects.select_for_update().select_related("grant__team").get(pk=deployment.pk)
-    )
+    deployment = locked(ServingDeployment.objects.select_related("grant__team")).get(pk=deployment.pk)
     _check_operator(deployment.grant, actor)
     if deployment.deleted_at is not None:
         raise ValidationError(f"Deployment {deployment.name} is already deleted.", code="deleted")
