@@ -37,6 +37,8 @@ def _largest(section: Json) -> tuple[str, Json] | None:
 
 def _target(name: str, measured: str, ok: bool | None, reason: str = "") -> list[str]:
     verdict = "n/a" if ok is None else ("PASS" if ok else "MISS")
+    # An error message may span lines (PostgreSQL's DETAIL and HINT); a table cell may not.
+    measured = " ".join(measured.split())
     return [f"| {name} | {measured} | **{verdict}** | {'' if ok else reason} |"]
 
 
