@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from pools.kube.conformance import Allowlist
 from pools.kube.objects import Label
-from pools.kube.watch import Backoff, KubeSource, ResourceCache
+from pools.kube.watch import KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState
 from pools.utilisation.figures import ClusterFigures, compute
 from pools.utilisation.leases import (
@@ -47,7 +47,7 @@ from pools.utilisation.nodegroups import NodeGroupWatch
 from pools.utilisation.queue_watch import QueueWatch
 from pools.utilisation.selectors import collector_grant_specs, collector_pool_specs
 from pools.utilisation.services import utilisation_publish, utilisation_snapshot_record
-from pools.utilisation.watching import caches_health, publish_loop
+from pools.utilisation.watching import caches_health, publish_loop, watch_cache
 from pools.utilisation.workloads import WorkloadWatch, with_pod_status
 
 logger = logging.getLogger(__name__)
@@ -180,12 +180,12 @@ class ClusterCollector:
         watch_timeout: int,
         notify: Callable[[], None] | None = None,
     ) -> ResourceCache:
-        return ResourceCache(
+        return watch_cache(
             source,
-            transform=transform,
+            transform,
             # Pods and namespaces wake the workload watches too; nodes only the figures.
             on_change=notify or self._notify,
-            backoff=Backoff(maximum=backoff_max),
+            backoff_max=backoff_max,
             watch_timeout=watch_timeout,
         )
 

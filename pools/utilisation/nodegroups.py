@@ -47,11 +47,12 @@ from pools.kube.objects import (
     NODEPOOL_PLURAL,
     condition_of,
 )
-from pools.kube.watch import ApiSource, Backoff, ResourceCache
+from pools.kube.watch import ApiSource, ResourceCache
 from pools.models import AutoscalerState, Cluster, ClusterInventory, NodeBringUp
 from pools.services import instance_catalogue
 from pools.utilisation.figures import ClusterFigures, PoolSpec
 from pools.utilisation.leases import LeaseToken, collector_lease_fence
+from pools.utilisation.watching import watch_cache
 
 logger = logging.getLogger(__name__)
 
@@ -252,11 +253,11 @@ class NodeGroupWatch:
         self.lease = lease
 
         def cache(plural: str, transform: Callable[[Json], Json]) -> ResourceCache:
-            return ResourceCache(
+            return watch_cache(
                 ApiSource(cluster, KARPENTER_API, plural),
-                transform=transform,
+                transform,
                 on_change=on_change,
-                backoff=Backoff(maximum=max(backoff_max, 1.0)),
+                backoff_max=max(backoff_max, 1.0),
                 watch_timeout=watch_timeout,
             )
 

@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Min
-
 from pools.models import KueueStatus, NodePool, QueueSnapshot, QueueStatus, WorkloadAdmission
 from pools.utilisation.queues import RATE_WINDOW, QueueGrant
-from pools.utilisation.selectors import TIERS, _ceil_time
+from pools.utilisation.selectors import tier_ranges
 from portal.models import User
 from quotas.manifests import LOCAL_QUEUE_NAME
 from quotas.models import Grant
@@ -151,29 +149,11 @@ def pool_cohort_get(*, user: User, pool: NodePool) -> Cohort:
     return cohort
 
 
-def _tier_ranges(start: datetime, end: datetime) -> list[tuple[int, datetime, datetime]]:
-    """As pools.utilisation.selectors.tier_ranges, over the queue history's own tiers."""
-    firsts = {
-        row["resolution"]: row["first"]
-        for row in QueueSnapshot.objects.values("resolution").annotate(first=Min("at"))
-    }
-    present = [res for res in TIERS if res in firsts]
-    ranges = []
-    upper = end
-    for index, resolution in enumerate(present):
-        coarser = present[index + 1] if index + 1 < len(present) else None
-        lower = start if coarser is None else max(start, _ceil_time(firsts[resolution], coarser))
-        if lower < upper:
-            ranges.append((resolution, lower, upper))
-        upper = min(upper, lower)
-    return ranges
-
-
 def pool_queue_history(*, pool_id: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """The pool's queue history summed over its teams, one point per sample time, finest tier first
     (as pools.utilisation.selectors.pool_history)."""
     points: dict[datetime, dict[str, Any]] = {}
-    for resolution, lower, upper in _tier_ranges(start, end):
+    for resolution, lower, upper in tier_ranges(start, end, history=QueueSnapshot):
         for row in QueueSnapshot.objects.filter(
             pool_id=pool_id, resolution=resolution, at__gte=lower, at__lt=upper
         ):

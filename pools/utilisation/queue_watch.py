@@ -33,13 +33,13 @@ from pools.kube.objects import (
     managed_labels,
     managed_selector,
 )
-from pools.kube.watch import ApiSource, Backoff, ResourceCache
+from pools.kube.watch import ApiSource, ResourceCache
 from pools.models import Cluster, QueueSnapshot, SnapshotResolution, WorkloadAdmission
 from pools.utilisation import queue_selectors as selectors
 from pools.utilisation import queue_services as services
 from pools.utilisation.leases import LeaseToken, collector_lease_fenced
 from pools.utilisation.queues import QueueFigures, QueueGrant, compute_queues
-from pools.utilisation.watching import publish_loop
+from pools.utilisation.watching import publish_loop, watch_cache
 from quotas.manifests import LOCAL_QUEUE_NAME, probe_job
 
 logger = logging.getLogger(__name__)
@@ -153,13 +153,7 @@ class QueueWatch:
         options = self._cache_options
 
         def cache(source: ApiSource, transform: Any) -> ResourceCache:
-            return ResourceCache(
-                source,
-                transform=transform,
-                on_change=self.changed.set,
-                backoff=Backoff(maximum=options["backoff_max"]),
-                watch_timeout=options["watch_timeout"],
-            )
+            return watch_cache(source, transform, on_change=self.changed.set, **options)
 
         return (
             cache(ApiSource(self.cluster, KUEUE_API_VERSION, "workloads"), trim_workload),

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Max, Min, Q, QuerySet, Sum
+from django.db.models import Count, Max, Min, Model, Q, QuerySet, Sum
 
 from pools.kube.objects import POOL_LABEL, Label
 from pools.models import (
@@ -485,13 +485,16 @@ def _ceil_time(moment: datetime, seconds: int) -> datetime:
     return floored if floored == moment else floored + timedelta(seconds=seconds)
 
 
-def tier_ranges(start: datetime, end: datetime) -> list[tuple[int, datetime, datetime]]:
+def tier_ranges(
+    start: datetime, end: datetime, *, history: type[Model] = PoolSnapshot
+) -> list[tuple[int, datetime, datetime]]:
     """Which tier answers for which part of [start, end): the finest one that still has the data.
     Raw samples cover the recent past; before their first sample (rounded up to the next 5-minute
-    bucket) the 5-minute averages take over, and before theirs the hourly ones."""
+    bucket) the 5-minute averages take over, and before theirs the hourly ones. `history` is the
+    table of samples with `resolution` and `at` (the pools' by default; the queues' have their own)."""
     firsts = {
         row["resolution"]: row["first"]
-        for row in PoolSnapshot.objects.values("resolution").annotate(first=Min("at"))
+        for row in history.objects.values("resolution").annotate(first=Min("at"))
     }
     present = [res for res in TIERS if res in firsts]
     ranges = []

@@ -13,10 +13,11 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import connection
 
-from pools.kube.watch import CacheStatus
+from pools.kube.watch import Backoff, CacheStatus, ResourceCache, Source
 from pools.models import CollectorState
 from pools.utilisation.leases import LeaseLost
 
@@ -24,6 +25,25 @@ logger = logging.getLogger(__name__)
 
 # Changes arriving together are published together; a change shows within this plus a page's poll.
 DEBOUNCE = 0.5
+
+
+def watch_cache(
+    source: Source,
+    transform: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    on_change: Callable[[], None],
+    backoff_max: float,
+    watch_timeout: int,
+) -> ResourceCache:
+    """A list+watch cache as every watch of the collector keeps them: a change wakes `on_change`,
+    reconnections back off up to `backoff_max` seconds."""
+    return ResourceCache(
+        source,
+        transform=transform,
+        on_change=on_change,
+        backoff=Backoff(maximum=backoff_max),
+        watch_timeout=watch_timeout,
+    )
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,11 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from pools.kube.objects import FAILED_CREATE_REASON, NODE_BRING_UP_REASONS
-from pools.kube.watch import Backoff, KubeSource, ResourceCache
+from pools.kube.watch import KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState, NamespaceWorkloads, WorkloadWatchState
 from pools.utilisation.diagnosis import TRIMMERS, diagnose, trim_event, trim_pod_status, troubled
 from pools.utilisation.leases import LeaseToken, collector_lease_fence
-from pools.utilisation.watching import caches_health, publish_loop
+from pools.utilisation.watching import caches_health, publish_loop, watch_cache
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +87,8 @@ class WorkloadWatch:
         self._present: set[str] | None = None
 
         def cache(source: KubeSource, transform: Callable[[Json], Json]) -> ResourceCache:
-            return ResourceCache(
-                source,
-                transform=transform,
-                on_change=changed.set,
-                backoff=Backoff(maximum=backoff_max),
-                watch_timeout=watch_timeout,
+            return watch_cache(
+                source, transform, on_change=changed.set, backoff_max=backoff_max, watch_timeout=watch_timeout
             )
 
         self.workloads = [cache(KubeSource(cluster, kind), trim) for kind, trim in TRIMMERS.items()]
