@@ -44,7 +44,7 @@ fi
 
 kubeconfig="${PORTAL_KUBECONFIG:-}"
 if [[ -z "$kubeconfig" && -z "${PORTAL_NO_TESTBED:-}" ]]; then
-  log "starting the local Kubernetes testbed with Karpenter and Kueue (first run builds them from source: about 20 minutes, progress below)"
+  log "starting the local Kubernetes testbed with Karpenter and Kueue (first run builds them from source: about 25 minutes, progress below)"
   make --no-print-directory testbed-up PYTHON="$PY"
   kubeconfig=var/testbed/kubeconfig
   # The testbed's kwok Stages simulate model loading from an annotation the portal then sets, and
