@@ -1,10 +1,16 @@
 """Writes that belong to the portal itself: the audit trail and the platform-wide roles."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.db import models, transaction
 
 from portal.models import AuditEvent, User
+
+# The audit rows of an audit_events_batched() block, written together when it ends.
+_batch: ContextVar[list[AuditEvent] | None] = ContextVar("audit_batch", default=None)
 
 
 def audit_event_record(
@@ -21,7 +27,7 @@ def audit_event_record(
     # no change is ever committed without its audit row.
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_event_record must run inside the transaction of the change it records")
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         actor=actor,
         action=action,
         object_type=obj._meta.label_lower,
@@ -32,6 +38,28 @@ def audit_event_record(
         after=after,
         message=message,
     )
+    batch = _batch.get()
+    if batch is None:
+        event.save(force_insert=True)
+    else:
+        batch.append(event)
+    return event
+
+
+@contextmanager
+def audit_events_batched() -> Iterator[list[AuditEvent]]:
+    """Collect the audit rows recorded inside the block and insert them in one statement as it ends,
+    still inside the caller's transaction (a bulk decision records two rows per approval). The block
+    yields the pending rows: a caller that gives up on part of its work drops that part's rows."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("audit_events_batched must run inside the transaction of the changes it records")
+    pending: list[AuditEvent] = []
+    token = _batch.set(pending)
+    try:
+        yield pending
+    finally:
+        _batch.reset(token)
+    AuditEvent.objects.bulk_create(pending)
 
 
 @transaction.atomic

@@ -41,11 +41,15 @@ def can_cancel(*, user: User, capacity_request: CapacityRequest) -> bool:
     )
 
 
-def decision_stage(*, user: User, capacity_request: CapacityRequest) -> str:
+def decision_stage(
+    *, user: User, capacity_request: CapacityRequest, made_lead_decision: bool | None = None
+) -> str:
     """The approval stage `user` may decide on the request, or PermissionDenied saying why not.
 
     Nobody decides their own request; the lead stage is for the team's leads; the platform stage is
     for platform admins, and never the one who already approved at the lead stage (two people).
+    `made_lead_decision`: whether `user` decided the lead stage of this request, when the caller has
+    looked it up already (a bulk decision does, for its whole batch); None looks it up.
     """
     req = capacity_request
     if user.pk == req.requester_id:
@@ -57,7 +61,11 @@ def decision_stage(*, user: User, capacity_request: CapacityRequest) -> str:
     if req.state == S.PENDING_PLATFORM:
         if not is_admin(user):
             raise PermissionDenied("Only a platform admin can decide at the platform stage.")
-        if req.decisions.filter(stage=ApprovalDecision.Stage.LEAD, approver=user).exists():
+        if made_lead_decision is None:
+            made_lead_decision = req.decisions.filter(
+                stage=ApprovalDecision.Stage.LEAD, approver=user
+            ).exists()
+        if made_lead_decision:
             # Two stages mean two people: a lead who is also a platform admin cannot wave their own
             # lead approval through.
             raise PermissionDenied(

@@ -543,6 +543,29 @@ def test_audit_outside_a_transaction_is_refused() -> None:
     assert not AuditEvent.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_batched_audit_rows_are_written_with_their_transaction() -> None:
+    from django.db import transaction
+
+    from portal.services import audit_event_record, audit_events_batched
+
+    team = factories.team("batched")
+    with pytest.raises(RuntimeError, match="inside the transaction"), audit_events_batched():
+        pass
+    with transaction.atomic(), audit_events_batched() as pending:
+        audit_event_record(actor=None, action="team.touched", obj=team)
+        audit_event_record(actor=None, action="team.touched_again", obj=team)
+        assert len(pending) == 2 and not AuditEvent.objects.exists()  # not yet: when the block ends
+    assert sorted(AuditEvent.objects.values_list("action", flat=True)) == [
+        "team.touched",
+        "team.touched_again",
+    ]
+    with pytest.raises(LookupError), transaction.atomic(), audit_events_batched():
+        audit_event_record(actor=None, action="team.lost", obj=team)
+        raise LookupError("the change failed")
+    assert not AuditEvent.objects.filter(action="team.lost").exists()
+
+
 # --- Django admin -----------------------------------------------------------------------------
 
 

@@ -79,7 +79,8 @@ def _set_local(name: str, value: str) -> None:
     """A PostgreSQL setting for the current transaction only (SQLite serialises writers anyway)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(f"SET LOCAL {name} = %s", [value])
+            # set_config(..., true) is SET LOCAL in a form that takes bound parameters.
+            cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
 
 
 def lease_seconds() -> float:

@@ -1,7 +1,8 @@
 from typing import TYPE_CHECKING
 
-from django.core.paginator import InvalidPage
+from django.core.paginator import InvalidPage, Paginator
 from django.db.models import QuerySet
+from django.utils.functional import cached_property
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -11,15 +12,34 @@ if TYPE_CHECKING:
     from rest_framework.views import APIView
 
 
+class _Paginator(Paginator):
+    def __init__(self, object_list: QuerySet, per_page: int, counted: QuerySet | None) -> None:
+        super().__init__(object_list, per_page)
+        self._counted = counted
+
+    @cached_property
+    def count(self) -> int:
+        return super().count if self._counted is None else self._counted.count()
+
+
 class PagePagination(PageNumberPagination):
     """Numbered pages of `page_size` rows (default 50, at most 200) with the total `count`."""
 
     page_size_query_param = "page_size"
     max_page_size = 200
 
-    def paginate_queryset(self, queryset: QuerySet, request: Request, view: "APIView | None" = None) -> list:
+    def paginate_queryset(
+        self,
+        queryset: QuerySet,
+        request: Request,
+        view: "APIView | None" = None,
+        *,
+        counted: QuerySet | None = None,
+    ) -> list:
+        """`counted`: the same rows without what only the page needs (a values() page joins the names of
+        what each row points to, and count() would join them too, for every row it counts)."""
         self.request = request
-        paginator = self.django_paginator_class(queryset, self.get_page_size(request))
+        paginator = _Paginator(queryset, self.get_page_size(request), counted)
         page_number = self.get_page_number(request, paginator)
         try:
             self.page = paginator.page(page_number)

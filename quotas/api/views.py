@@ -85,7 +85,9 @@ class CapacityRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
         # The hottest read (automation polls it): one query for the page as plain values and one for
         # its decisions, rendered by capacity_request_rows (equal to the serializer's output).
         queryset = self.filter_queryset(self.get_queryset())
-        rows = self.paginate_queryset(selectors.capacity_request_values(queryset))
+        rows = self.paginator.paginate_queryset(
+            selectors.capacity_request_values(queryset), request, view=self, counted=queryset
+        )
         decisions = selectors.capacity_request_decision_values(request_ids=[r["pk"] for r in rows])
         return self.get_paginated_response(s.capacity_request_rows(rows, decisions))
 

@@ -11,10 +11,12 @@ maximum), and the same audit rows, one decision at a time. What is shared is don
   read once and then counted up in memory as requests are granted, instead of re-read per request;
 - the grants of a pool are queued for the reconciler together (`grants_reconcile`, in chunks).
 
-Partial success is the normal case: every request gets its own result. A request is decided in a
-savepoint of its own, so one that fails is rolled back whole and never half-applied, while the
-others of its pool stand. Locks are taken in a fixed order (pools by id, then requests by id), so
-two bulk decisions never deadlock each other.
+Partial success is the normal case: every request gets its own result. Every rule is checked before
+a request's first write (`_check_one`, then `_apply_one`, which refuses nothing), so a refused request
+has written nothing and the others of its pool stand; a database error aborts the pool's whole
+transaction. The audit rows of a pool's decisions are inserted together, in its transaction. Locks
+are taken in a fixed order (pools by id, then requests by id), so two bulk decisions never deadlock
+each other.
 """
 
 import dataclasses
@@ -30,6 +32,7 @@ from pools.models import NodePool, PoolClass
 from pools.services import pool_preflight_refusal
 from portal.models import User
 from portal.querysets import locked
+from portal.services import audit_events_batched
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest
 from quotas.selectors import pool_capacity_bulk
@@ -114,32 +117,25 @@ class _PoolLedger:
         self.team_granted[req.team_id] += req.gpus
 
 
-def _decide_one(
+def _check_one(
     req: CapacityRequest,
     *,
     actor: User,
     decision: str,
-    comment: str,
     preflight: dict[int | None, str | None],
-    ledger: _PoolLedger | None,
-) -> DecisionResult:
-    """One request, row-locked by the caller: the body of capacity_request_approve / _reject."""
-    stage = policies.decision_stage(user=actor, capacity_request=req)
+    ledger: "_PoolLedger | None",
+    own_lead_decisions: set[int],
+) -> str:
+    """Every rule of capacity_request_approve / _reject for one row-locked request, before anything is
+    written: the stage the actor decides, or PermissionDenied / ValidationError saying why not."""
+    stage = policies.decision_stage(
+        user=actor, capacity_request=req, made_lead_decision=req.pk in own_lead_decisions
+    )
     if decision == REJECT:
-        ApprovalDecision.objects.create(
-            request=req, stage=stage, approver=actor, decision=REJECT, comment=comment
-        )
-        transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
-        return DecisionResult(req.pk, "rejected")
+        return stage
     _check_window(req)
     if stage == ApprovalDecision.Stage.LEAD:
-        ApprovalDecision.objects.create(
-            request=req, stage=stage, approver=actor, decision=APPROVE, comment=comment
-        )
-        transition(
-            req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
-        )
-        return DecisionResult(req.pk, "lead_approved")
+        return stage
     if req.pool_id not in preflight:
         # Moved to the platform stage after the batch looked (another lead approved it meanwhile):
         # its pool's pre-flight had not been needed yet. Still once per pool.
@@ -150,6 +146,35 @@ def _decide_one(
     refusal = capacity_refusal(req, pool=ledger.pool, figures=ledger.figures(req.team_id))
     if refusal:
         raise ValidationError(refusal, code="capacity")
+    return stage
+
+
+def _apply_one(
+    req: CapacityRequest,
+    *,
+    actor: User,
+    decision: str,
+    stage: str,
+    comment: str,
+    ledger: "_PoolLedger | None",
+) -> DecisionResult:
+    """The writes of a decision _check_one allowed: they refuse nothing, so a request is never left
+    half-decided (a database error aborts the pool's whole transaction)."""
+    if decision == REJECT:
+        ApprovalDecision.objects.create(
+            request=req, stage=stage, approver=actor, decision=REJECT, comment=comment
+        )
+        transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
+        return DecisionResult(req.pk, "rejected")
+    if stage == ApprovalDecision.Stage.LEAD:
+        ApprovalDecision.objects.create(
+            request=req, stage=stage, approver=actor, decision=APPROVE, comment=comment
+        )
+        transition(
+            req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
+        )
+        return DecisionResult(req.pk, "lead_approved")
+    assert ledger is not None
     grant = _approve_final(req, actor=actor, stage=stage, comment=comment, queue=False)
     ledger.take(req)
     return DecisionResult(req.pk, "approved", grant_id=grant.pk)
@@ -167,7 +192,7 @@ def _decide_pool(
     """Every request of one pool in one transaction, the pool row locked for final approvals."""
     results: list[DecisionResult] = []
     granted: list[int] = []
-    with transaction.atomic():
+    with transaction.atomic(), audit_events_batched():
         requests = list(
             locked(
                 CapacityRequest.objects.select_related(
@@ -182,19 +207,28 @@ def _decide_pool(
         if finals and pool_id is not None:
             pool = locked(NodePool.objects.select_related("cluster")).get(pk=pool_id)
             ledger = _PoolLedger(pool, {r.team_id for r in requests})
+        # The two-person rule's lookup, once for the batch instead of once per request.
+        own_lead_decisions = set(
+            ApprovalDecision.objects.filter(
+                request_id__in=ids, stage=ApprovalDecision.Stage.LEAD, approver=actor
+            ).values_list("request_id", flat=True)
+        )
         for req in requests:
             try:
-                with transaction.atomic():  # a savepoint: the request is decided whole or not at all
-                    result = _decide_one(
-                        req,
-                        actor=actor,
-                        decision=decision,
-                        comment=comment,
-                        preflight=preflight,
-                        ledger=ledger,
-                    )
+                stage = _check_one(
+                    req,
+                    actor=actor,
+                    decision=decision,
+                    preflight=preflight,
+                    ledger=ledger,
+                    own_lead_decisions=own_lead_decisions,
+                )
             except (PermissionDenied, ValidationError) as exc:
-                result = DecisionResult(req.pk, "refused", error=exc)
+                results.append(DecisionResult(req.pk, "refused", error=exc))
+                continue
+            result = _apply_one(
+                req, actor=actor, decision=decision, stage=stage, comment=comment, ledger=ledger
+            )
             if result.grant_id is not None:
                 granted.append(result.grant_id)
             results.append(result)
