@@ -61,7 +61,7 @@ class ClusterForm(forms.ModelForm):
     def clean(self) -> dict:
         data = super().clean()
         # Leaving a write-only field empty on edit keeps the stored secret.
-        for field in ("kubeconfig", "token"):
+        for field in Cluster.CREDENTIALS:
             if not data.get(field) and self.instance.pk:
                 data[field] = getattr(self.instance, field)
         return data

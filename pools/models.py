@@ -75,6 +75,10 @@ class Accelerator(models.Model):
 
 
 class Cluster(models.Model):
+    # The encrypted fields: decrypted whenever a row is read, so reads that only name the cluster
+    # defer them (`.defer(*Cluster.CREDENTIALS)`).
+    CREDENTIALS = ("kubeconfig", "token")
+
     name = models.SlugField(unique=True)
     api_url = models.URLField(max_length=300, blank=True, help_text="Filled from the kubeconfig when empty")
     # A whole kubeconfig, or a bearer token with the CA bundle: encrypted, never rendered or logged.

@@ -169,7 +169,8 @@ def _freshness(status: ClusterUtilisation | None, now: datetime) -> str:
 def utilisation_overview(*, user: User, now: datetime, cluster_id: int | None = None) -> list[ClusterView]:
     """Enabled clusters with their enabled pools' live figures. Pool-level figures are for every
     signed-in `user` (see the module docstring); what is about one team is scoped by the other reads."""
-    clusters = Cluster.objects.filter(enabled=True).order_by("name")
+    # Credentials are decrypted when a row is read: pages that only name a cluster do not read them.
+    clusters = Cluster.objects.filter(enabled=True).defer(*Cluster.CREDENTIALS).order_by("name")
     if cluster_id is not None:
         clusters = clusters.filter(pk=cluster_id)
     statuses = {s.cluster_id: s for s in ClusterUtilisation.objects.filter(cluster__in=clusters)}
@@ -178,7 +179,7 @@ def utilisation_overview(*, user: User, now: datetime, cluster_id: int | None = 
     pools = (
         NodePool.objects.filter(cluster__in=clusters, enabled=True)
         .select_related("cluster", "accelerator", "utilisation")
-        .defer("utilisation__detail")
+        .defer("utilisation__detail", *(f"cluster__{f}" for f in Cluster.CREDENTIALS))
         .order_by("name")
     )
     views = {
@@ -210,8 +211,10 @@ class PoolDetail:
 
 def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
     """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
-    pool = NodePool.objects.select_related("cluster", "accelerator").get(
-        pk=pool_id, enabled=True, cluster__enabled=True
+    pool = (
+        NodePool.objects.select_related("cluster", "accelerator")
+        .defer(*(f"cluster__{f}" for f in Cluster.CREDENTIALS))
+        .get(pk=pool_id, enabled=True, cluster__enabled=True)
     )
     cluster = utilisation_overview(user=user, now=now, cluster_id=pool.cluster_id)[0]
     view = next(v for v in cluster.pools if v.pool.pk == pool.pk)

@@ -16,4 +16,6 @@ def api_token_get(*, user: User, pk: int) -> ApiToken:
 
 
 def api_token_by_raw(*, raw: str) -> ApiToken | None:
-    return ApiToken.objects.select_related("user").filter(digest=token_digest(raw)).first()
+    # Digests are unique: nothing for first()'s ORDER BY to sort, so it is left out.
+    rows = ApiToken.objects.select_related("user").filter(digest=token_digest(raw)).order_by()[:1]
+    return next(iter(rows), None)
