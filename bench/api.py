@@ -153,6 +153,48 @@ def _in_process(token: str, body: dict[str, Any]) -> tuple[dict[str, int], dict[
     return queries, millis
 
 
+# Where one list request's time goes, by the functions that own each part (disjoint: none of them
+# calls another). The rest is Django's and DRF's request handling: middleware, sessions, the
+# authentication and permission classes, routing, the response.
+PROFILE_PARTS = {
+    "PostgreSQL round trips": ("psycopg/connection.py", "wait"),
+    "SQL compilation (ORM)": ("django/db/models/sql/compiler.py", "as_sql"),
+    "row values to JSON objects": ("quotas/api/serializers.py", "capacity_request_rows"),
+    "JSON rendering": ("portal/api/renderers.py", "render"),
+}
+
+
+def _profile_list(token: str, requests: int = 30) -> dict[str, Any]:
+    """cProfile over `requests` list requests (in process, after warm-up): the share of each part."""
+    import cProfile
+    import pstats
+
+    from django.test import Client
+
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    for _ in range(3):
+        client.get(PATH)
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(requests):
+        client.get(PATH)
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total = sum(tt for (_, _, _), (_, _, tt, _, _) in stats.items())
+    parts = {
+        name: sum(
+            ct for (path, _, fn), (_, _, _, ct, _) in stats.items() if fn == func and path.endswith(file)
+        )
+        for name, (file, func) in PROFILE_PARTS.items()
+    }
+    parts["Django and DRF request handling (the rest)"] = max(total - sum(parts.values()), 0.0)
+    return {
+        "requests": requests,
+        "profiled_ms_per_request": total / requests * 1000,
+        "share_pct": {name: 100 * seconds / total for name, seconds in parts.items()},
+    }
+
+
 def _wrk(script: str, seconds: int) -> dict[str, float]:
     path = os.path.join(REPO_ROOT, "var", "bench", "wrk.lua")
     with open(path, "w") as f:
@@ -221,7 +263,12 @@ def run(sizes: tuple[int, ...] = (1000, 10_000), repeats: int = 3, seconds: int 
     for rows in sizes:
         token, body = _prepare(rows)
         queries, millis = _in_process(token, body)
-        result: dict[str, Any] = {"rows": rows, "queries_per_request": queries, "in_process_ms": millis}
+        result: dict[str, Any] = {
+            "rows": rows,
+            "queries_per_request": queries,
+            "in_process_ms": millis,
+            "list_profile": _profile_list(token),
+        }
         with process(web_args, os.path.join(REPO_ROOT, "var", "bench", f"api-web-{rows}.log"), env=env):
             wait_for("gunicorn", _web_up, timeout=60)
             _wrk(_lua(token, None), 2)  # warm-up: worker imports, connections, plan caches
