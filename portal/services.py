@@ -1,16 +1,50 @@
-"""Writes that belong to the portal itself: the audit trail and the platform-wide roles."""
+"""Writes that belong to the portal itself: the audit trail and the platform-wide roles; and batched
+inserts of rows that are only ever added (audit rows, approval decisions)."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import models, transaction
 
 from portal.models import AuditEvent, User
 
-# The audit rows of an audit_events_batched() block, written together when it ends.
-_batch: ContextVar[list[AuditEvent] | None] = ContextVar("audit_batch", default=None)
+M = TypeVar("M", bound=models.Model)
+
+# The rows of an inserts_batched() block, written together when it ends.
+_batch: ContextVar[list[models.Model] | None] = ContextVar("insert_batch", default=None)
+
+
+def row_insert(row: M) -> M:
+    """Insert `row`, a row nothing updates later, now or, inside inserts_batched(), with the block's
+    other rows. Its primary key is set once it is written: callers inside a block must not need it."""
+    batch = _batch.get()
+    if batch is None:
+        row.save(force_insert=True)
+    else:
+        batch.append(row)
+    return row
+
+
+@contextmanager
+def inserts_batched() -> Iterator[list[models.Model]]:
+    """Collect the rows row_insert() records inside the block and insert them with one statement per
+    model as it ends, still inside the caller's transaction (a bulk decision writes a decision and two
+    audit rows per approval). An exception in the block drops them with the transaction."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("inserts_batched must run inside the transaction of the changes it records")
+    pending: list[models.Model] = []
+    token = _batch.set(pending)
+    try:
+        yield pending
+    finally:
+        _batch.reset(token)
+    by_model: dict[type[models.Model], list[models.Model]] = {}
+    for row in pending:
+        by_model.setdefault(type(row), []).append(row)
+    for model, rows in by_model.items():
+        model._default_manager.bulk_create(rows)
 
 
 def audit_event_record(
@@ -27,39 +61,19 @@ def audit_event_record(
     # no change is ever committed without its audit row.
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_event_record must run inside the transaction of the change it records")
-    event = AuditEvent(
-        actor=actor,
-        action=action,
-        object_type=obj._meta.label_lower,
-        object_id=str(obj.pk),
-        object_repr=str(obj)[:200],
-        team=team,
-        before=before,
-        after=after,
-        message=message,
+    return row_insert(
+        AuditEvent(
+            actor=actor,
+            action=action,
+            object_type=obj._meta.label_lower,
+            object_id=str(obj.pk),
+            object_repr=str(obj)[:200],
+            team=team,
+            before=before,
+            after=after,
+            message=message,
+        )
     )
-    batch = _batch.get()
-    if batch is None:
-        event.save(force_insert=True)
-    else:
-        batch.append(event)
-    return event
-
-
-@contextmanager
-def audit_events_batched() -> Iterator[list[AuditEvent]]:
-    """Collect the audit rows recorded inside the block and insert them in one statement as it ends,
-    still inside the caller's transaction (a bulk decision records two rows per approval). The block
-    yields the pending rows: a caller that gives up on part of its work drops that part's rows."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("audit_events_batched must run inside the transaction of the changes it records")
-    pending: list[AuditEvent] = []
-    token = _batch.set(pending)
-    try:
-        yield pending
-    finally:
-        _batch.reset(token)
-    AuditEvent.objects.bulk_create(pending)
 
 
 @transaction.atomic

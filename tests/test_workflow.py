@@ -544,15 +544,15 @@ def test_audit_outside_a_transaction_is_refused() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_batched_audit_rows_are_written_with_their_transaction() -> None:
+def test_batched_inserts_are_written_with_their_transaction() -> None:
     from django.db import transaction
 
-    from portal.services import audit_event_record, audit_events_batched
+    from portal.services import audit_event_record, inserts_batched
 
     team = factories.team("batched")
-    with pytest.raises(RuntimeError, match="inside the transaction"), audit_events_batched():
+    with pytest.raises(RuntimeError, match="inside the transaction"), inserts_batched():
         pass
-    with transaction.atomic(), audit_events_batched() as pending:
+    with transaction.atomic(), inserts_batched() as pending:
         audit_event_record(actor=None, action="team.touched", obj=team)
         audit_event_record(actor=None, action="team.touched_again", obj=team)
         assert len(pending) == 2 and not AuditEvent.objects.exists()  # not yet: when the block ends
@@ -560,7 +560,7 @@ def test_batched_audit_rows_are_written_with_their_transaction() -> None:
         "team.touched",
         "team.touched_again",
     ]
-    with pytest.raises(LookupError), transaction.atomic(), audit_events_batched():
+    with pytest.raises(LookupError), transaction.atomic(), inserts_batched():
         audit_event_record(actor=None, action="team.lost", obj=team)
         raise LookupError("the change failed")
     assert not AuditEvent.objects.filter(action="team.lost").exists()

@@ -40,7 +40,8 @@ def transition(
     req.state = to
     for field, value in changes.items():
         setattr(req, field, value)
-    req.save()
+    # Only what moved: an UPDATE of every column costs a bulk decision noticeably per request.
+    req.save(update_fields=["state", "updated_at", *changes])
     audit_event_record(
         actor=actor,
         action=action,

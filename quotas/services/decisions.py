@@ -32,7 +32,7 @@ from pools.models import NodePool, PoolClass
 from pools.services import pool_preflight_refusal
 from portal.models import User
 from portal.querysets import locked
-from portal.services import audit_events_batched
+from portal.services import inserts_batched, row_insert
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest
 from quotas.selectors import pool_capacity_bulk
@@ -161,14 +161,14 @@ def _apply_one(
     """The writes of a decision _check_one allowed: they refuse nothing, so a request is never left
     half-decided (a database error aborts the pool's whole transaction)."""
     if decision == REJECT:
-        ApprovalDecision.objects.create(
-            request=req, stage=stage, approver=actor, decision=REJECT, comment=comment
+        row_insert(
+            ApprovalDecision(request=req, stage=stage, approver=actor, decision=REJECT, comment=comment)
         )
         transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
         return DecisionResult(req.pk, "rejected")
     if stage == ApprovalDecision.Stage.LEAD:
-        ApprovalDecision.objects.create(
-            request=req, stage=stage, approver=actor, decision=APPROVE, comment=comment
+        row_insert(
+            ApprovalDecision(request=req, stage=stage, approver=actor, decision=APPROVE, comment=comment)
         )
         transition(
             req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
@@ -192,7 +192,7 @@ def _decide_pool(
     """Every request of one pool in one transaction, the pool row locked for final approvals."""
     results: list[DecisionResult] = []
     granted: list[int] = []
-    with transaction.atomic(), audit_events_batched():
+    with transaction.atomic(), inserts_batched():
         requests = list(
             locked(
                 CapacityRequest.objects.select_related(

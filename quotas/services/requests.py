@@ -14,7 +14,7 @@ from pools.selectors import pools_offering
 from pools.services import pool_preflight_refusal
 from portal.models import User
 from portal.querysets import locked
-from portal.services import audit_event_record
+from portal.services import audit_event_record, row_insert
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
 from quotas.selectors import pool_capacity, pool_capacity_bulk
@@ -271,8 +271,8 @@ def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -
 
 def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
     """Lock the pool row so concurrent approvals of its last GPUs serialise, then apply the rules."""
-    pool = locked(NodePool.objects.select_related("cluster")).get(pk=req.pool_id)
-    req.pool = pool  # the locked row, with its cluster: what the grant is then created from
+    pool = locked(NodePool.objects.select_related("cluster", "accelerator")).get(pk=req.pool_id)
+    req.pool = pool  # the locked row, with its cluster and accelerator: what the grant is created from
     figures = pool_capacity(pool=pool, team_id=req.team_id)
     return capacity_refusal(req, pool=pool, figures=figures)
 
@@ -291,8 +291,14 @@ def capacity_refusal(req: CapacityRequest, *, pool: NodePool, figures: rules.Poo
 def _approve_final(
     req: CapacityRequest, *, actor: User | None, stage: str, comment: str, queue: bool = True
 ) -> Grant:
-    ApprovalDecision.objects.create(
-        request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.APPROVE, comment=comment
+    row_insert(
+        ApprovalDecision(
+            request=req,
+            stage=stage,
+            approver=actor,
+            decision=ApprovalDecision.Decision.APPROVE,
+            comment=comment,
+        )
     )
     transition(req, to=S.APPROVED, actor=actor, action="capacity_request.approved", message=comment)
     # The pool row is locked (_lock_and_check_capacity): its admission mode is the one just checked.
@@ -335,12 +341,14 @@ def capacity_request_approve(
     stage = policies.decision_stage(user=actor, capacity_request=req)
     _check_window(req)
     if stage == ApprovalDecision.Stage.LEAD:
-        ApprovalDecision.objects.create(
-            request=req,
-            stage=stage,
-            approver=actor,
-            decision=ApprovalDecision.Decision.APPROVE,
-            comment=comment,
+        row_insert(
+            ApprovalDecision(
+                request=req,
+                stage=stage,
+                approver=actor,
+                decision=ApprovalDecision.Decision.APPROVE,
+                comment=comment,
+            )
         )
         transition(
             req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
@@ -366,8 +374,14 @@ def capacity_request_reject(
         raise ValidationError({"comment": ["Say why the request is rejected; the requester reads it."]})
     req = locked(CapacityRequest.objects.select_related("team")).get(pk=capacity_request.pk)
     stage = policies.decision_stage(user=actor, capacity_request=req)
-    ApprovalDecision.objects.create(
-        request=req, stage=stage, approver=actor, decision=ApprovalDecision.Decision.REJECT, comment=comment
+    row_insert(
+        ApprovalDecision(
+            request=req,
+            stage=stage,
+            approver=actor,
+            decision=ApprovalDecision.Decision.REJECT,
+            comment=comment,
+        )
     )
     transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
     capacity_request.refresh_from_db()
