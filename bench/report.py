@@ -303,6 +303,30 @@ def _provisioning(p: Json) -> list[str]:
                 f"| {n} | {_s(r['seconds']['portal_bulk'])} | {_num(bulk_approve, 2)} | "
                 f"{_s(r['seconds']['kubectl_directory'])} | {_s(r['ratio']['bulk_directory'])} |"
             )
+        phased = {n: r for n, r in bulk_sizes.items() if all("bulk_phases" in run for run in r["runs"])}
+        if phased:
+            out += [
+                "",
+                "What proving enforcement costs: the bulk passes' own account (the worker logs each pass; "
+                "seconds summed over the passes of a run, which run side by side in the worker's processes, "
+                "medians over runs):",
+                "",
+                "| Grants | Passes | Applying s | Proving enforcement s | Recording s | Enforcement share |",
+                "|---|---|---|---|---|---|",
+            ]
+            for n, r in phased.items():
+                ph = [run["bulk_phases"] for run in r["runs"]]
+
+                def med(key: str, ph: list[Json] = ph) -> float:
+                    return statistics.median(p[key] for p in ph)
+
+                total = med("apply_seconds") + med("enforcement_seconds") + med("record_seconds")
+                share = med("enforcement_seconds") / total * 100 if total else float("nan")
+                out.append(
+                    f"| {n} | {_num(med('passes'), 0)} | {_num(med('apply_seconds'))} | "
+                    f"{_num(med('enforcement_seconds'))} | {_num(med('record_seconds'))} | "
+                    f"{_num(share, 0)}% |"
+                )
     return out
 
 
