@@ -235,7 +235,8 @@ def capacity_request_create(
 
 @transaction.atomic
 def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -> CapacityRequest:
-    req = CapacityRequest.objects.select_for_update().get(pk=capacity_request.pk)
+    # With the team and accelerator its audit row names: a create's submit holds the pool's row lock.
+    req = locked(CapacityRequest.objects.select_related("team", "accelerator")).get(pk=capacity_request.pk)
     if not policies.can_submit(user=actor, capacity_request=req):
         raise PermissionDenied("Only the requester can submit a draft.")
     check_transition(req.state, S.PENDING_LEAD)
