@@ -1,5 +1,6 @@
 """The list+watch cache against a scripted source: relist on 410, reconnect with backoff, stale marking."""
 
+import gc
 import queue
 import threading
 import time
@@ -242,3 +243,36 @@ def test_an_unexpected_failure_marks_it_stale_and_it_starts_over(run_cache):
     assert names(cache) == ["a"]
     assert not cache.status().stale
     assert source.list_calls == [None, None]
+
+
+class GcWatchingSource(FakeSource):
+    """Records whether automatic garbage collection was on while each page was served."""
+
+    def __init__(self, pages):
+        super().__init__(pages)
+        self.gc_enabled = []
+
+    def list(self, *, limit, continue_token):
+        self.gc_enabled.append(gc.isenabled())
+        return super().list(limit=limit, continue_token=continue_token)
+
+
+def test_a_list_pauses_automatic_garbage_collection_and_restores_it():
+    source = GcWatchingSource([page(10, "a", cont="t1"), page(10, "b")])
+    assert gc.isenabled()
+    ResourceCache(source)._list()
+    assert source.gc_enabled == [False, False]
+    assert gc.isenabled()
+
+
+def test_a_failed_list_restores_garbage_collection_and_leaves_it_off_if_it_was():
+    source = GcWatchingSource([page(10, "a", cont="t1"), Unreachable("down", reason="Unreachable")])
+    with pytest.raises(Unreachable):
+        ResourceCache(source)._list()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        ResourceCache(GcWatchingSource([page(10, "a")]))._list()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
