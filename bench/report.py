@@ -262,7 +262,10 @@ def _collector_targets(col: Json) -> list[str]:
             f"Collector resident memory < 400 MiB ({scale})",
             f"{_num(peak, 0)} MiB peak",
             peak < 400,
-            "the pod cache keeps a trimmed copy of every pod as Python objects" + _per_pod(col),
+            f"{_num(r['peak_rss_mib']['max'], 0)} MiB at the first views; the churn's collector reached "
+            f"{_num(r['rss_after_churn_mib'].get('VmHWM'), 0)} MiB. The pod cache keeps a trimmed copy of "
+            "every pod as Python objects, and a list again (after a 410) builds the new copy beside the old"
+            + _per_pod(col),
         )
         top = _top_step(r)
         if top is not None:
