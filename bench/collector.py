@@ -47,7 +47,9 @@ from bench.common import (
 CLUSTER_NAME = "gpu-portal-bench"
 NAMESPACE = "bench-pods"
 PODS_PER_NODE = 10
-CREATE_THREADS = 8
+# With the testbed's engines off, 16 keep-alive connections create about 200 pods/s here (8 with
+# Karpenter and Kueue watching every pod made 90/s): 50,000 pods in about 4 min.
+CREATE_THREADS = 16
 LAG_OK = 3.0
 STEP_SECONDS = 10.0
 WEB_PORT = 18765
@@ -55,6 +57,8 @@ PREFIX = "accelerator.platform.example.com"
 
 
 RESOURCE_VERSION = re.compile(rb'"resourceVersion":"(\d+)"')
+# The collector's own account of its lists (pools.kube.watch), in its log.
+LISTED = re.compile(r"local/(nodes|pods): listed \d+ objects in \d+ page\(s\), ([\d.]+)s")
 
 
 def _pod(name: str, node: str) -> dict[str, Any]:
@@ -112,6 +116,14 @@ class Pods:
     def count(self) -> int:
         with self.lock:
             return len(self.live)
+
+    def pending(self) -> bool:
+        """Whether any bench pod is still Pending: created bound to its node, not yet marked Running
+        by kwok, which works through tens of thousands of new pods at a few hundred per second."""
+        page = self.api.get(
+            f"/api/v1/namespaces/{NAMESPACE}/pods?fieldSelector=status.phase%3DPending&limit=1"
+        )
+        return bool(page.get("items"))
 
     def fill(self, total: int) -> float:
         """Create pods until `total` exist; returns pods created per second."""
@@ -246,7 +258,11 @@ def _first_view(pool_id: int, pods: Pods, workdir: str, tag: str) -> dict[str, f
             raise RuntimeError(f"the collector exited; see {workdir}/collector-{tag}.log")
         seconds = time.perf_counter() - start
         time.sleep(2)
-        return {"seconds": seconds, **_rss(proc.pid)}
+        memory = _rss(proc.pid)
+    # Where the first view's time went: the node and pod lists as the collector timed them.
+    log_text = Path(workdir, f"collector-{tag}.log").read_text(errors="replace")
+    lists = {f"{kind}_list_seconds": float(s) for kind, s in LISTED.findall(log_text)}
+    return {"seconds": seconds, **memory, **lists}
 
 
 class Fragments(threading.Thread):
@@ -365,9 +381,13 @@ def run(
     repeats: int = 3,
     rates: tuple[int, ...] = (50, 100, 200, 400),
     workdir: str = "var/bench",
+    largest_repeats: int | None = None,
 ) -> dict[str, Any]:
+    """`largest_repeats` caps the first-view repeats at the largest size, whose every collector
+    start lists all its pods again (the other sizes keep `repeats`)."""
     django_setup()
     os.makedirs(workdir, exist_ok=True)
+    tb = testbed_module()
     out: dict[str, Any] = {
         "pods_per_node": PODS_PER_NODE,
         "step_seconds": STEP_SECONDS,
@@ -376,35 +396,66 @@ def run(
             "gunicorn portal.wsgi, 3 sync workers, portal.settings.test with persistent database "
             "connections, bench database"
         ),
+        "testbed": {
+            "heartbeat_factor": tb.LARGE.heartbeat_factor,
+            "kwok_log_level": tb.LARGE.kwok_log_level,
+            "engines": False,
+        },
         "sizes": {},
     }
-    with testbed_cluster(CLUSTER_NAME, extra_nodes=sizes[0]) as kubeconfig:
+    # Karpenter and Kueue off (the collector's watches of their objects still list and watch them):
+    # at 50,000 pods they would be two more processes watching every pod on the same 2 cores.
+    with testbed_cluster(CLUSTER_NAME, extra_nodes=sizes[0], scale=tb.LARGE, engines=False) as kubeconfig:
         pool_id = _prepare(kubeconfig)
         pods = Pods(sizes[0])
         pods.namespace()
         for n_nodes in sizes:
-            testbed_module().up(name=CLUSTER_NAME, extra_nodes=n_nodes)
+            started = time.perf_counter()
+            tb.up(name=CLUSTER_NAME, extra_nodes=n_nodes, engines=False)
+            nodes_seconds = time.perf_counter() - started
             # New pods spread over all nodes; those of the smaller size stay where they are.
             pods.n_nodes = n_nodes
             create_rate = pods.fill(n_nodes * PODS_PER_NODE)
-            log("collector", f"{n_nodes} nodes, {pods.count} pods ({create_rate:.0f} pods/s created)")
-            first, rss, hwm = (
+            # Measured once kwok has marked every pod Running: before that its status writes are a
+            # churn of their own, on the same cores, that the first view would be measured in.
+            wait_for(
+                "kwok to run every bench pod",
+                lambda: not pods.pending(),
+                timeout=120 + pods.count / 20,
+                interval=2,
+            )
+            running_seconds = time.perf_counter() - started - nodes_seconds
+            log(
+                "collector",
+                f"{n_nodes} nodes, {pods.count} pods ({create_rate:.0f} pods/s created; "
+                f"nodes ready in {nodes_seconds:.0f} s, pods running {running_seconds:.0f} s later)",
+            )
+            first, rss, hwm, pod_list = (
                 Series(f"first view, {n_nodes} nodes", "s"),
                 Series("RSS", "MiB"),
                 Series("HWM", "MiB"),
+                Series("pod list", "s"),
             )
-            for r in range(repeats):
+            runs = (
+                repeats if n_nodes != max(sizes) or largest_repeats is None else min(repeats, largest_repeats)
+            )
+            for r in range(runs):
                 view = _first_view(pool_id, pods, workdir, f"{n_nodes}-{r}")
                 first.values.append(view["seconds"])
                 rss.values.append(view["VmRSS"])
                 hwm.values.append(view["VmHWM"])
+                if "pods_list_seconds" in view:
+                    pod_list.values.append(view["pods_list_seconds"])
                 log("collector", f"{n_nodes} nodes: first view {view}")
             result: dict[str, Any] = {
                 "pods": pods.count,
                 "pod_create_per_s": create_rate,
+                "nodes_ready_seconds": nodes_seconds,
+                "pods_running_seconds": running_seconds,
                 "first_view": first.summary(),
                 "rss_mib": rss.summary(),
                 "peak_rss_mib": hwm.summary(),
+                "pod_list_seconds": pod_list.summary(),
             }
             web_args = [
                 sys.executable, "-m", "gunicorn", "portal.wsgi:application",

@@ -137,11 +137,12 @@ def testbed_module() -> Any:
 
 
 @contextmanager
-def testbed_cluster(name: str, extra_nodes: int = 0) -> Iterator[str]:
-    """A dedicated testbed cluster for the duration of a section, always torn down; yields its kubeconfig."""
+def testbed_cluster(name: str, extra_nodes: int = 0, **options: Any) -> Iterator[str]:
+    """A dedicated testbed cluster for the duration of a section, always torn down; yields its
+    kubeconfig. `options` go to the testbed's `up` (scale, engines)."""
     tb = testbed_module()
     try:
-        yield str(tb.up(name=name, extra_nodes=extra_nodes))
+        yield str(tb.up(name=name, extra_nodes=extra_nodes, **options))
     finally:
         tb.down(name=name)
 

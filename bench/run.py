@@ -41,7 +41,10 @@ def _plans(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
     return {
         "approvals": lambda: approvals.run(sizes=(200, 1000), repeats=5),
         "provisioning": lambda: provisioning.run(sizes=(50, 200), repeats=3),
-        "collector": lambda: collector.run(sizes=(100, 1000), repeats=3, rates=(50, 100, 200, 300, 400, 600)),
+        # The size is 5,000 nodes (50,000 pods); each first view there lists all of them again.
+        "collector": lambda: collector.run(
+            sizes=(1000, 5000), repeats=3, largest_repeats=2, rates=(50, 100, 200, 300, 400, 600)
+        ),
         "api": lambda: api.run(sizes=(1000, 10_000), repeats=3, seconds=10),
         "elastic": lambda: elastic.run(delays=(15.0, 45.0), repeats=5),
         "queueing": lambda: queueing.run(repeats=2),

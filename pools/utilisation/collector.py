@@ -27,7 +27,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from pools.kube.conformance import Allowlist
-from pools.kube.objects import Label
+from pools.kube.objects import Label, with_gpu_requests
 from pools.kube.watch import KubeSource, ResourceCache
 from pools.models import Cluster, CollectorState
 from pools.utilisation.figures import ClusterFigures, compute
@@ -141,7 +141,9 @@ class ClusterCollector:
         caches = {"backoff_max": backoff_max, "watch_timeout": watch_timeout}
         self.nodes = self._cache(KubeSource(cluster, "nodes"), trim_node, notify=self.changed.set, **caches)
         self.pods = self._cache(
-            KubeSource(cluster, "pods", field_selector=ACTIVE_PODS), with_pod_status(trim_pod), **caches
+            KubeSource(cluster, "pods", field_selector=ACTIVE_PODS),
+            with_gpu_requests(with_pod_status(trim_pod)),
+            **caches,
         )
         self.namespaces = self._cache(
             KubeSource(cluster, "namespaces", label_selector=PORTAL_NAMESPACES), trim_namespace, **caches

@@ -60,7 +60,9 @@ def floor_time(moment: datetime, seconds: int) -> datetime:
 
 def _pool_detail(figures: PoolFigures) -> dict[str, Any]:
     return {
-        "nodes": [{**asdict(n), "free": n.free} for n in figures.nodes],
+        # Its fields are plain values: vars() is asdict() without the recursive copy, which cost
+        # more than the rest of the write for a pool of 5,000 nodes.
+        "nodes": [{**vars(n), "free": n.free} for n in figures.nodes],
         "pending": [asdict(p) for p in figures.pending],
         "namespaces": [asdict(u) for u in sorted(figures.namespaces.values(), key=lambda u: u.namespace)],
         "non_gpu_pods": figures.non_gpu_pod_names,
@@ -104,10 +106,11 @@ def utilisation_publish(
     if figures is None:
         return
     for pool_id, pool_figures in figures.pools.items():
-        PoolUtilisation.objects.update_or_create(
-            pool_id=pool_id,
-            defaults={**pool_figures.totals(), "computed_at": now, "detail": _pool_detail(pool_figures)},
-        )
+        fields = {**pool_figures.totals(), "computed_at": now, "detail": _pool_detail(pool_figures)}
+        # UPDATE first, not update_or_create, which reads the row back (locked, its detail decoded:
+        # every node of the pool) only to overwrite all of it; the row exists after the first write.
+        if not PoolUtilisation.objects.filter(pool_id=pool_id).update(**fields):
+            PoolUtilisation.objects.create(pool_id=pool_id, **fields)
     # A pool that was disabled or moved away keeps no figures that look current.
     PoolUtilisation.objects.filter(pool__cluster_id=cluster_id).exclude(pool_id__in=figures.pools).delete()
 

@@ -125,6 +125,9 @@ class WorkloadWatch:
     def diagnose(self, now: datetime) -> dict[str, list[Json]]:
         """Rows per portal namespace, from the caches as they are now."""
         portal = {ns["metadata"]["name"] for ns in self.namespaces.snapshot()}
+        if not portal:
+            # Nothing to diagnose; skips a walk over every pod of the cluster each round.
+            return {}
         pods: dict[str, list[Json]] = defaultdict(list)
         workloads: dict[str, list[Json]] = defaultdict(list)
         events: dict[str, list[Json]] = defaultdict(list)

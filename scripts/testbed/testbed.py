@@ -1283,7 +1283,34 @@ def _write_kubeconfig(name: str, port: int) -> Path:
     return path
 
 
-def _create(bins: Binaries, name: str, port: int | None) -> None:
+@dataclass(frozen=True)
+class Scale:
+    """Creation options for clusters of thousands of nodes (the collector benchmark's 5,000),
+    where kwok-controller alone otherwise keeps a core busy on this kind of machine.
+
+    `heartbeat_factor` is kwokctl's: node lease duration 40 s x factor (kwok renews each lease
+    every quarter of it), and the controller-manager's node monitor period and grace period scale
+    with it, so nodes stay Ready. The default factor 5 renews 5,000 leases every 50 s (100 writes/s);
+    30 renews them every 5 min. The cost: a node whose kwok stops is noticed only after the grace
+    period (20 min at 30), so tests that stop kwok keep the default. `kwok_log_level` WARN drops
+    kwok's INFO line for every lease, node and pod it writes (tens of MB a quarter hour)."""
+
+    heartbeat_factor: float | None = None
+    kwok_log_level: str | None = None
+
+    def args(self) -> list[str]:
+        out = []
+        if self.heartbeat_factor is not None:
+            out.append(f"--heartbeat-factor={self.heartbeat_factor:g}")
+        if self.kwok_log_level is not None:
+            out.append(f"--extra-args=kwok-controller=v={self.kwok_log_level}")
+        return out
+
+
+LARGE = Scale(heartbeat_factor=30, kwok_log_level="WARN")
+
+
+def _create(bins: Binaries, name: str, port: int | None, scale: Scale | None = None) -> None:
     args = [
         "create",
         "cluster",
@@ -1313,6 +1340,7 @@ def _create(bins: Binaries, name: str, port: int | None) -> None:
             for k, v in (("kube-api-qps", 500), ("kube-api-burst", 1000))
         ),
         "--timeout=5m",
+        *(scale.args() if scale else []),
     ]
     with _port_allocation() as allocate:
         options = {key: allocate(port if key == "kubeApiserverPort" else None) for key in _PORT_OPTIONS}
@@ -1379,9 +1407,16 @@ def up(
     port: int | None = None,
     extra_nodes: int = 0,
     node_bringup_seconds: float | None = None,
+    scale: Scale | None = None,
+    engines: bool = True,
 ) -> Path:
     """Start (or create) the cluster and its engines and apply the topology; returns the
     kubeconfig path.
+
+    `scale` applies when the cluster is created (see Scale). Without `engines`, Karpenter and Kueue
+    are not started (and stopped if they run), though their CRDs and NodePools are applied as
+    usual: a benchmark of thousands of nodes and tens of thousands of pods that uses neither
+    saves them watching every pod.
 
     Idempotent: on a running cluster it only re-applies the topology (nodes, NodePools). `port`
     pins the apiserver port when the cluster is created (default: a free port chosen by kwokctl).
@@ -1399,7 +1434,7 @@ def up(
         raise TestbedError(f"cluster {name!r} already uses port {current}; run `down` first to change it")
     if not states:
         log(f"creating cluster {name!r} (kwokctl, binary runtime, workdir {cluster_dir(name)})")
-        _create(bins, name, port)
+        _create(bins, name, port, scale)
         (cluster_dir(name) / "stages.sha256").write_text(_stages_digest() + "\n")
     kwok_was_running = states.get("kwok-controller", False)
     if states and not all(states.values()):
@@ -1440,7 +1475,13 @@ def up(
     if not all(_component_states(name).values()):
         _start_stopped(bins, name)
     apply_topology(name, extra_nodes)
-    _start_engines(name, bins, node_bringup_seconds)
+    if engines:
+        _start_engines(name, bins, node_bringup_seconds)
+    else:
+        for engine in ENGINES:
+            if _stop_engine(name, engine, graceful=True):
+                log(f"stopped {engine} (not wanted)")
+        _apply_engine_objects(name, bins, _ensure_engine_state(name, node_bringup_seconds), TOPOLOGY_FILE)
     log(f"cluster {name!r} is up after {time.monotonic() - started:.1f}s: export KUBECONFIG={kubeconfig}")
     return kubeconfig
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pools.kube.conformance import Allowlist
-from pools.kube.objects import pod_gpu_requests
+from pools.kube.objects import GPU_REQUESTS, pod_gpu_requests, with_gpu_requests
 from pools.utilisation.figures import GrantSpec, PoolSpec, compute
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -237,3 +237,13 @@ def test_headroom_warning_when_free_gpus_drop_below_the_warm_buffer():
 )
 def test_effective_gpu_request_of_a_pod(spec, expected):
     assert pod_gpu_requests({"spec": spec}) == expected
+    # As the collector's pod cache keeps it: worked out once, from the whole pod, next to the trim.
+    cached = with_gpu_requests(lambda pod: {"trimmed": True})({"spec": spec})
+    assert cached == {"trimmed": True, GPU_REQUESTS: expected}
+    assert pod_gpu_requests(cached) == expected
+
+
+def test_pods_with_the_same_gpu_requests_share_their_cached_requests():
+    transform = with_gpu_requests(lambda pod: {})
+    a, b = (transform({"spec": {"containers": [gpus(2)]}}) for _ in range(2))
+    assert a[GPU_REQUESTS] is b[GPU_REQUESTS]

@@ -1,5 +1,6 @@
 """The list+watch cache against a scripted source: relist on 410, reconnect with backoff, stale marking."""
 
+import gc
 import queue
 import threading
 import time
@@ -242,3 +243,91 @@ def test_an_unexpected_failure_marks_it_stale_and_it_starts_over(run_cache):
     assert names(cache) == ["a"]
     assert not cache.status().stale
     assert source.list_calls == [None, None]
+
+
+class GcWatchingSource(FakeSource):
+    """Records whether automatic garbage collection was on while each page was served."""
+
+    def __init__(self, pages):
+        super().__init__(pages)
+        self.gc_enabled = []
+
+    def list(self, *, limit, continue_token):
+        self.gc_enabled.append(gc.isenabled())
+        return super().list(limit=limit, continue_token=continue_token)
+
+
+def test_a_list_pauses_automatic_garbage_collection_and_restores_it():
+    source = GcWatchingSource([page(10, "a", cont="t1"), page(10, "b")])
+    assert gc.isenabled()
+    ResourceCache(source)._list()
+    assert source.gc_enabled == [False, False]
+    assert gc.isenabled()
+
+
+def test_a_failed_list_restores_garbage_collection_and_leaves_it_off_if_it_was():
+    source = GcWatchingSource([page(10, "a", cont="t1"), Unreachable("down", reason="Unreachable")])
+    with pytest.raises(Unreachable):
+        ResourceCache(source)._list()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        ResourceCache(GcWatchingSource([page(10, "a")]))._list()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_list_again_keeps_what_a_watch_event_brought_when_the_object_did_not_change_since(run_cache):
+    calls = []
+
+    def transform(o):
+        calls.append(o["metadata"]["name"])
+        return {"metadata": o["metadata"]}
+
+    source = FakeSource(
+        [
+            {"items": [obj("a", 5)], "metadata": {"resourceVersion": "10"}},
+            {"items": [obj("a", 11)], "metadata": {"resourceVersion": "12"}},
+        ]
+    )
+    first = Stream()
+    source.streams.put(first)
+    cache = run_cache(source, transform=transform)
+    wait_for(lambda: cache.status().synced)
+    first.events.put({"type": "MODIFIED", "object": obj("a", 11)})
+    wait_for(lambda: calls == ["a", "a"])
+    watched = cache.snapshot()[0]
+    source.streams.put(Stream())
+    first.events.put(Expired("too old resource version", reason="Expired", status=410))
+    wait_for(lambda: cache.status().lists == 2)
+    assert cache.snapshot()[0] is watched
+    assert calls == ["a", "a"]
+
+
+def test_an_object_listed_again_at_its_cached_resource_version_is_not_copied_again(run_cache):
+    calls = []
+
+    def transform(o):
+        calls.append(o["metadata"]["name"])
+        return {"metadata": o["metadata"]}
+
+    unchanged = obj("a", 5)
+    source = FakeSource(
+        [
+            {"items": [unchanged, obj("b", 6)], "metadata": {"resourceVersion": "10"}},
+            {"items": [unchanged, obj("b", 7)], "metadata": {"resourceVersion": "12"}},
+        ]
+    )
+    first = Stream()
+    source.streams.put(first)
+    cache = run_cache(source, transform=transform)
+    wait_for(lambda: cache.status().synced)
+    before = {o["metadata"]["name"]: o for o in cache.snapshot()}
+    source.streams.put(Stream())
+    first.events.put(Expired("too old resource version", reason="Expired", status=410))
+    wait_for(lambda: cache.status().lists == 2)
+    after = {o["metadata"]["name"]: o for o in cache.snapshot()}
+    assert after["a"] is before["a"]
+    assert after["b"]["metadata"]["resourceVersion"] == "7"
+    assert calls == ["a", "b", "b"]
