@@ -84,18 +84,27 @@ def _targets(sections: Json) -> list[str]:
     col = sections.get("collector") or {}
     if (big := _largest(col)) is not None:
         rows += _collector_targets(col)
-        n, r = big
-        scale = f"{n} nodes / {r['pods']:,} pods"
-        p95 = {k: v["p95_ms"] for k, v in r["fragments"].items() if not k.endswith("_304")}
-        worst = max(p95.values())
-        rows += _target(
-            f"Dashboard fragment p95 < 100 ms while pods churn ({scale})",
-            ", ".join(f"{k} {_num(v, 0)} ms" for k, v in p95.items()),
-            worst < 100,
-            "the web server shares 2 cores with the apiserver, etcd, kwok, the collector and the churn "
-            "generator, which run flat out during the churn steps"
-            + (f"; the pool's node grid has {int(n):,} nodes" if int(n) >= 5000 else ""),
-        )
+        # The target is at 1,000 nodes; the largest size is shown beside it.
+        for n, r in sorted((col.get("sizes") or {}).items(), key=lambda kv: int(kv[0])):
+            if int(n) < 1000 or "fragments" not in r:
+                continue
+            scale = f"{n} nodes / {r['pods']:,} pods"
+            p95 = {k: v["p95_ms"] for k, v in r["fragments"].items() if not k.endswith("_304")}
+            p95_304 = {k: v["p95_ms"] for k, v in r["fragments"].items() if k.endswith("_304")}
+            worst = max(p95.values())
+            rows += _target(
+                f"Dashboard fragment p95 < 50 ms while pods churn ({scale})",
+                ", ".join(f"{k} {_num(v, 0)} ms" for k, v in p95.items())
+                + " (not modified: "
+                + ", ".join(f"{k.removesuffix('_304')} {_num(v, 0)} ms" for k, v in p95_304.items())
+                + ")",
+                worst < 50,
+                "a full render of the live region costs about 20 ms of CPU in process (the ORM building "
+                "the version and figure queries, then the template); the web server shares 2 cores with the "
+                "apiserver, etcd, kwok, the collector and the churn generator, which run flat out during "
+                "the churn steps"
+                + (f"; the pool's node grid has {int(n):,} nodes" if int(n) >= 5000 else ""),
+            )
     else:
         rows += _target("Collector", col.get("error", "not run"), None)
     api = sections.get("api") or {}
