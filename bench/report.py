@@ -370,6 +370,13 @@ def _churn_reason(r: Json) -> str:
     )
 
 
+def _grows(label: str, sizes: list[tuple[str, float | None]], unit: str, digits: int = 1) -> str:
+    """ "label a → b unit (xN)" over the smallest and largest size, for the "how it grows" lines."""
+    (_, small), (_, big) = sizes[0], sizes[-1]
+    factor = f" (x{_num(big / small, 1)})" if small and big is not None else ""
+    return f"{label} {_num(small, digits)} → {_num(big, digits)} {unit}{factor}"
+
+
 def _provisioning(p: Json) -> list[str]:
     out = [
         "## 1. Provisioning",
@@ -455,6 +462,20 @@ def _provisioning(p: Json) -> list[str]:
                     f"{_num(med('enforcement_seconds'))} | {_num(med('record_seconds'))} | "
                     f"{_num(share, 0)}% |"
                 )
+    grown = sorted((p.get("sizes") or {}).items(), key=lambda kv: int(kv[0]))
+    if len(grown) >= 2:
+        (a, _), (b, _) = grown[0], grown[-1]
+
+        def fig(key: str) -> list[tuple[str, float | None]]:
+            return [(n, r["seconds"][key]["median"]) for n, r in grown if key in r["seconds"]]
+
+        parts = [
+            _grows("portal one by one", fig("portal"), "s"),
+            _grows("portal in bulk", fig("portal_bulk"), "s"),
+            _grows("kubectl -f DIR", fig("kubectl_directory"), "s"),
+            _grows("kubectl one object at a time", fig("kubectl_one_at_a_time"), "s"),
+        ]
+        out += ["", f"How it grows from {a} to {b} grants: " + "; ".join(parts) + "."]
     return out
 
 
@@ -567,6 +588,15 @@ def _api(a: Json) -> list[str]:
                 "round trips of 4 queries (token, count, page, decisions), each prepared once per "
                 "connection (server-side binding), so none is planned again.",
             ]
+    grown = sorted((a.get("sizes") or {}).items(), key=lambda kv: int(kv[0]))
+    if len(grown) >= 2:
+        (lo, _), (hi, _) = grown[0], grown[-1]
+        parts = [
+            _grows("list p95", [(n, r["list"]["p95_ms"]["median"]) for n, r in grown], "ms", 0),
+            _grows("list alone", [(n, r.get("in_process_ms", {}).get("list")) for n, r in grown], "ms"),
+            _grows("create p95", [(n, r["create"]["p95_ms"]["median"]) for n, r in grown], "ms", 0),
+        ]
+        out += ["", f"How it grows from {int(lo):,} to {int(hi):,} rows: " + "; ".join(parts) + "."]
     return out
 
 
@@ -591,6 +621,14 @@ def _approvals(a: Json) -> list[str]:
         counts = f"{last['approved']} / {last['refused']}"
         bulk = _s(r["bulk_rate"], 1) if "bulk_rate" in r else "n/a"
         out.append(f"| {n} | {_s(r['rate'], 1)} | {bulk} | {counts} | {r['capacity_violations']} |")
+    grown = sorted((a.get("sizes") or {}).items(), key=lambda kv: int(kv[0]))
+    if len(grown) >= 2 and all("bulk_rate" in r for _, r in grown):
+        (lo, _), (hi, _) = grown[0], grown[-1]
+        parts = [
+            _grows("one by one", [(n, r["rate"]["median"]) for n, r in grown], "decisions/s", 0),
+            _grows("in bulk", [(n, r["bulk_rate"]["median"]) for n, r in grown], "decisions/s", 0),
+        ]
+        out += ["", f"How it grows from {lo} to {hi} requests: " + "; ".join(parts) + "."]
     return out
 
 
