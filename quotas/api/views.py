@@ -92,9 +92,13 @@ class CapacityRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
         return self.get_paginated_response(s.capacity_request_rows(rows, decisions))
 
     def _answer(self, req: CapacityRequest, code: int = status.HTTP_200_OK) -> Response:
-        fresh = selectors.capacity_request_list(user=self.request.user).select_related("grant")
-        fresh = fresh.prefetch_related("decisions__approver").get(pk=req.pk)
-        return Response(self.get_serializer(fresh).data, status=code)
+        # Read back as the list reads (two queries): what a create or decision answers is its row.
+        fresh = selectors.capacity_request_list(user=self.request.user).filter(pk=req.pk)
+        rows = list(selectors.capacity_request_values(fresh))
+        if not rows:  # no longer visible to the actor (e.g. removed from the team in between)
+            raise NotFound("No such capacity request.")
+        decisions = selectors.capacity_request_decision_values(request_ids=[req.pk])
+        return Response(s.capacity_request_rows(rows, decisions)[0], status=code)
 
     @extend_schema(
         summary="Request capacity",

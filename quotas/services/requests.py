@@ -229,14 +229,22 @@ def capacity_request_create(
         actor=requester, action="capacity_request.created", obj=req, team=team, after=snapshot(req)
     )
     if submit:
-        capacity_request_submit(capacity_request=req, actor=requester)
+        _submit(req, actor=requester)  # the row is this transaction's own: nobody else can see it yet
     return req
 
 
 @transaction.atomic
 def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -> CapacityRequest:
-    # With the team and accelerator its audit row names: a create's submit holds the pool's row lock.
+    # With the team and accelerator its audit row names: an auto-approval holds the pool's row lock.
     req = locked(CapacityRequest.objects.select_related("team", "accelerator")).get(pk=capacity_request.pk)
+    _submit(req, actor=actor)
+    capacity_request.refresh_from_db()
+    return capacity_request
+
+
+def _submit(req: CapacityRequest, *, actor: User) -> None:
+    """Submit `req`, a row this transaction holds: locked by capacity_request_submit, or inserted by
+    capacity_request_create (which then needs neither the lock nor a second read)."""
     if not policies.can_submit(user=actor, capacity_request=req):
         raise PermissionDenied("Only the requester can submit a draft.")
     check_transition(req.state, S.PENDING_LEAD)
@@ -249,8 +257,7 @@ def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -
             _approve_final(
                 req, actor=None, stage=ApprovalDecision.Stage.AUTO, comment="Within the auto-approval rule"
             )
-            capacity_request.refresh_from_db()
-            return capacity_request
+            return
         note = f"Not auto-approved: {refusal}"
     else:
         note = ""
@@ -266,8 +273,6 @@ def capacity_request_submit(*, capacity_request: CapacityRequest, actor: User) -
         else (S.PENDING_LEAD)
     )
     transition(req, to=target, actor=actor, action="capacity_request.submitted", message=note)
-    capacity_request.refresh_from_db()
-    return capacity_request
 
 
 def _lock_and_check_capacity(req: CapacityRequest) -> str | None:
