@@ -317,29 +317,32 @@ class TeamUsageRow:
 
 
 def team_usage_list(*, user: User) -> list[TeamUsageRow]:
-    """GPUs in use against GPUs granted, per team and pool, from the live figures."""
+    """GPUs in use against GPUs granted, per team and pool, from the live figures: three queries of
+    plain values (the dashboard's live region renders it on every changed poll)."""
     visible_teams = set(teams_visible_to(user=user).values_list("slug", flat=True))
     rows: dict[tuple[str, int], TeamUsageRow] = {}
 
-    def row(team: str, pool: NodePool) -> TeamUsageRow:
-        key = (team, pool.pk)
+    def row(team: str, pool_id: int, pool: str, cluster: str) -> TeamUsageRow:
+        key = (team, pool_id)
         if key not in rows:
-            rows[key] = TeamUsageRow(team=team, pool=pool.name, cluster=pool.cluster.name)
+            rows[key] = TeamUsageRow(team=team, pool=pool, cluster=cluster)
         return rows[key]
 
-    holding = grant_list(user=user).filter(request__state__in=HOLDING_STATES, pool__enabled=True)
-    for grant in holding:
-        row(grant.team.slug, grant.pool).granted += grant.gpus
-    live = PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True).select_related(
-        "pool", "pool__cluster"
-    )
+    # The scope of grant_list, as values.
+    holding = Grant.objects.visible_to(user).filter(request__state__in=HOLDING_STATES, pool__enabled=True)
+    for team, pool_id, pool, cluster, gpus in holding.values_list(
+        "team__slug", "pool_id", "pool__name", "pool__cluster__name", "gpus"
+    ):
+        row(team, pool_id, pool, cluster).granted += gpus
     # Only the namespaces key of `detail`: the node list of a big pool is not read on every poll.
-    namespaces = dict(live.values_list("pk", "detail__namespaces"))
-    for figures in live.defer("detail"):
-        for usage in namespaces.get(figures.pk) or []:
+    live = PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True).values_list(
+        "pool_id", "pool__name", "pool__cluster__name", "detail__namespaces"
+    )
+    for pool_id, pool, cluster, namespaces in live:
+        for usage in namespaces or []:
             team = usage.get("team") or ""
             if team in visible_teams or (not team and user.sees_everything):
-                target = row(team, figures.pool)
+                target = row(team, pool_id, pool, cluster)
                 target.used += usage.get("gpus", 0)
                 target.pending += usage.get("pending_gpus", 0)
     return sorted(rows.values(), key=lambda r: (r.team == "", r.team, r.cluster, r.pool))
