@@ -2,7 +2,9 @@
 in one cohort borrow and reclaim, the queue contract refuses Jobs that name no queue, revoking
 closes a queue while its pending Jobs stay pending, and a stopped Kueue breaks nothing in the portal.
 
-A real Celery worker reconciles; the collector (its queue watch) runs in this process. Kueue's
+A real Celery worker reconciles; the collector (its queue watch) runs in this process: the one the
+`org` fixture runs for approvals, and no second one, since two collectors of one cluster would each
+write its Kueue status from their own webhook probes, as no production cluster has (leases). Kueue's
 ClusterQueues are cluster-scoped and outlive a grant's namespace, so every test deletes those of its
 grants, and those whose namespace is gone (a crashed run's), before and after it runs.
 """
@@ -23,7 +25,6 @@ from pools.kube.objects import KUEUE_API_VERSION, QUEUE_NAME_LABEL, managed_sele
 from pools.manifests import QUEUE_POLICY_NAME
 from pools.models import AdmissionMode, Cluster, KueueStatus, PoolClass, QueueStatus
 from pools.services import kueue_detect
-from pools.utilisation.collector import ClusterCollector
 from portal.models import AuditEvent, User
 from quotas import services
 from quotas.manifests import LOCAL_QUEUE_NAME
@@ -98,7 +99,6 @@ class Queued:
     org: Org
     other: Team
     other_member: User
-    collector: ClusterCollector | None = None
 
     def approve(self, team: Team, member: User, gpus: int, borrow: int = 0) -> Grant:
         req = factories.request(
@@ -107,10 +107,6 @@ class Queued:
         grant = factories.approved_grant(req, self.org.admin)
         self.org.grants.append(grant)
         return grant
-
-    def start_collector(self) -> None:
-        self.collector = ClusterCollector(self.org.cluster, interval=2, backoff_max=2)
-        self.collector.start()
 
     def queue(self, grant: Grant) -> QueueStatus | None:
         return QueueStatus.objects.filter(grant=grant).first()
@@ -133,8 +129,6 @@ def queued(org: Org, testbed) -> Iterator[Queued]:
     other = factories.team(f"{SESSION_PREFIX}{secrets.token_hex(3)}")
     state = Queued(org=org, other=other, other_member=factories.member(other, f"{other.slug}-member"))
     yield state
-    if state.collector is not None:
-        state.collector.stop()
     # Before the namespaces go: nothing may re-create the ClusterQueues after they are deleted.
     Cluster.objects.update(enabled=False)
     _delete_queues(admin, {g.namespace for g in Grant.objects.all()})
@@ -191,7 +185,6 @@ def test_two_teams_in_one_cohort_borrow_and_reclaim_and_the_portal_follows(
     quota = org.read("ResourceQuota", "gpu-grant", a.namespace)
     assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == "16"
 
-    queued.start_collector()
     # Team A asks for 24 GPUs while B is idle: 16 run (8 of them B's, lent), 8 wait.
     for index in range(3):
         ops.create(org.k8s, batch_job(a.namespace, f"a-{index}", 8))
@@ -304,7 +297,6 @@ def test_revoking_removes_the_queue_quota_and_pending_jobs_stay_pending_saying_w
     org = queued.org
     grant = queued.approve(org.team, org.member, gpus=8)
     grant = wait_for("the grant to become active", lambda: settled(grant))
-    queued.start_collector()
     ops.create(org.k8s, batch_job(grant.namespace, "running", 8))
     wait_until("a new second", lambda: True, timeout=1.1, interval=1.05)
     ops.create(org.k8s, batch_job(grant.namespace, "waiting", 8))
@@ -340,7 +332,6 @@ def test_with_kueue_stopped_jobs_are_refused_the_portal_explains_and_recovers(
     org = queued.org
     grant = queued.approve(org.team, org.member, gpus=4)
     grant = wait_for("the grant to become active", lambda: settled(grant))
-    queued.start_collector()
     wait_for(
         "the collector to find Kueue's webhook answering",
         lambda: KueueStatus.objects.filter(cluster=org.cluster, webhook_ok=True).exists(),
