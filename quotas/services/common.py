@@ -10,8 +10,8 @@ from django.db.models import QuerySet
 
 from portal.models import User
 from portal.querysets import locked
-from portal.services import audit_event_record
-from quotas.models import CapacityRequest, Grant, ServingDeployment, Team
+from portal.services import audit_event_record, row_insert
+from quotas.models import ApprovalDecision, CapacityRequest, Grant, ServingDeployment, Team
 from quotas.states import RequestState, check_transition
 
 S = RequestState
@@ -51,6 +51,15 @@ def transition(
         after=snapshot(req),
         message=message,
     )
+
+
+def decision_record(
+    req: CapacityRequest, *, actor: User | None, stage: str, decision: str, comment: str, to: str, action: str
+) -> None:
+    """A decision on `req` at `stage`: its row, and the request's audited move to state `to`. The one
+    write of single and bulk decisions (inside inserts_batched, the row is inserted with the batch)."""
+    row_insert(ApprovalDecision(request=req, stage=stage, approver=actor, decision=decision, comment=comment))
+    transition(req, to=to, actor=actor, action=action, message=comment)
 
 
 def queue_grant_reconcile(grant: Grant) -> None:

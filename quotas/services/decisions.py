@@ -32,11 +32,11 @@ from pools.models import NodePool, PoolClass
 from pools.services import pool_preflight_refusal
 from portal.models import User
 from portal.querysets import locked
-from portal.services import inserts_batched, row_insert
+from portal.services import inserts_batched
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest
 from quotas.selectors import pool_capacity_bulk
-from quotas.services.common import queue_grants_reconcile, transition
+from quotas.services.common import decision_record, queue_grants_reconcile
 from quotas.services.requests import _approve_final, _check_window, capacity_refusal
 from quotas.states import RequestState
 
@@ -161,17 +161,25 @@ def _apply_one(
     """The writes of a decision _check_one allowed: they refuse nothing, so a request is never left
     half-decided (a database error aborts the pool's whole transaction)."""
     if decision == REJECT:
-        row_insert(
-            ApprovalDecision(request=req, stage=stage, approver=actor, decision=REJECT, comment=comment)
+        decision_record(
+            req,
+            actor=actor,
+            stage=stage,
+            decision=REJECT,
+            comment=comment,
+            to=S.REJECTED,
+            action="capacity_request.rejected",
         )
-        transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
         return DecisionResult(req.pk, "rejected")
     if stage == ApprovalDecision.Stage.LEAD:
-        row_insert(
-            ApprovalDecision(request=req, stage=stage, approver=actor, decision=APPROVE, comment=comment)
-        )
-        transition(
-            req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
+        decision_record(
+            req,
+            actor=actor,
+            stage=stage,
+            decision=APPROVE,
+            comment=comment,
+            to=S.PENDING_PLATFORM,
+            action="capacity_request.lead_approved",
         )
         return DecisionResult(req.pk, "lead_approved")
     assert ledger is not None

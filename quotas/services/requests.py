@@ -14,11 +14,11 @@ from pools.selectors import pools_offering
 from pools.services import pool_preflight_refusal
 from portal.models import User
 from portal.querysets import locked
-from portal.services import audit_event_record, row_insert
+from portal.services import audit_event_record
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
 from quotas.selectors import pool_capacity, pool_capacity_bulk
-from quotas.services.common import queue_grant_reconcile, snapshot, transition
+from quotas.services.common import decision_record, queue_grant_reconcile, snapshot, transition
 from quotas.states import PENDING_STATES, RequestState, check_transition
 
 S = RequestState
@@ -297,16 +297,15 @@ def capacity_refusal(req: CapacityRequest, *, pool: NodePool, figures: rules.Poo
 def _approve_final(
     req: CapacityRequest, *, actor: User | None, stage: str, comment: str, queue: bool = True
 ) -> Grant:
-    row_insert(
-        ApprovalDecision(
-            request=req,
-            stage=stage,
-            approver=actor,
-            decision=ApprovalDecision.Decision.APPROVE,
-            comment=comment,
-        )
+    decision_record(
+        req,
+        actor=actor,
+        stage=stage,
+        decision=ApprovalDecision.Decision.APPROVE,
+        comment=comment,
+        to=S.APPROVED,
+        action="capacity_request.approved",
     )
-    transition(req, to=S.APPROVED, actor=actor, action="capacity_request.approved", message=comment)
     # The pool row is locked (_lock_and_check_capacity): its admission mode is the one just checked.
     grant = Grant.objects.create(
         request=req,
@@ -347,17 +346,14 @@ def capacity_request_approve(
     stage = policies.decision_stage(user=actor, capacity_request=req)
     _check_window(req)
     if stage == ApprovalDecision.Stage.LEAD:
-        row_insert(
-            ApprovalDecision(
-                request=req,
-                stage=stage,
-                approver=actor,
-                decision=ApprovalDecision.Decision.APPROVE,
-                comment=comment,
-            )
-        )
-        transition(
-            req, to=S.PENDING_PLATFORM, actor=actor, action="capacity_request.lead_approved", message=comment
+        decision_record(
+            req,
+            actor=actor,
+            stage=stage,
+            decision=ApprovalDecision.Decision.APPROVE,
+            comment=comment,
+            to=S.PENDING_PLATFORM,
+            action="capacity_request.lead_approved",
         )
     else:
         # Before the pool lock: the pre-flight asks the cluster, and nobody should wait on that.
@@ -380,16 +376,15 @@ def capacity_request_reject(
         raise ValidationError({"comment": ["Say why the request is rejected; the requester reads it."]})
     req = locked(CapacityRequest.objects.select_related("team")).get(pk=capacity_request.pk)
     stage = policies.decision_stage(user=actor, capacity_request=req)
-    row_insert(
-        ApprovalDecision(
-            request=req,
-            stage=stage,
-            approver=actor,
-            decision=ApprovalDecision.Decision.REJECT,
-            comment=comment,
-        )
+    decision_record(
+        req,
+        actor=actor,
+        stage=stage,
+        decision=ApprovalDecision.Decision.REJECT,
+        comment=comment,
+        to=S.REJECTED,
+        action="capacity_request.rejected",
     )
-    transition(req, to=S.REJECTED, actor=actor, action="capacity_request.rejected", message=comment)
     capacity_request.refresh_from_db()
     return capacity_request
 
