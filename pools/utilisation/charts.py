@@ -205,6 +205,11 @@ class NodeGrid:
     rows: list[GridRow]
     hidden: int
 
+    @property
+    def svg(self) -> SafeString:
+        # One string for the template: its loop over a thousand rows cost more than the rows.
+        return mark_safe("".join(row.svg for row in self.rows))  # noqa: S308 - each row is safe (node_grid)
+
 
 def node_grid(nodes: Sequence[dict[str, Any]], *, cell: int = 12, label_width: int = 190) -> NodeGrid:
     """One row per node, one square per GPU unit: used, free, or unavailable (node not Ready or

@@ -166,13 +166,11 @@ def _freshness(status: ClusterUtilisation | None, now: datetime) -> str:
     }.get(status.state, Freshness.SYNCING)
 
 
-def utilisation_overview(*, user: User, now: datetime, cluster_id: int | None = None) -> list[ClusterView]:
+def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
     """Enabled clusters with their enabled pools' live figures. Pool-level figures are for every
     signed-in `user` (see the module docstring); what is about one team is scoped by the other reads."""
     # Credentials are decrypted when a row is read: pages that only name a cluster do not read them.
     clusters = Cluster.objects.filter(enabled=True).defer(*Cluster.CREDENTIALS).order_by("name")
-    if cluster_id is not None:
-        clusters = clusters.filter(pk=cluster_id)
     statuses = {s.cluster_id: s for s in ClusterUtilisation.objects.filter(cluster__in=clusters)}
     # The cards need the totals only; `detail` (every node, pending pod and namespace) is loaded
     # on first access by the pages that show it.
@@ -211,14 +209,19 @@ class PoolDetail:
 
 def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
     """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
+    # One query: the pool, its cluster, accelerator and figures (detail included: this page shows
+    # it) and the cluster's collector state; the live region renders it on every changed poll.
     pool = (
-        NodePool.objects.select_related("cluster", "accelerator")
+        NodePool.objects.select_related("cluster", "accelerator", "utilisation", "cluster__utilisation")
         .defer(*(f"cluster__{f}" for f in Cluster.CREDENTIALS))
         .get(pk=pool_id, enabled=True, cluster__enabled=True)
     )
-    cluster = utilisation_overview(user=user, now=now, cluster_id=pool.cluster_id)[0]
-    view = next(v for v in cluster.pools if v.pool.pk == pool.pk)
-    detail = view.live.detail if view.live is not None else {}
+    live: PoolUtilisation | None = getattr(pool, "utilisation", None)
+    status: ClusterUtilisation | None = getattr(pool.cluster, "utilisation", None)
+    view = PoolView(pool=pool, live=live)
+    freshness = _freshness(status, now)
+    cluster = ClusterView(cluster=pool.cluster, status=status, freshness=freshness, pools=[view])
+    detail = live.detail if live is not None else {}
     visible = _visible_namespaces(user)
     pending = [p for p in detail.get("pending", []) if visible is None or p["namespace"] in visible]
     namespaces = [n for n in detail.get("namespaces", []) if visible is None or n["namespace"] in visible]
