@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -381,20 +381,51 @@ _STATUS_SHOWN = (
 )
 
 
-def _fingerprints(parts: Sequence[QuerySet[Any]]) -> list[str]:
-    """For each queryset, "rows:sum of the rows' 64-bit hashes", all in one query. The sum does not
-    depend on the order of the rows, so PostgreSQL neither sorts them nor sends them: a changed,
-    added or removed row changes its part, whatever column of the row changed."""
+_FINGERPRINT = "(SELECT count(*) || ':' || coalesce(sum(hashtextextended({of}, 0)), 0) FROM ({sql}) r{where})"
+
+# Compiled fingerprint statements, per process: building and compiling the querysets cost a poll
+# more than running them. A key names everything the compiled text and its parameters depend on
+# (the fragment, the user and their scope, the pool); time enters only as the last parameter.
+_STATEMENTS: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
+_STATEMENTS_MAX = 4096
+
+
+def _statement(
+    key: tuple[Any, ...], parts: Callable[[], Sequence[QuerySet[Any]]], *, silent: int | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """One query of "rows:sum of the rows' 64-bit hashes" for each queryset of `parts()`, compiled
+    once per `key`. The sum does not depend on the order of the rows, so PostgreSQL neither sorts
+    them nor sends them: a changed, added or removed row changes its part, whatever column changed.
+
+    `silent`: the index of a part of collector states (_STATUS_SHOWN); a last part then
+    fingerprints its clusters whose heartbeat is older than the statement's last parameter.
+    """
+    found = _STATEMENTS.get(key)
+    if found is not None:
+        return found
     selects, params = [], []
-    for part in parts:
-        sql, part_params = part.query.sql_with_params()
-        # `sql` is the ORM's own compiled query, its values left as parameters: nothing is interpolated.
+    compiled = [part.query.sql_with_params() for part in parts()]
+    # Each `sql` is the ORM's own compiled query, its values left as parameters: nothing is interpolated.
+    for sql, part_params in compiled:
+        selects.append(_FINGERPRINT.format(of="r::text", sql=sql, where=""))
+        params += part_params
+    if silent is not None:
+        sql, part_params = compiled[silent]
         selects.append(
-            f"(SELECT count(*) || ':' || coalesce(sum(hashtextextended(r::text, 0)), 0) FROM ({sql}) r)"  # noqa: S608
+            _FINGERPRINT.format(of="r.cluster_id::text", sql=sql, where=" WHERE r.heartbeat_at < %s")
         )
         params += part_params
+    found = ("SELECT " + ", ".join(selects), tuple(params))
+    if len(_STATEMENTS) >= _STATEMENTS_MAX:
+        _STATEMENTS.clear()  # users come and go; a restart-free process must not grow without end
+    _STATEMENTS[key] = found
+    return found
+
+
+def _fingerprints(statement: tuple[str, tuple[Any, ...]], *last: Any) -> list[str]:
+    sql, params = statement
     with connection.cursor() as cursor:
-        cursor.execute("SELECT " + ", ".join(selects), params)
+        cursor.execute(sql, (*params, *last))
         return [str(value) for value in cursor.fetchone()]
 
 
@@ -404,20 +435,17 @@ def _version(user: User, *keys: object) -> str:
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-def _silent(clusters: QuerySet[ClusterUtilisation], now: datetime) -> QuerySet[Any]:
+def _silent_before(now: datetime) -> datetime:
     # A collector falls silent by not writing: `_freshness` flips with time alone, so the set of
     # silent clusters at `now` is part of the version (the same boundary as `_freshness`).
-    return clusters.filter(heartbeat_at__lt=now - COLLECTOR_SILENT_AFTER).values_list("cluster_id")
+    return now - COLLECTOR_SILENT_AFTER
 
 
-def overview_version(*, user: User, now: datetime) -> str:
-    """The version of what the dashboard's live region shows `user` at `now` (utilisation_overview
-    and team_usage_list); one query."""
+def _overview_parts(user: User) -> list[QuerySet[Any]]:
     statuses = ClusterUtilisation.objects.filter(cluster__enabled=True)
-    parts = [
+    return [
         Cluster.objects.filter(enabled=True).values_list("pk", "name"),
         statuses.values_list(*_STATUS_SHOWN),
-        _silent(statuses, now),
         NodePool.objects.filter(enabled=True, cluster__enabled=True).values_list(
             *_POOL_SHOWN, "utilisation__computed_at"
         ),
@@ -427,18 +455,23 @@ def overview_version(*, user: User, now: datetime) -> str:
         .filter(request__state__in=HOLDING_STATES, pool__enabled=True)
         .values_list("pk", "gpus", "team__slug", "pool_id", "pool__name", "pool__cluster__name"),
     ]
-    return _version(user, "overview", *_fingerprints(parts))
 
 
-def pool_live_version(*, user: User, pool_id: int, now: datetime) -> str | None:
-    """The version of what a pool's live region shows `user` at `now` (pool_detail_get), or None
-    for a pool that is unknown or disabled, which is for the page to answer; one query."""
+def overview_version(*, user: User, now: datetime) -> str:
+    """The version of what the dashboard's live region shows `user` at `now` (utilisation_overview
+    and team_usage_list); one query."""
+    key = ("overview", user.pk, user.sees_everything)
+    statement = _statement(key, lambda: _overview_parts(user), silent=1)
+    return _version(user, "overview", *_fingerprints(statement, _silent_before(now)))
+
+
+def _pool_live_parts(user: User, pool_id: int) -> list[QuerySet[Any]]:
     pool = NodePool.objects.filter(pk=pool_id, enabled=True, cluster__enabled=True)
-    statuses = ClusterUtilisation.objects.filter(cluster_id__in=pool.values("cluster_id"))
-    parts = [
+    return [
         pool.values_list(*_POOL_SHOWN, "utilisation__computed_at"),
-        statuses.values_list(*_STATUS_SHOWN),
-        _silent(statuses, now),
+        ClusterUtilisation.objects.filter(cluster_id__in=pool.values("cluster_id")).values_list(
+            *_STATUS_SHOWN
+        ),
         # The namespaces whose pending pods and usage the user sees (_visible_namespaces).
         Grant.objects.visible_to(user).values_list("namespace"),
         # The autoscaling and warm-headroom panel (pools.utilisation.elastic.pool_elastic_get): the
@@ -454,22 +487,23 @@ def pool_live_version(*, user: User, pool_id: int, now: datetime) -> str | None:
         .annotate(rows=Count("id"), last=Max("id"))
         .values_list("rows", "last"),
     ]
-    found, *rest = _fingerprints(parts)
+
+
+def pool_live_version(*, user: User, pool_id: int, now: datetime) -> str | None:
+    """The version of what a pool's live region shows `user` at `now` (pool_detail_get), or None
+    for a pool that is unknown or disabled, which is for the page to answer; one query."""
+    key = ("pool", user.pk, user.sees_everything, pool_id)
+    statement = _statement(key, lambda: _pool_live_parts(user, pool_id), silent=1)
+    found, *rest = _fingerprints(statement, _silent_before(now))
     if found.startswith("0:"):
         return None
     return _version(user, "pool", pool_id, found, *rest)
 
 
-def pool_history_version(
-    *, user: User, pool_id: int, span: timedelta, now: datetime, step: timedelta
-) -> str | None:
-    """The version of a pool's history over the `span` before `now` (pool_history), or None for a
-    pool that is unknown or disabled; one query. The window slides with time alone: `step` is how
-    far it may slide before the version changes (less than one column of the chart)."""
-    pool = NodePool.objects.filter(pk=pool_id, enabled=True, cluster__enabled=True)
+def _pool_history_parts(pool_id: int) -> list[QuerySet[Any]]:
     snapshots = PoolSnapshot.objects.filter(pool_id=pool_id)
-    parts = [
-        pool.values_list("pk"),
+    return [
+        NodePool.objects.filter(pk=pool_id, enabled=True, cluster__enabled=True).values_list("pk"),
         # New samples and roll-ups get new ids; compaction deleting old ones changes the count.
         snapshots.values("pool_id").annotate(rows=Count("id"), last=Max("id")).values_list("rows", "last"),
         # tier_ranges: where each tier begins (each an index probe of (resolution, at)).
@@ -478,7 +512,15 @@ def pool_history_version(
             for tier in TIERS
         ),
     ]
-    found, *rest = _fingerprints(parts)
+
+
+def pool_history_version(
+    *, user: User, pool_id: int, span: timedelta, now: datetime, step: timedelta
+) -> str | None:
+    """The version of a pool's history over the `span` before `now` (pool_history), or None for a
+    pool that is unknown or disabled; one query. The window slides with time alone: `step` is how
+    far it may slide before the version changes (less than one column of the chart)."""
+    found, *rest = _fingerprints(_statement(("history", pool_id), lambda: _pool_history_parts(pool_id)))
     if found.startswith("0:"):
         return None
     window = floor_time(now, max(1, int(step.total_seconds())))

@@ -14,7 +14,7 @@ from django.utils import timezone
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from pools.models import ClusterUtilisation, CollectorState, PoolSnapshot, PoolUtilisation, SnapshotResolution
-from quotas.models import Membership
+from quotas.models import Grant, Membership
 from tests import factories
 from tests.ui.browser import launch, mark_document, same_document, signed_in, watch_console
 from tests.utilisation.conftest import gpu_node, gpu_pod, spec_of
@@ -172,6 +172,30 @@ def test_a_change_of_scope_changes_the_etag(world, published):
     changed = poll(client, url, target, old)
     assert changed.status_code == 200
     assert 'data-pod="nlp-interactive-r2/n-wait"' in changed.content.decode()
+
+
+def test_a_change_of_role_changes_the_etag_and_the_scope(world, published):
+    """The version's statement is compiled once per user and scope: a new role is a new statement."""
+    client = client_of(world.alice)
+    url, target = regions(world)["pool"]
+    overview, dashboard = regions(world)["overview"]
+    poll(client, overview, dashboard)
+    old = poll(client, url, target)
+    assert 'data-pod="nlp-interactive-r2/n-wait"' not in old.content.decode()
+    world.alice.is_auditor = True
+    world.alice.save()
+    changed = poll(client, url, target, old["ETag"])
+    assert changed.status_code == 200
+    assert 'data-pod="nlp-interactive-r2/n-wait"' in changed.content.decode()
+    # Now another team's grants are part of what she sees, so of her dashboard's version.
+    seen = poll(client, overview, dashboard)["ETag"]
+    Grant.objects.filter(team=world.nlp).update(gpus=5)
+    assert poll(client, overview, dashboard, seen).status_code == 200
+    world.alice.is_auditor = False
+    world.alice.save()
+    again = poll(client, url, target, changed["ETag"])
+    assert again.status_code == 200 and again["ETag"] == old["ETag"]
+    assert 'data-pod="nlp-interactive-r2/n-wait"' not in again.content.decode()
 
 
 @pytest.mark.parametrize("region", ["overview", "pool"])
