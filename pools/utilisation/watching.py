@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,8 +97,14 @@ def publish_loop(
             changed.clear()
             if stop.is_set():
                 break
+            started = time.monotonic()
+            # At most one publish every DEBOUNCE seconds, counted from its start: one that took
+            # longer (thousands of nodes) is followed at once by the changes that came meanwhile.
+            # A failed one waits the whole DEBOUNCE: a broken database is not hammered.
+            pause = DEBOUNCE
             try:
                 publish()
+                pause = max(0.0, DEBOUNCE - (time.monotonic() - started))
             except LeaseLost:
                 logger.warning("%s: lease lost, no longer writing", what)
                 if on_fenced is not None:
@@ -107,6 +114,6 @@ def publish_loop(
                 logger.exception("%s: computing or writing failed", what)
                 if on_error is not None:
                     on_error()
-            stop.wait(DEBOUNCE)
+            stop.wait(pause)
     finally:
         connection.close()
