@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Max
+from django.db.models.fields.json import KeyTransform
 
 from pools.kube.nodegroups import NodeGroup, bringup_percentile, groups_for, groups_of
 from pools.models import (
@@ -194,11 +195,18 @@ def _peak_rates(pool: NodePool, live: PoolUtilisation | None, now: datetime) -> 
 def pool_elastic_get(*, pool: NodePool, live: PoolUtilisation | None, now: datetime) -> PoolElastic:
     """The pool's autoscaling and warm headroom, for its page."""
     view = PoolElastic(pool=pool)
-    inventory = ClusterInventory.objects.filter(cluster_id=pool.cluster_id).first()
+    # The node groups only: the document also lists every node, for the approval pre-flight.
+    inventory = (
+        ClusterInventory.objects.filter(cluster_id=pool.cluster_id)
+        .defer("document")
+        .annotate(node_groups=KeyTransform("node_groups", "document"))
+        .first()
+    )
     if inventory is not None:
         resource = pool.accelerator.resource_name
-        entries = {g["name"]: g for g in inventory.document.get("node_groups") or []}
-        for group in groups_for(groups_of(inventory.document), pool.node_selector):
+        document = {"node_groups": inventory.node_groups or []}
+        entries = {g["name"]: g for g in document["node_groups"]}
+        for group in groups_for(groups_of(document), pool.node_selector):
             entry = entries.get(group.name, {})
             view.groups.append(
                 GroupRow(
