@@ -99,10 +99,11 @@ def _targets(sections: Json) -> list[str]:
                 + ", ".join(f"{k.removesuffix('_304')} {_num(v, 0)} ms" for k, v in p95_304.items())
                 + ")",
                 worst < 50,
-                "a full render of the live region costs about 20 ms of CPU in process (the ORM building "
-                "the version and figure queries, then the template); the web server shares 2 cores with the "
-                "apiserver, etcd, kwok, the collector and the churn generator, which run flat out during "
-                "the churn steps"
+                "in process (measured quiet) a full render of a live region costs 8-10 ms (the ORM "
+                "compiling the figure queries, the template, the node grid) and a not-modified answer "
+                "about 2 ms (session, user and one precompiled version query); the web server shares 2 "
+                "cores with the apiserver, etcd, kwok, the collector and the churn generator, which run "
+                "flat out during the churn steps, so a request waits several times its own CPU time"
                 + (f"; the pool's node grid has {int(n):,} nodes" if int(n) >= 5000 else ""),
             )
     else:
