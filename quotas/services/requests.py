@@ -14,7 +14,7 @@ from pools.selectors import pools_offering
 from pools.services import pool_preflight_refusal
 from portal.models import User
 from portal.querysets import locked
-from portal.services import audit_event_record, inserts_batched
+from portal.services import audit_event_record
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
 from quotas.selectors import pool_capacity, pool_capacity_bulk
@@ -225,13 +225,11 @@ def capacity_request_create(
         gpus_per_replica=gpus_per_replica,
         borrow_gpus=borrow_gpus,
     )
-    # The created and submitted audit rows (and an auto-approval's decision) in one statement.
-    with inserts_batched():
-        audit_event_record(
-            actor=requester, action="capacity_request.created", obj=req, team=team, after=snapshot(req)
-        )
-        if submit:
-            _submit(req, actor=requester)  # the row is this transaction's own: nobody else can see it yet
+    audit_event_record(
+        actor=requester, action="capacity_request.created", obj=req, team=team, after=snapshot(req)
+    )
+    if submit:
+        _submit(req, actor=requester)  # the row is this transaction's own: nobody else can see it yet
     return req
 
 
