@@ -565,8 +565,9 @@ def _api(a: Json) -> list[str]:
         "submitted at once (validation, pool row lock and capacity check, audit rows). The per-token "
         "courtesy throttle is raised for the run, and the cluster pre-flight is off (no cluster in this "
         "section). Rows are bulk-inserted; creates add rows during the run. Query counts: Django test client "
-        "under CaptureQueriesContext, after one warm-up request; the same client times one request alone "
-        "(median of 9, in process, no concurrency).",
+        "under CaptureQueriesContext, after 10 warm-up requests (compiled reads, prepared statements and "
+        "PostgreSQL's plans settle as on a server that has been running); the same client times one request "
+        "alone (median of 31, in process, no concurrency).",
         "",
         "| Rows | Endpoint | p50 ms | p95 ms | Requests/s | Queries/request | One request alone, ms |",
         "|---|---|---|---|---|---|---|",

@@ -22,6 +22,7 @@ from pools.models import (
     WorkloadWatchState,
 )
 from pools.selectors import pools_offering
+from portal import statements
 from portal.models import AuditEvent, User
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, ServingDeployment, Team
 from quotas.rules import PoolCapacity, capacity_refusal
@@ -105,8 +106,17 @@ def capacity_request_decision_values(*, request_ids: Iterable[int]) -> dict[int,
     """The decisions of these requests (already read through a scoped selector), oldest first, per
     request id: one query."""
     by_request: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    rows = ApprovalDecision.objects.filter(request_id__in=list(request_ids)).order_by("decided_at", "id")
-    for row in rows.values(*DECISION_VALUES):
+    ids = list(dict.fromkeys(request_ids))
+    if not ids:
+        return by_request
+
+    def build() -> QuerySet[ApprovalDecision]:
+        rows = ApprovalDecision.objects.filter(request_id__in=ids).order_by("decided_at", "id")
+        return rows.values(*DECISION_VALUES)
+
+    # Compiled once per number of requests: a page's decisions differ only in the ids they are of.
+    statement = statements.shaped(("request decisions", len(ids)), build, ids)
+    for row in statements.rows(statement, ids):
         by_request[row["request_id"]].append(row)
     return by_request
 

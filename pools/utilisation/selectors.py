@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection
+from django.db import connections
 from django.db.models import Count, Max, Min, Model, Q, QuerySet, Sum
 
 from pools.kube.objects import POOL_LABEL, Label
@@ -38,6 +38,7 @@ from pools.models import (
 from pools.utilisation import prometheus
 from pools.utilisation.figures import GrantSpec, PoolSpec
 from pools.utilisation.services import floor_time
+from portal import statements
 from portal.models import User
 from quotas.models import Grant, ServingDeployment, Team
 from quotas.selectors import grant_list, serving_deployment_list, teams_visible_to
@@ -383,49 +384,43 @@ _STATUS_SHOWN = (
 
 _FINGERPRINT = "(SELECT count(*) || ':' || coalesce(sum(hashtextextended({of}, 0)), 0) FROM ({sql}) r{where})"
 
-# Compiled fingerprint statements, per process: building and compiling the querysets cost a poll
-# more than running them. A key names everything the compiled text and its parameters depend on
-# (the fragment, the user and their scope, the pool); time enters only as the last parameter.
-_STATEMENTS: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
-_STATEMENTS_MAX = 4096
-
 
 def _statement(
     key: tuple[Any, ...], parts: Callable[[], Sequence[QuerySet[Any]]], *, silent: int | None = None
-) -> tuple[str, tuple[Any, ...]]:
+) -> statements.Statement:
     """One query of "rows:sum of the rows' 64-bit hashes" for each queryset of `parts()`, compiled
-    once per `key`. The sum does not depend on the order of the rows, so PostgreSQL neither sorts
-    them nor sends them: a changed, added or removed row changes its part, whatever column changed.
+    once per `key` (portal.statements: building and compiling the querysets cost a poll more than
+    running them). A key names everything the compiled text and its parameters depend on (the
+    fragment, the user and their scope, the pool); time enters only as the last parameter. The sum
+    does not depend on the order of the rows, so PostgreSQL neither sorts them nor sends them: a
+    changed, added or removed row changes its part, whatever column changed.
 
     `silent`: the index of a part of collector states (_STATUS_SHOWN); a last part then
     fingerprints its clusters whose heartbeat is older than the statement's last parameter.
     """
-    found = _STATEMENTS.get(key)
-    if found is not None:
-        return found
-    selects, params = [], []
-    compiled = [part.query.sql_with_params() for part in parts()]
-    # Each `sql` is the ORM's own compiled query, its values left as parameters: nothing is interpolated.
-    for sql, part_params in compiled:
-        selects.append(_FINGERPRINT.format(of="r::text", sql=sql, where=""))
-        params += part_params
-    if silent is not None:
-        sql, part_params = compiled[silent]
-        selects.append(
-            _FINGERPRINT.format(of="r.cluster_id::text", sql=sql, where=" WHERE r.heartbeat_at < %s")
-        )
-        params += part_params
-    found = ("SELECT " + ", ".join(selects), tuple(params))
-    if len(_STATEMENTS) >= _STATEMENTS_MAX:
-        _STATEMENTS.clear()  # users come and go; a restart-free process must not grow without end
-    _STATEMENTS[key] = found
-    return found
+
+    def make() -> statements.Statement:
+        querysets = parts()
+        selects, params = [], []
+        compiled = [part.query.sql_with_params() for part in querysets]
+        # Each `sql` is the ORM's own compiled query, its values left as parameters: nothing is interpolated.
+        for sql, part_params in compiled:
+            selects.append(_FINGERPRINT.format(of="r::text", sql=sql, where=""))
+            params += part_params
+        if silent is not None:
+            sql, part_params = compiled[silent]
+            selects.append(
+                _FINGERPRINT.format(of="r.cluster_id::text", sql=sql, where=" WHERE r.heartbeat_at < %s")
+            )
+            params += part_params
+        return statements.Statement("SELECT " + ", ".join(selects), tuple(params), querysets[0].db)
+
+    return statements.remember(("utilisation version", *key), make)
 
 
-def _fingerprints(statement: tuple[str, tuple[Any, ...]], *last: Any) -> list[str]:
-    sql, params = statement
-    with connection.cursor() as cursor:
-        cursor.execute(sql, (*params, *last))
+def _fingerprints(statement: statements.Statement, *last: Any) -> list[str]:
+    with connections[statement.using].cursor() as cursor:
+        cursor.execute(statement.sql, (*statement.params, *last))
         return [str(value) for value in cursor.fetchone()]
 
 

@@ -1,25 +1,16 @@
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.core.paginator import InvalidPage, Paginator
 from django.db.models import QuerySet
-from django.utils.functional import cached_property
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 
+from portal.statements import CompiledRows, user_key
+
 if TYPE_CHECKING:
     # Imported for type hints only: rest_framework.views imports the permission classes.
     from rest_framework.views import APIView
-
-
-class _Paginator(Paginator):
-    def __init__(self, object_list: QuerySet, per_page: int, counted: QuerySet | None) -> None:
-        super().__init__(object_list, per_page)
-        self._counted = counted
-
-    @cached_property
-    def count(self) -> int:
-        return super().count if self._counted is None else self._counted.count()
 
 
 class PagePagination(PageNumberPagination):
@@ -29,17 +20,10 @@ class PagePagination(PageNumberPagination):
     max_page_size = 200
 
     def paginate_queryset(
-        self,
-        queryset: QuerySet,
-        request: Request,
-        view: "APIView | None" = None,
-        *,
-        counted: QuerySet | None = None,
+        self, queryset: "QuerySet | CompiledRows", request: Request, view: "APIView | None" = None
     ) -> list:
-        """`counted`: the same rows without what only the page needs (a values() page joins the names of
-        what each row points to, and count() would join them too, for every row it counts)."""
         self.request = request
-        paginator = _Paginator(queryset, self.get_page_size(request), counted)
+        paginator = Paginator(queryset, self.get_page_size(request))
         page_number = self.get_page_number(request, paginator)
         try:
             self.page = paginator.page(page_number)
@@ -47,3 +31,11 @@ class PagePagination(PageNumberPagination):
             # DRF answers 404 here; a page number that does not exist is bad input, like any other.
             raise ValidationError({self.page_query_param: [f"Invalid page {page_number!r}: {exc}."]}) from exc
         return list(self.page)
+
+
+def compiled_read_key(view: "APIView", request: Request) -> tuple[Any, ...]:
+    """The key of a list read compiled once (portal.statements.CompiledRows): the endpoint, the caller
+    and their scope, and every query parameter but the page, which the paginator's slice adds."""
+    paging = {PagePagination.page_query_param, PagePagination.page_size_query_param}
+    query = tuple(sorted((k, tuple(v)) for k, v in request.query_params.lists() if k not in paging))
+    return (type(view).__qualname__, getattr(view, "action", None), user_key(request.user), query)

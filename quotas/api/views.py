@@ -22,8 +22,10 @@ from pools.models import NodePool
 from pools.selectors import node_pool_list
 from portal.api.exceptions import error_parts
 from portal.api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent
+from portal.api.pagination import compiled_read_key
 from portal.api.permissions import SeesEverything
 from portal.models import AuditEvent
+from portal.statements import CompiledRows
 from quotas import selectors, services
 from quotas.access import grant_access_get
 from quotas.api import filtersets
@@ -82,12 +84,15 @@ class CapacityRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
         return qs.select_related("grant").prefetch_related("decisions__approver")
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        # The hottest read (automation polls it): one query for the page as plain values and one for
-        # its decisions, rendered by capacity_request_rows (equal to the serializer's output).
-        queryset = self.filter_queryset(self.get_queryset())
-        rows = self.paginator.paginate_queryset(
-            selectors.capacity_request_values(queryset), request, view=self, counted=queryset
-        )
+        # The hottest read (automation polls it): the count, the page as plain values and its
+        # decisions, each compiled once per caller, scope and query string (portal.statements), and
+        # rendered by capacity_request_rows (equal to the serializer's output).
+        def build() -> tuple[QuerySet[CapacityRequest], QuerySet[CapacityRequest]]:
+            queryset = self.filter_queryset(self.get_queryset())
+            return selectors.capacity_request_values(queryset), queryset
+
+        source = CompiledRows(compiled_read_key(self, request), build)
+        rows = self.paginator.paginate_queryset(source, request, view=self)
         decisions = selectors.capacity_request_decision_values(request_ids=[r["pk"] for r in rows])
         return self.get_paginated_response(s.capacity_request_rows(rows, decisions))
 

@@ -1,0 +1,166 @@
+"""Reads compiled once per shape: the hottest reads skip the ORM's per-request building and compiling.
+
+Building and compiling a queryset costs more than PostgreSQL takes to run it: for a page of 50
+capacity requests, about 1 ms of the ORM against 0.6 ms of the database. `remember(key, make)` keeps
+a compiled statement under a key that names everything its SQL and its parameters depend on (the
+user and their roles, the query string, the page), so a repeated read sends the cached SQL at once.
+
+The SQL is always the ORM's own, its values left as parameters: nothing is interpolated. What a read
+returns is what iterating its values() queryset returns, the fields' database converters included
+(SQLite, the zero-setup default, needs them for datetimes and decimals; PostgreSQL needs none here).
+A key must name all that the statement depends on; scope a key to a user with `user_key`.
+"""
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import EmptyResultSet
+from django.db import connections
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from portal import roles
+
+Converters = list[tuple[int, list[Callable[..., Any]], Any]]
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str | None  # None: the ORM found the query matches nothing (EmptyResultSet), so none is sent
+    params: tuple[Any, ...]
+    using: str
+    names: tuple[str, ...] = ()  # a values() statement's keys, in column order
+    converters: Converters = field(default_factory=list)  # (column, converters, expression)
+
+
+_STATEMENTS: dict[Hashable, Statement] = {}
+_STATEMENTS_MAX = 4096
+
+
+def remember(key: Hashable, make: Callable[[], Statement]) -> Statement:
+    found = _STATEMENTS.get(key)
+    if found is None:
+        found = make()
+        if len(_STATEMENTS) >= _STATEMENTS_MAX:
+            _STATEMENTS.clear()  # users and query strings come and go: a long-lived process must not grow
+        _STATEMENTS[key] = found
+    return found
+
+
+def user_key(user: Any) -> tuple[Any, ...]:
+    """What a read scoped to `user` may depend on besides its query: who they are, every role flag a
+    scope looks at, and the time zone their datetimes are read in. Their teams are not part of it:
+    scoped querysets read memberships in the SQL itself (portal.querysets.visible_to)."""
+    return (
+        user.pk,
+        roles.is_admin(user),
+        roles.sees_everything(user),
+        roles.is_read_only(user),
+        timezone.get_current_timezone_name(),
+    )
+
+
+def values_statement(queryset: QuerySet[Any]) -> Statement:
+    """A values() queryset compiled: `rows` gives what iterating the queryset would."""
+    query = queryset.query
+    if not query.values_select and not query.annotation_select:
+        raise ValueError("values_statement() takes a values() queryset")
+    compiler = query.get_compiler(queryset.db)
+    try:
+        sql, params = compiler.as_sql()
+    except EmptyResultSet:
+        return Statement(None, (), queryset.db)
+    # As Django's own ValuesIterable names the columns of each row.
+    names = (*query.extra_select, *query.values_select, *query.annotation_select)
+    expressions = [column[0] for column in compiler.select[: compiler.col_count]]
+    converters = [
+        (position, funcs, expression)
+        for position, (funcs, expression) in compiler.get_converters(expressions).items()
+    ]
+    return Statement(sql, tuple(params), queryset.db, names, converters)
+
+
+def count_statement(queryset: QuerySet[Any]) -> Statement:
+    """count() of a queryset compiled. The rows are counted through a subquery of their keys, which
+    PostgreSQL flattens: the same plan as the ORM's own count()."""
+    inner = queryset.select_related(None).order_by().values("pk")
+    try:
+        sql, params = inner.query.get_compiler(queryset.db).as_sql()
+    except EmptyResultSet:
+        return Statement(None, (), queryset.db)
+    # `sql` is the ORM's compiled text, its values left in `params`: nothing is interpolated.
+    return Statement(f'SELECT COUNT(*) FROM ({sql}) AS "counted"', tuple(params), queryset.db)  # noqa: S608
+
+
+def rows(statement: Statement, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of a values statement as dicts. `params`, for a statement remembered by its shape
+    alone, replace the compiled ones (see `shaped`)."""
+    if statement.sql is None:
+        return []
+    connection = connections[statement.using]
+    with connection.cursor() as cursor:
+        cursor.execute(statement.sql, statement.params if params is None else tuple(params))
+        fetched = cursor.fetchall()
+    if statement.converters:
+        fetched = [list(row) for row in fetched]
+        for row in fetched:
+            for position, funcs, expression in statement.converters:
+                value = row[position]
+                for convert in funcs:
+                    value = convert(value, expression, connection)
+                row[position] = value
+    names = statement.names
+    return [dict(zip(names, row, strict=True)) for row in fetched]
+
+
+def scalar(statement: Statement) -> int:
+    """The number a count_statement answers."""
+    if statement.sql is None:
+        return 0
+    with connections[statement.using].cursor() as cursor:
+        cursor.execute(statement.sql, statement.params)
+        return cursor.fetchone()[0]
+
+
+def shaped(key: Hashable, build: Callable[[], QuerySet[Any]], params: Sequence[Any]) -> Statement:
+    """A values statement remembered by its shape alone (e.g. "the decisions of n requests"), whose
+    parameters are `params`, sent in place of the compiled ones by `rows(statement, params)`. Raises
+    ValueError when build() does not compile to exactly these parameters, in this order."""
+
+    def make() -> Statement:
+        statement = values_statement(build())
+        if statement.params != tuple(params):
+            raise ValueError(f"{key!r}: the statement's parameters are not the ones given")
+        return statement
+
+    return remember(key, make)
+
+
+class CompiledRows:
+    """What Django's Paginator pages through: count() and a slice of the rows of a values() queryset,
+    each compiled once per key and slice. `build()` returns the queryset of rows and the queryset
+    counted (the same rows without the joins only the page shows); it runs only on a first read,
+    and must depend on nothing `key` does not name."""
+
+    def __init__(self, key: Hashable, build: Callable[[], tuple[QuerySet[Any], QuerySet[Any]]]) -> None:
+        self.key = key
+        self._build = build
+        self._built: tuple[QuerySet[Any], QuerySet[Any]] | None = None
+
+    def _querysets(self) -> tuple[QuerySet[Any], QuerySet[Any]]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def count(self) -> int:
+        return scalar(remember((self.key, "count"), lambda: count_statement(self._querysets()[1])))
+
+    def __getitem__(self, page: slice) -> list[dict[str, Any]]:
+        if not isinstance(page, slice):
+            raise TypeError("CompiledRows pages in slices")
+
+        def make() -> Statement:
+            return values_statement(self._querysets()[0][page])
+
+        return rows(remember((self.key, page.start, page.stop), make))

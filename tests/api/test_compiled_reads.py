@@ -1,0 +1,128 @@
+"""The capacity request list is compiled once per caller, scope and query string, and the token
+lookup once per process (portal.statements): a repeated read compiles no SQL, and still answers
+exactly what the caller may see now."""
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.db.models.sql.compiler import SQLCompiler
+from rest_framework.test import APIClient
+
+from pools.models import NodePool
+from portal import statements
+from quotas import services
+from quotas.models import Membership
+from tests import factories
+from tests.conftest import World
+
+PATH = "/api/v1/capacity-requests/"
+
+
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The SQL the ORM compiles while the test runs."""
+    seen: list[str] = []
+    as_sql = SQLCompiler.as_sql
+
+    def recording(self: SQLCompiler, *args: object, **kwargs: object) -> tuple[str, tuple]:
+        sql, params = as_sql(self, *args, **kwargs)
+        seen.append(sql)
+        return sql, params
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", recording)
+    yield seen
+
+
+def listed(client: APIClient, query: str = "") -> dict:
+    response = client.get(PATH + query)
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def ids(page: dict) -> list[int]:
+    return [row["id"] for row in page["results"]]
+
+
+def test_a_repeated_read_compiles_none_of_its_queries(
+    world: World, api: Callable[[str], APIClient], compiled: list[str]
+) -> None:
+    for gpus in (1, 2, 3):
+        req = factories.request(world.alice, world.vision, world.a100, gpus=gpus)
+    services.capacity_request_approve(capacity_request=req, actor=world.bob, comment="fine")
+    bob = api("bob")
+    first = listed(bob, "?page_size=2&page=1")
+    assert any("quotas_capacityrequest" in sql for sql in compiled)
+
+    compiled.clear()
+    again = listed(bob, "?page_size=2&page=1")
+    assert compiled == []  # nor the token's: every API request authenticates
+    assert again == first
+    assert again["count"] == 3 and ids(again) == [req.pk, req.pk - 1]
+    assert [d["approver"] for d in again["results"][0]["decisions"]] == ["bob"]
+    # The next page has as many rows (the same shape of decisions query), and its own decisions.
+    assert listed(bob, "?page_size=2&page=2")["results"][0]["decisions"] == []
+
+
+def test_rows_written_since_the_statement_was_compiled_are_read(
+    world: World, api: Callable[[str], APIClient]
+) -> None:
+    bob = api("bob")
+    assert listed(bob)["count"] == 0
+    req = factories.request(world.alice, world.vision, world.a100, gpus=1)
+    assert ids(listed(bob)) == [req.pk]
+    services.capacity_request_reject(capacity_request=req, actor=world.bob, comment="no")
+    (row,) = listed(bob)["results"]
+    assert row["state"] == "rejected" and row["decisions"][0]["comment"] == "no"
+
+
+def test_the_scope_is_read_now_not_when_the_statement_was_compiled(
+    world: World, api: Callable[[str], APIClient]
+) -> None:
+    vision = factories.request(world.alice, world.vision, world.a100, gpus=1)
+    nlp = factories.request(world.carol, world.nlp, world.a100, gpus=1)
+    bob, carol = api("bob"), api("carol")
+    assert ids(listed(bob)) == [vision.pk]
+    # Another caller with the very same query string never gets bob's rows.
+    assert ids(listed(carol)) == [nlp.pk]
+
+    # Leaving a team hides its rows at once: memberships are read in the statement itself.
+    Membership.objects.filter(user=world.bob).delete()
+    assert listed(bob) == {"count": 0, "next": None, "previous": None, "results": []}
+    Membership.objects.create(user=world.carol, team=world.vision, role=Membership.Role.MEMBER)
+    assert ids(listed(carol)) == [nlp.pk, vision.pk]
+
+    # A role is part of the key: an auditor sees every team, and their inbox is empty.
+    world.bob.is_auditor = True
+    world.bob.save(update_fields=["is_auditor"])
+    assert ids(listed(bob)) == [nlp.pk, vision.pk]
+    assert listed(bob, "inbox/")["count"] == 0
+
+
+def test_filters_are_part_of_the_key(world: World, api: Callable[[str], APIClient]) -> None:
+    kept = factories.request(world.alice, world.vision, world.a100, gpus=1)
+    dropped = factories.request(world.alice, world.vision, world.a100, gpus=2)
+    services.capacity_request_reject(capacity_request=dropped, actor=world.bob, comment="no")
+    bob = api("bob")
+    assert ids(listed(bob, "?state=rejected")) == [dropped.pk]
+    assert ids(listed(bob, "?state=pending_lead")) == [kept.pk]
+    assert ids(listed(bob, "?ordering=gpus")) == [kept.pk, dropped.pk]
+    assert ids(listed(bob, "?ordering=-gpus")) == [dropped.pk, kept.pk]
+    response = bob.get(PATH + "?state=nonsense")
+    assert response.status_code == 400 and "state" in response.json()["fields"]
+
+
+def test_a_compiled_statement_reads_what_the_queryset_reads(world: World) -> None:
+    # node_selector is a JSONField: its database converter must run as values() runs it.
+    pools = NodePool.objects.order_by("name").values("name", "node_selector", "capacity_gpus")
+    statement = statements.values_statement(pools)
+    assert statements.rows(statement) == list(pools)
+    assert isinstance(statements.rows(statement)[0]["node_selector"], dict)
+    assert statements.scalar(statements.count_statement(NodePool.objects.all())) == NodePool.objects.count()
+    assert statements.rows(statements.values_statement(NodePool.objects.none().values("name"))) == []
+    assert statements.scalar(statements.count_statement(NodePool.objects.filter(pk__in=[]))) == 0
+
+
+def test_a_shaped_statement_refuses_parameters_it_does_not_compile_to(world: World) -> None:
+    pools = NodePool.objects.filter(name__in=["a", "b"], capacity_gpus=3).values("name")
+    with pytest.raises(ValueError, match="parameters"):
+        statements.shaped(("test pools", 2), lambda: pools, ["a", "b"])
