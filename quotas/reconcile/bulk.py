@@ -36,8 +36,9 @@ from pools.kube.errors import KubeError
 from pools.kube.objects import Label, managed_labels
 from pools.manifests import POLICY_NAME, Manifest
 from pools.models import Cluster
+from portal.services import inserts_batched
 from quotas import manifests, services
-from quotas.models import Grant
+from quotas.models import CapacityRequest, Grant
 from quotas.reconcile.base import (
     POLL_SECONDS,
     Applied,
@@ -288,12 +289,18 @@ def grants_reconcile(*, grant_ids: list[int]) -> BulkOutcome:
 
 def _reconcile_cluster(cluster: Cluster, grants: list[Grant], outcome: BulkOutcome) -> list[int]:
     started = time.monotonic()
-    with transaction.atomic():
+    # The pass's audit rows go in with one statement per transaction (inserts_batched), as a bulk
+    # decision's do: per grant, the state moves and their audit rows are exactly a single reconcile's.
+    with transaction.atomic(), inserts_batched():
         for grant in grants:
             services.grant_provisioning_start(grant=grant)
+    # Their requests moved (approved -> provisioning) on rows of their own: read the states back at once.
+    states = dict(
+        CapacityRequest.objects.filter(pk__in=[g.request_id for g in grants]).values_list("pk", "state")
+    )
     items = []
     for grant in grants:
-        grant.request.refresh_from_db(fields=["state"])
+        grant.request.state = states[grant.request_id]
         items.append(_Item(grant, grant.generation, grant_contract(grant)))
     with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix=f"apply-{cluster.name}") as pool:
         try:
@@ -308,7 +315,7 @@ def _reconcile_cluster(cluster: Cluster, grants: list[Grant], outcome: BulkOutco
     proven = time.monotonic()
     probe = max((i for i in items if i.error is None), key=_namespace_version, default=None)
     again: list[int] = []
-    with transaction.atomic():
+    with transaction.atomic(), inserts_batched():
         for item in items:
             if item.error is not None:
                 # The single reconcile records the cluster's answer and retries with backoff.
