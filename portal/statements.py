@@ -7,8 +7,9 @@ user and their roles, the query string, the page), so a repeated read sends the 
 
 The SQL is always the ORM's own, its values left as parameters: nothing is interpolated. What a read
 returns is what iterating its values() queryset returns, the fields' database converters included
-(SQLite, the zero-setup default, needs them for datetimes and decimals; PostgreSQL needs none here).
-A key must name all that the statement depends on; scope a key to a user with `user_key`.
+(JSON fields need them on every database; SQLite, the zero-setup default, also for datetimes and
+decimals). A key must name all that the statement depends on: scope a key to a user with `user_key`,
+and cache only querysets whose other inputs (filters, ordering) are in the key too.
 """
 
 from collections.abc import Callable, Hashable, Sequence
@@ -43,7 +44,9 @@ def remember(key: Hashable, make: Callable[[], Statement]) -> Statement:
     if found is None:
         found = make()
         if len(_STATEMENTS) >= _STATEMENTS_MAX:
-            _STATEMENTS.clear()  # users and query strings come and go: a long-lived process must not grow
+            # Users and query strings come and go, so a long-lived process must not grow: the oldest
+            # entry goes, one at a time, so a burst of new keys never drops every hot statement at once.
+            _STATEMENTS.pop(next(iter(_STATEMENTS)), None)
         _STATEMENTS[key] = found
     return found
 
@@ -72,7 +75,7 @@ def values_statement(queryset: QuerySet[Any]) -> Statement:
     except EmptyResultSet:
         return Statement(None, (), queryset.db)
     # As Django's own ValuesIterable names the columns of each row.
-    names = (*query.extra_select, *query.values_select, *query.annotation_select)
+    names = tuple(query.selected or (*query.extra_select, *query.values_select, *query.annotation_select))
     expressions = [column[0] for column in compiler.select[: compiler.col_count]]
     converters = [
         (position, funcs, expression)
@@ -110,8 +113,9 @@ def rows(statement: Statement, params: Sequence[Any] | None = None) -> list[dict
                 for convert in funcs:
                     value = convert(value, expression, connection)
                 row[position] = value
+    # Not strict, as values(): with distinct() the ORM selects the ORDER BY columns too, after these.
     names = statement.names
-    return [dict(zip(names, row, strict=True)) for row in fetched]
+    return [dict(zip(names, row, strict=False)) for row in fetched]
 
 
 def scalar(statement: Statement) -> int:

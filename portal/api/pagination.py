@@ -3,10 +3,13 @@ from typing import TYPE_CHECKING, Any
 from django.core.paginator import InvalidPage, Paginator
 from django.db.models import QuerySet
 from rest_framework.exceptions import ValidationError
+from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 
 from portal.statements import CompiledRows, user_key
+
+ORDERING_PARAM = OrderingFilter.ordering_param
 
 if TYPE_CHECKING:
     # Imported for type hints only: rest_framework.views imports the permission classes.
@@ -34,8 +37,11 @@ class PagePagination(PageNumberPagination):
 
 
 def compiled_read_key(view: "APIView", request: Request) -> tuple[Any, ...]:
-    """The key of a list read compiled once (portal.statements.CompiledRows): the endpoint, the caller
-    and their scope, and every query parameter but the page, which the paginator's slice adds."""
-    paging = {PagePagination.page_query_param, PagePagination.page_size_query_param}
-    query = tuple(sorted((k, tuple(v)) for k, v in request.query_params.lists() if k not in paging))
-    return (type(view).__qualname__, getattr(view, "action", None), user_key(request.user), query)
+    """The key of a list read compiled once (portal.statements.CompiledRows): the endpoint (its
+    viewset, action and URL arguments), the caller and their scope, and the query parameters its
+    filterset and ordering read. Paging is not part of it: the paginator's slice adds it. Parameters
+    nothing reads change no SQL, so they are left out: a cache-buster makes no new statement."""
+    read = {*getattr(getattr(view, "filterset_class", None), "base_filters", ()), ORDERING_PARAM}
+    query = tuple(sorted((k, tuple(v)) for k, v in request.query_params.lists() if k in read))
+    endpoint = (type(view).__module__, type(view).__qualname__, getattr(view, "action", None))
+    return (*endpoint, tuple(sorted(view.kwargs.items())), user_key(request.user), query)

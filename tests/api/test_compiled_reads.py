@@ -5,6 +5,7 @@ exactly what the caller may see now."""
 from collections.abc import Callable, Iterator
 
 import pytest
+from django.db.models import F
 from django.db.models.sql.compiler import SQLCompiler
 from rest_framework.test import APIClient
 
@@ -111,6 +112,18 @@ def test_filters_are_part_of_the_key(world: World, api: Callable[[str], APIClien
     assert response.status_code == 400 and "state" in response.json()["fields"]
 
 
+def test_parameters_nothing_reads_make_no_new_statement(
+    world: World, api: Callable[[str], APIClient], compiled: list[str]
+) -> None:
+    factories.request(world.alice, world.vision, world.a100, gpus=1)
+    bob = api("bob")
+    first = listed(bob, "?_=1")
+    compiled.clear()
+    # A cache-buster changes no SQL, so it does not get a statement of its own.
+    assert listed(bob, "?_=2") == first
+    assert compiled == []
+
+
 def test_a_compiled_statement_reads_what_the_queryset_reads(world: World) -> None:
     # node_selector is a JSONField: its database converter must run as values() runs it.
     pools = NodePool.objects.order_by("name").values("name", "node_selector", "capacity_gpus")
@@ -120,6 +133,32 @@ def test_a_compiled_statement_reads_what_the_queryset_reads(world: World) -> Non
     assert statements.scalar(statements.count_statement(NodePool.objects.all())) == NodePool.objects.count()
     assert statements.rows(statements.values_statement(NodePool.objects.none().values("name"))) == []
     assert statements.scalar(statements.count_statement(NodePool.objects.filter(pk__in=[]))) == 0
+
+
+def test_rows_are_named_and_trimmed_as_values_names_them(world: World) -> None:
+    # An annotation named first, and distinct() ordering by a column it does not select.
+    annotated = (
+        NodePool.objects.annotate(doubled=F("capacity_gpus") * 2).order_by("name").values("doubled", "name")
+    )
+    assert statements.rows(statements.values_statement(annotated)) == list(annotated)
+    distinct = NodePool.objects.order_by("capacity_gpus", "name").distinct().values("name")
+    assert statements.rows(statements.values_statement(distinct)) == list(distinct)
+
+
+def test_a_full_cache_drops_its_oldest_statement_only(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(statements, "_STATEMENTS", {})
+    monkeypatch.setattr(statements, "_STATEMENTS_MAX", 3)
+    made: list[int] = []
+
+    def make(n: int) -> statements.Statement:
+        made.append(n)
+        return statements.Statement(f"SELECT {n}", (), "default")
+
+    for n in range(4):
+        statements.remember(("test", n), lambda n=n: make(n))
+    assert list(statements._STATEMENTS) == [("test", 1), ("test", 2), ("test", 3)]
+    statements.remember(("test", 3), lambda: make(99))
+    assert made == [0, 1, 2, 3]
 
 
 def test_a_shaped_statement_refuses_parameters_it_does_not_compile_to(world: World) -> None:
