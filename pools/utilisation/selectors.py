@@ -322,8 +322,16 @@ class TeamUsageRow:
 
 def team_usage_list(*, user: User) -> list[TeamUsageRow]:
     """GPUs in use against GPUs granted, per team and pool, from the live figures: three queries of
-    plain values (the dashboard's live region renders it on every changed poll)."""
-    visible_teams = set(teams_visible_to(user=user).values_list("slug", flat=True))
+    plain values, compiled once per user and scope (portal.statements: the dashboard's live region
+    reads them on every changed poll, and compiling them cost more than running them)."""
+    scope = statements.user_key(user)
+
+    def read(name: str, build: Callable[[], QuerySet[Any]]) -> list[dict[str, Any]]:
+        return statements.rows(
+            statements.remember(("team usage", name, scope), lambda: statements.values_statement(build()))
+        )
+
+    visible_teams = {r["slug"] for r in read("teams", lambda: teams_visible_to(user=user).values("slug"))}
     rows: dict[tuple[str, int], TeamUsageRow] = {}
 
     def row(team: str, pool_id: int, pool: str, cluster: str) -> TeamUsageRow:
@@ -332,18 +340,21 @@ def team_usage_list(*, user: User) -> list[TeamUsageRow]:
             rows[key] = TeamUsageRow(team=team, pool=pool, cluster=cluster)
         return rows[key]
 
-    # The scope of grant_list, as values.
-    holding = Grant.objects.visible_to(user).filter(request__state__in=HOLDING_STATES, pool__enabled=True)
-    for team, pool_id, pool, cluster, gpus in holding.values_list(
-        "team__slug", "pool_id", "pool__name", "pool__cluster__name", "gpus"
-    ):
-        row(team, pool_id, pool, cluster).granted += gpus
-    # Only the namespaces key of `detail`: the node list of a big pool is not read on every poll.
-    live = PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True).values_list(
-        "pool_id", "pool__name", "pool__cluster__name", "detail__namespaces"
-    )
-    for pool_id, pool, cluster, namespaces in live:
-        for usage in namespaces or []:
+    def holding() -> QuerySet[Grant]:  # the scope of grant_list, as values
+        grants = Grant.objects.visible_to(user).filter(request__state__in=HOLDING_STATES, pool__enabled=True)
+        return grants.values("team__slug", "pool_id", "pool__name", "pool__cluster__name", "gpus")
+
+    for g in read("granted", holding):
+        row(g["team__slug"], g["pool_id"], g["pool__name"], g["pool__cluster__name"]).granted += g["gpus"]
+
+    def live() -> QuerySet[PoolUtilisation]:
+        # Only the namespaces key of `detail`: the node list of a big pool is not read on every poll.
+        figures = PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True)
+        return figures.values("pool_id", "pool__name", "pool__cluster__name", "detail__namespaces")
+
+    for f in read("used", live):
+        pool_id, pool, cluster = f["pool_id"], f["pool__name"], f["pool__cluster__name"]
+        for usage in f["detail__namespaces"] or []:
             team = usage.get("team") or ""
             if team in visible_teams or (not team and user.sees_everything):
                 target = row(team, pool_id, pool, cluster)
