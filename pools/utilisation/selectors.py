@@ -466,7 +466,7 @@ def _overview_parts(user: User) -> list[QuerySet[Any]]:
 def overview_version(*, user: User, now: datetime) -> str:
     """The version of what the dashboard's live region shows `user` at `now` (utilisation_overview
     and team_usage_list); one query."""
-    key = ("overview", user.pk, user.sees_everything)
+    key = ("overview", *statements.user_key(user))
     statement = _statement(key, lambda: _overview_parts(user), silent=1)
     return _version(user, "overview", *_fingerprints(statement, _silent_before(now)))
 
@@ -498,7 +498,7 @@ def _pool_live_parts(user: User, pool_id: int) -> list[QuerySet[Any]]:
 def pool_live_version(*, user: User, pool_id: int, now: datetime) -> str | None:
     """The version of what a pool's live region shows `user` at `now` (pool_detail_get), or None
     for a pool that is unknown or disabled, which is for the page to answer; one query."""
-    key = ("pool", user.pk, user.sees_everything, pool_id)
+    key = ("pool", *statements.user_key(user), pool_id)
     statement = _statement(key, lambda: _pool_live_parts(user, pool_id), silent=1)
     found, *rest = _fingerprints(statement, _silent_before(now))
     if found.startswith("0:"):

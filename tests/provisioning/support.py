@@ -49,6 +49,16 @@ def settled(grant: Grant, state: str = RequestState.ACTIVE) -> Grant | None:
     return None
 
 
+# The conditions of a grant whose objects the cluster holds and enforces: (status, reason) by type.
+PROVISIONED = {
+    "Applied": ("True", "Applied"),
+    "QuotaEnforced": ("True", "QuotaActive"),
+    "PolicyBound": ("True", "Enforced"),
+    "ContractInjected": ("True", "Injected"),
+    "Ready": ("True", "Provisioned"),
+}
+
+
 def conditions(obj: Grant | ServingDeployment) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in obj.conditions}
 
