@@ -62,13 +62,17 @@ def node_ready(node: Obj | None, wanted: Obj) -> bool:
     gpus_set = all(
         allocatable.get(k) == v for k, v in wanted["status"]["allocatable"].items() if "nvidia" in k
     )
-    return ready and gpus_set
+    # The node lifecycle controller taints a new node not-ready and lifts the taint a moment after
+    # Ready; a pod tried in between is refused for the taint, not for what the test is about.
+    taints = {(t["key"], t["effect"]) for t in (node.get("spec") or {}).get("taints") or []}
+    settled = taints == {(t["key"], t["effect"]) for t in wanted["spec"].get("taints") or []}
+    return ready and gpus_set and settled
 
 
 @pytest.fixture
 def fake_nodes(testbed: Testbed) -> Iterator[Callable[[list[Obj]], list[str]]]:
     """Create node manifests (as `render` makes them), wait until kwok reports them Ready with their
-    GPUs, and delete them after the test. Returns their names."""
+    GPUs and only their own taints, and delete them after the test. Returns their names."""
     cluster = testbed.admin
     created: list[str] = []
 
