@@ -14,6 +14,7 @@ from pools.kube.conformance import Allowlist, Finding, conformance_report
 from pools.kube.errors import KubeError
 from pools.models import Accelerator, Cluster, NodePool, PoolClass
 from pools.services import cluster_node_groups
+from portal import statements
 from portal.models import User
 
 
@@ -27,6 +28,29 @@ def pools_offering(*, pool_class: str, accelerator: Accelerator | None = None) -
     if accelerator is not None:
         qs = qs.filter(accelerator=accelerator)
     return qs
+
+
+def pool_candidates(*, pool_class: str, accelerator: Accelerator) -> list[NodePool]:
+    """pools_offering() of one accelerator as a list, compiled once per pool class (every create
+    reads it): each pool with `accelerator` and its cluster's id and name (its other columns, the
+    credentials among them, load only if read)."""
+    columns = tuple(f.attname for f in NodePool._meta.concrete_fields)
+
+    def build(accelerator_id: int) -> QuerySet[NodePool]:
+        # pool_class stays out of the bound values: pools_offering() branches on it.
+        offering = pools_offering(pool_class=pool_class).filter(accelerator_id=accelerator_id)
+        return offering.values(*columns, "cluster__name")
+
+    statement, params = statements.bind(("pool candidates", pool_class), build, accelerator_id=accelerator.pk)
+    pools = []
+    for row in statements.rows(statement, params):
+        pool = NodePool.from_db(statement.using, columns, [row[c] for c in columns])
+        pool.cluster = Cluster.from_db(
+            statement.using, ("id", "name"), (row["cluster_id"], row["cluster__name"])
+        )
+        pool.accelerator = accelerator
+        pools.append(pool)
+    return pools
 
 
 def accelerator_list() -> QuerySet[Accelerator]:

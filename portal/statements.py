@@ -18,7 +18,7 @@ from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from portal import roles
@@ -33,6 +33,8 @@ class Statement:
     using: str
     names: tuple[str, ...] = ()  # a values() statement's keys, in column order
     converters: Converters = field(default_factory=list)  # (column, converters, expression)
+    # A bound statement's: per parameter, the position of the bound value it takes (None: compiled in).
+    slots: tuple[int | None, ...] = ()
 
 
 _STATEMENTS: dict[Hashable, Statement] = {}
@@ -127,18 +129,81 @@ def scalar(statement: Statement) -> int:
         return cursor.fetchone()[0]
 
 
-def shaped(key: Hashable, build: Callable[[], QuerySet[Any]], params: Sequence[Any]) -> Statement:
-    """A values statement remembered by its shape alone (e.g. "the decisions of n requests"), whose
-    parameters are `params`, sent in place of the compiled ones by `rows(statement, params)`. Raises
-    ValueError when build() does not compile to exactly these parameters, in this order."""
+# Placeholders a bound statement is compiled with, one per value. Ints stay positive and within 32
+# bits, so that no integer field's range check folds the lookup away ("matches nothing" or
+# "matches everything"); text never holds NUL. Compiled twice, with two sets, so that a parameter
+# that merely equals a placeholder is never taken for a slot.
+_INT_PLACEHOLDERS = (2_000_000_000, 2_100_000_000)
+
+
+def _placeholder(value: Any, position: int, generation: int) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        # None (IS NULL) or a bool would change the SQL itself, not only a parameter.
+        raise TypeError(f"a bound value is an int or a str, not {type(value).__name__}")
+    if isinstance(value, int):
+        return _INT_PLACEHOLDERS[generation] + position
+    return f"\x00bound {generation} {position}\x00"
+
+
+def bind(
+    key: Hashable, build: Callable[..., QuerySet[Any]], **values: Any
+) -> tuple[Statement, tuple[Any, ...]]:
+    """The values statement of build(**values), compiled once per key and shape, and the parameters
+    to send it with. It is compiled with a placeholder in place of each value (a list: of each item;
+    its length is part of the shape), so `key` names only what else the SQL depends on (e.g. the
+    user, by `user_key`). build() must not branch on a value (it is called with placeholders, never
+    with the real ones): what it branches on goes in the key. Raises ValueError when a value does
+    not reach the parameters unchanged (e.g. a `contains` lookup wraps it) or changes the SQL."""
+    flat: list[Any] = []
+    shape: list[tuple[str, int | None]] = []
+    for name, value in values.items():
+        items = list(value) if isinstance(value, (list, tuple)) else None
+        flat.extend(items if items is not None else [value])
+        shape.append((name, None if items is None else len(items)))
+
+    def compiled(generation: int) -> tuple[Statement, tuple[int | None, ...]]:
+        placeholders: dict[str, Any] = {}
+        position = 0
+        for name, length in shape:
+            count = 1 if length is None else length
+            marks = [_placeholder(flat[position + i], position + i, generation) for i in range(count)]
+            placeholders[name] = marks[0] if length is None else marks
+            position += count
+        statement = values_statement(build(**placeholders))
+        wanted = {_placeholder(v, i, generation): i for i, v in enumerate(flat)}
+        return statement, tuple(
+            wanted.get(p) if isinstance(p, (int, str)) else None for p in statement.params
+        )
 
     def make() -> Statement:
-        statement = values_statement(build())
-        if statement.params != tuple(params):
-            raise ValueError(f"{key!r}: the statement's parameters are not the ones given")
-        return statement
+        (statement, slots), (again, slots_again) = compiled(0), compiled(1)
+        if statement.sql != again.sql or slots != slots_again:
+            raise ValueError(f"{key!r}: the statement's SQL depends on the bound values")
+        if statement.sql is not None and set(range(len(flat))) - set(slots):
+            raise ValueError(f"{key!r}: a bound value does not reach the statement's parameters unchanged")
+        return Statement(statement.sql, statement.params, statement.using, statement.names,
+                         statement.converters, slots)  # fmt: skip
 
-    return remember(key, make)
+    statement = remember((key, tuple(shape)), make)
+    params = tuple(
+        p if slot is None else flat[slot] for p, slot in zip(statement.params, statement.slots, strict=True)
+    )
+    return statement, params
+
+
+def bound_rows(key: Hashable, build: Callable[..., QuerySet[Any]], **values: Any) -> list[dict[str, Any]]:
+    """What iterating build(**values) gives, through `bind`."""
+    return rows(*bind(key, build, **values))
+
+
+def bound_instances(
+    key: Hashable, model: type[Model], build: Callable[..., QuerySet[Any]], **values: Any
+) -> list[Any]:
+    """The `model` instances build(**values) selects, through `bind`: their concrete fields as the
+    ORM loads them (Model.from_db), no related objects."""
+    columns = tuple(f.attname for f in model._meta.concrete_fields)
+    statement, params = bind(key, lambda **v: build(**v).values(*columns), **values)
+    return [model.from_db(statement.using, columns, [r[c] for c in columns]) for r in rows(statement, params)]
 
 
 class CompiledRows:

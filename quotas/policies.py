@@ -6,21 +6,36 @@ Platform roles (admin, auditor) are portal.roles; reads are scoped by `visible_t
 """
 
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
 
 from portal.models import User
 from portal.roles import is_admin, is_read_only
+from portal.statements import bound_rows
 from quotas.models import ApprovalDecision, CapacityRequest, Membership
 from quotas.states import RequestState
 
 S = RequestState
 
 
+def team_role(*, user: User, team_id: int) -> str | None:
+    """The user's role in the team, None for a non-member. Compiled once per process: every create,
+    submit and decision asks."""
+
+    def build(user_id: int, team_id: int) -> QuerySet[Membership]:
+        return Membership.objects.filter(user_id=user_id, team_id=team_id).values("role")
+
+    if user.pk is None:  # anonymous
+        return None
+    found = bound_rows("team role", build, user_id=user.pk, team_id=team_id)
+    return found[0]["role"] if found else None
+
+
 def is_team_member(*, user: User, team_id: int) -> bool:
-    return Membership.objects.filter(user=user, team_id=team_id).exists()
+    return team_role(user=user, team_id=team_id) is not None
 
 
 def is_team_lead(*, user: User, team_id: int) -> bool:
-    return Membership.objects.filter(user=user, team_id=team_id, role=Membership.Role.LEAD).exists()
+    return team_role(user=user, team_id=team_id) == Membership.Role.LEAD
 
 
 def can_request(*, user: User, team_id: int) -> bool:

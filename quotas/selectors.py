@@ -102,6 +102,17 @@ def capacity_request_values(queryset: QuerySet[CapacityRequest]) -> QuerySet[Cap
     return queryset.select_related(None).prefetch_related(None).values(*REQUEST_VALUES)
 
 
+def capacity_request_row(*, user: User, pk: int) -> dict[str, Any] | None:
+    """One request as capacity_request_values reads it, if `user` may see it; compiled once per user
+    (a create or a decision answers with its row)."""
+
+    def build(pk: int) -> QuerySet[CapacityRequest]:
+        return capacity_request_values(capacity_request_list(user=user).filter(pk=pk))
+
+    found = statements.bound_rows(("capacity request row", statements.user_key(user)), build, pk=pk)
+    return found[0] if found else None
+
+
 def capacity_request_decision_values(*, request_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
     """The decisions of these requests (already read through a scoped selector), oldest first, per
     request id: one query."""
@@ -110,13 +121,12 @@ def capacity_request_decision_values(*, request_ids: Iterable[int]) -> dict[int,
     if not ids:
         return by_request
 
-    def build() -> QuerySet[ApprovalDecision]:
+    def build(ids: list[int]) -> QuerySet[ApprovalDecision]:
         rows = ApprovalDecision.objects.filter(request_id__in=ids).order_by("decided_at", "id")
         return rows.values(*DECISION_VALUES)
 
     # Compiled once per number of requests: a page's decisions differ only in the ids they are of.
-    statement = statements.shaped(("request decisions", len(ids)), build, ids)
-    for row in statements.rows(statement, ids):
+    for row in statements.bound_rows("request decisions", build, ids=ids):
         by_request[row["request_id"]].append(row)
     return by_request
 
@@ -258,11 +268,16 @@ def pool_capacity_bulk(
     """
     pairs = list(pairs)
     pools = {pool.pk: pool for pool, _ in pairs}
-    rows = (
-        Grant.objects.filter(pool_id__in=pools, request__state__in=HOLDING_STATES)
-        .values("pool_id", "team_id")
-        .annotate(granted=Sum("gpus"), batch=Sum("gpus", filter=Q(request__pool_class=PoolClass.BATCH)))
-    )
+
+    def build(pool_ids: list[int]) -> QuerySet[Grant]:
+        return (
+            Grant.objects.filter(pool_id__in=pool_ids, request__state__in=HOLDING_STATES)
+            .values("pool_id", "team_id")
+            .annotate(granted=Sum("gpus"), batch=Sum("gpus", filter=Q(request__pool_class=PoolClass.BATCH)))
+        )
+
+    # Compiled once per number of pools: every request's create and every approval reads it.
+    rows = statements.bound_rows("granted per pool and team", build, pool_ids=list(pools))
     granted: dict[int, int] = {}
     batch: dict[int, int] = {}
     per_team: dict[tuple[int, int], int] = {}

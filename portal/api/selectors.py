@@ -26,13 +26,13 @@ def api_token_by_raw(*, raw: str) -> ApiToken | None:
     digest = token_digest(raw)
     token_columns, user_columns = _columns(ApiToken), _columns(User)
 
-    def build() -> QuerySet[ApiToken]:
+    def build(digest: str) -> QuerySet[ApiToken]:
         # Digests are unique: nothing to order by.
         rows = ApiToken.objects.filter(digest=digest).order_by()
         return rows.values(*token_columns, *(f"user__{c}" for c in user_columns))[:1]
 
-    statement = statements.shaped(("api token by digest",), build, [digest])
-    found = statements.rows(statement, [digest])
+    statement, params = statements.bind("api token by digest", build, digest=digest)
+    found = statements.rows(statement, params)
     if not found:
         return None
     (row,) = found

@@ -14,6 +14,7 @@ from pools.utilisation.diagnosis import STATE_LABELS, TITLES
 from portal.api.filters import MAX_ID
 from portal.api.serializers import BoundedDateTimeField, ErrorSerializer
 from portal.models import AuditEvent
+from portal.statements import bound_instances, user_key
 from quotas import selectors
 from quotas.manifests import LOCAL_QUEUE_NAME
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Precision, ServingDeployment, Team
@@ -129,12 +130,30 @@ _OWN_VALUES = tuple(v for v in selectors.REQUEST_VALUES if "__" not in v and v !
 
 class SlugInputField(serializers.SlugRelatedField):
     """A writable slug reference that answers a NUL character as unknown: PostgreSQL text cannot hold
-    one, and looking it up would be a database error (a 500) instead of a 400."""
+    one, and looking it up would be a database error (a 500) instead of a 400.
+
+    With `compiled`, the lookup is compiled once per serializer field and caller (portal.statements):
+    for fields on the hot paths, whose queryset depends on nothing but the request's user."""
+
+    def __init__(self, *, compiled: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.compiled = compiled
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str) and "\x00" in data:
             self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", ""))
-        return super().to_internal_value(data)
+        request = self.context.get("request")
+        if not self.compiled or not isinstance(data, str) or request is None:
+            return super().to_internal_value(data)
+        queryset = self.get_queryset()
+        parent = type(self.parent)
+        key = ("slug input", parent.__module__, parent.__qualname__, self.field_name, user_key(request.user))
+        found = bound_instances(
+            key, queryset.model, lambda slug: queryset.filter(**{self.slug_field: slug}), slug=data
+        )
+        if len(found) != 1:
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data)
+        return found[0]
 
 
 def _utc_moment(field: serializers.DateTimeField) -> Any:
@@ -224,12 +243,13 @@ def capacity_request_rows(
 
 class CapacityRequestCreateSerializer(serializers.Serializer):
     team = SlugInputField(
-        slug_field="slug", queryset=Team.objects.none(), help_text="Slug of one of your teams"
+        slug_field="slug", queryset=Team.objects.none(), compiled=True, help_text="Slug of one of your teams"
     )
     pool_class = serializers.ChoiceField(choices=PoolClass.choices)
     accelerator = SlugInputField(
         slug_field="slug",
         queryset=accelerator_list(),
+        compiled=True,
         help_text="Accelerator slug, see /api/v1/accelerators/",
     )
     gpus = serializers.IntegerField(min_value=1, max_value=100_000, help_text="Accelerator units")

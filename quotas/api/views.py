@@ -98,12 +98,11 @@ class CapacityRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
 
     def _answer(self, req: CapacityRequest, code: int = status.HTTP_200_OK) -> Response:
         # Read back as the list reads (two queries): what a create or decision answers is its row.
-        fresh = selectors.capacity_request_list(user=self.request.user).filter(pk=req.pk)
-        rows = list(selectors.capacity_request_values(fresh))
-        if not rows:  # no longer visible to the actor (e.g. removed from the team in between)
+        row = selectors.capacity_request_row(user=self.request.user, pk=req.pk)
+        if row is None:  # no longer visible to the actor (e.g. removed from the team in between)
             raise NotFound("No such capacity request.")
         decisions = selectors.capacity_request_decision_values(request_ids=[req.pk])
-        return Response(s.capacity_request_rows(rows, decisions)[0], status=code)
+        return Response(s.capacity_request_rows([row], decisions)[0], status=code)
 
     @extend_schema(
         summary="Request capacity",

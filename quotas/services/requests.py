@@ -10,11 +10,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from pools.models import QUEUEING_CLASSES, Accelerator, AdmissionMode, NodePool, PoolClass
-from pools.selectors import pools_offering
+from pools.selectors import pool_candidates, pools_offering
 from pools.services import pool_preflight_refusal
 from portal.models import User
 from portal.querysets import locked
-from portal.services import audit_event_record
+from portal.services import audit_event_record, inserts_batched
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
 from quotas.selectors import pool_capacity, pool_capacity_bulk
@@ -125,7 +125,7 @@ def _validate_request(
         if problem:
             raise ValidationError({"accelerator": [problem]})
 
-    candidates = list(pools_offering(pool_class=pool_class, accelerator=accelerator))
+    candidates = pool_candidates(pool_class=pool_class, accelerator=accelerator)
     if not candidates:
         offered = sorted({p.accelerator.name for p in pools_offering(pool_class=pool_class)})
         raise ValidationError(
@@ -225,11 +225,13 @@ def capacity_request_create(
         gpus_per_replica=gpus_per_replica,
         borrow_gpus=borrow_gpus,
     )
-    audit_event_record(
-        actor=requester, action="capacity_request.created", obj=req, team=team, after=snapshot(req)
-    )
-    if submit:
-        _submit(req, actor=requester)  # the row is this transaction's own: nobody else can see it yet
+    # Its audit rows (and an auto-approval's decision) go in with one statement as the block ends.
+    with inserts_batched():
+        audit_event_record(
+            actor=requester, action="capacity_request.created", obj=req, team=team, after=snapshot(req)
+        )
+        if submit:
+            _submit(req, actor=requester)  # the row is this transaction's own: nobody else can see it yet
     return req
 
 

@@ -5,7 +5,7 @@ exactly what the caller may see now."""
 from collections.abc import Callable, Iterator
 
 import pytest
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.sql.compiler import SQLCompiler
 from rest_framework.test import APIClient
 
@@ -161,7 +161,36 @@ def test_a_full_cache_drops_its_oldest_statement_only(world: World, monkeypatch:
     assert made == [0, 1, 2, 3]
 
 
-def test_a_shaped_statement_refuses_parameters_it_does_not_compile_to(world: World) -> None:
-    pools = NodePool.objects.filter(name__in=["a", "b"], capacity_gpus=3).values("name")
-    with pytest.raises(ValueError, match="parameters"):
-        statements.shaped(("test pools", 2), lambda: pools, ["a", "b"])
+def test_a_bound_statement_is_compiled_once_and_sends_each_call_its_own_values(
+    world: World, compiled: list[str]
+) -> None:
+    def build(names: list[str], gpus: int) -> QuerySet[NodePool]:
+        return (
+            NodePool.objects.filter(name__in=names, capacity_gpus__gte=gpus).order_by("name").values("name")
+        )
+
+    every = sorted(NodePool.objects.values_list("name", flat=True))
+    assert len(every) >= 3
+    compiled.clear()
+    assert statements.bound_rows("test pools", build, names=every[:2], gpus=0) == [
+        {"name": n} for n in every[:2]
+    ]
+    compiled_once = len(compiled)  # twice, in fact: see bind()
+    assert statements.bound_rows("test pools", build, names=every[1:3], gpus=0) == [
+        {"name": n} for n in every[1:3]
+    ]
+    assert statements.bound_rows("test pools", build, names=every[:2], gpus=10**6) == []
+    assert len(compiled) == compiled_once
+    # A list of another length is another shape: compiled on its own, with all its items.
+    assert statements.bound_rows("test pools", build, names=every, gpus=0) == [{"name": n} for n in every]
+    assert len(compiled) == 2 * compiled_once
+    assert statements.bound_rows("test pools", build, names=[], gpus=0) == []
+
+
+def test_a_value_the_orm_changes_cannot_be_bound(world: World) -> None:
+    with pytest.raises(ValueError, match="does not reach"):
+        statements.bind(
+            "test contains", lambda name: NodePool.objects.filter(name__contains=name).values("pk"), name="a"
+        )
+    with pytest.raises(TypeError):
+        statements.bind("test null", lambda when: NodePool.objects.filter(name=when).values("pk"), when=None)
