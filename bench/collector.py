@@ -58,7 +58,7 @@ PREFIX = "accelerator.platform.example.com"
 
 RESOURCE_VERSION = re.compile(rb'"resourceVersion":"(\d+)"')
 # The collector's own account of its lists (pools.kube.watch), in its log.
-LISTED = re.compile(r"local/(nodes|pods): listed \d+ objects in \d+ page\(s\), ([\d.]+)s")
+LISTED = re.compile(r"local/(nodes|pods): listed \d+ objects (?:in \d+ page\(s\)|by streaming), ([\d.]+)s")
 
 
 def _pod(name: str, node: str) -> dict[str, Any]:

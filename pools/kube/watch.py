@@ -1,11 +1,12 @@
 """List+watch caches of cluster objects, the way client-go's reflector keeps them.
 
-A ResourceCache lists a resource once (paginated), then watches from the list's resourceVersion
-with bookmarks, applying each event to an in-memory map. When the apiserver answers 410 Gone (the
-resourceVersion fell out of its watch window, or a paginated list's continue token expired) the
-cache lists again. When the cluster stops answering, the cache marks itself stale, keeps its last
-known objects, and reconnects with exponential backoff and jitter; the first successful call
-clears the mark. Readers take thread-safe snapshots at any time.
+A ResourceCache lists a resource once, then watches from the list's resourceVersion with
+bookmarks, applying each event to an in-memory map. It lists by streaming (a watch that begins with
+the current objects) where the source and the cluster offer it, and in pages otherwise. When the
+apiserver answers 410 Gone (the resourceVersion fell out of its watch window, or a paginated list's
+continue token expired) the cache lists again. When the cluster stops answering, the cache marks
+itself stale, keeps its last known objects, and reconnects with exponential backoff and jitter; the
+first successful call clears the mark. Readers take thread-safe snapshots at any time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 from kubernetes import client as k8s
@@ -51,6 +52,22 @@ class Source(Protocol):
         ...
 
     def watch(self, *, resource_version: str, timeout_seconds: int) -> WatchStream: ...
+
+
+class StreamingSource(Source, Protocol):
+    """A source that can also list by streaming (KubeSource); a cache prefers it and falls back to
+    pages when the cluster refuses it."""
+
+    def stream(self, *, timeout_seconds: int) -> WatchStream: ...
+
+
+# The bookmark that ends a streaming list's initial events (KEP 3157).
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+# A streaming list is one watch request from the first object to the end of the watch: long enough
+# for the largest list on a busy apiserver (its timeout ends the request, initial events or not).
+STREAM_TIMEOUT = 600
+# What an apiserver answers a streaming list it does not serve (WatchList off: 422, or older: 400).
+STREAM_REFUSED = frozenset({400, 422})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,6 +170,23 @@ class KubeSource:
                 timeout_seconds=timeout_seconds,
                 # The server ends the stream after timeout_seconds; a read that blocks well past
                 # it means the apiserver hangs.
+                _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + 15),
+            )
+        return _KubeWatchStream(self.cluster, response)
+
+    def stream(self, *, timeout_seconds: int) -> WatchStream:
+        """A watch that begins with the current objects (a streaming list, sendInitialEvents): their
+        ADDED events end with a bookmark marked INITIAL_EVENTS_END, then it goes on as a watch. The
+        apiserver serves it from its watch cache object by object: no pages to encode one after the
+        other, and no continue token or resourceVersion that expires while a large list is read."""
+        with translated_errors(self.cluster):
+            response = self._call(
+                watch=True,
+                send_initial_events=True,
+                # With no resourceVersion: a consistent read, as a list without one.
+                resource_version_match="NotOlderThan",
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
                 _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + 15),
             )
         return _KubeWatchStream(self.cluster, response)
@@ -316,6 +350,30 @@ def _collection_paused() -> Iterator[None]:
                 gc.enable()
 
 
+class _Listing:
+    """A complete list being read: each object trimmed once, or, unchanged since the cache last held
+    it (same resourceVersion), the copy the cache already has."""
+
+    def __init__(self, cache: ResourceCache) -> None:
+        with cache._lock:
+            self._known, self._known_versions = cache._items, cache._versions
+        self._transform = cache._transform
+        self.items: dict[str, Json] = {}
+        self.versions: dict[str, str] = {}
+        self.reused = 0
+        self.started = time.monotonic()
+
+    def add(self, obj: Json) -> None:
+        key = _key(obj)
+        version = (obj.get("metadata") or {}).get("resourceVersion") or ""
+        if version and self._known_versions.get(key) == version and key in self._known:
+            self.items[key] = self._known[key]
+            self.reused += 1
+        else:
+            self.items[key] = self._transform(obj)
+        self.versions[key] = version
+
+
 class ResourceCache:
     """The objects of one Source, kept current by a list+watch loop on its own thread. `transform`
     (what is kept of each object) must depend on the object alone: a list again keeps the transformed
@@ -352,6 +410,8 @@ class ResourceCache:
         self._stop = threading.Event()
         self._stream: WatchStream | None = None
         self._thread: threading.Thread | None = None
+        # Until the cluster refuses a streaming list: from then on this cache lists in pages.
+        self._streams = callable(getattr(source, "stream", None))
 
     # -- readers ---------------------------------------------------------------------------
 
@@ -393,6 +453,9 @@ class ResourceCache:
         need_list = True
         while not self._stop.is_set():
             try:
+                if need_list and self._streams:
+                    need_list = not self._stream_list()
+                    continue  # the stream went on as a watch until it ended: watch again
                 if need_list:
                     self._list()
                     need_list = False
@@ -400,6 +463,10 @@ class ResourceCache:
             except KubeError as exc:
                 if self._stop.is_set():
                     break
+                if need_list and self._streams and exc.status in STREAM_REFUSED:
+                    logger.info("%s: no streaming list (%s); listing in pages", self.source.name, exc.message)
+                    self._streams = False
+                    continue
                 if exc.status == HTTP_GONE:
                     # In the stream (an ERROR event) or as the HTTP status of a watch or list page.
                     logger.info("%s: %s; listing again", self.source.name, exc.message)
@@ -425,12 +492,7 @@ class ResourceCache:
     # -- the loop --------------------------------------------------------------------------
 
     def _list(self) -> None:
-        items: dict[str, Json] = {}
-        versions: dict[str, str] = {}
-        with self._lock:
-            known, known_versions = self._items, self._versions
-        reused = 0
-        started = time.monotonic()
+        listing = _Listing(self)
         pages = 0
         meta: Json = {}
         continue_token: str | None = None
@@ -439,31 +501,73 @@ class ResourceCache:
                 page = self.source.list(limit=self._page_size, continue_token=continue_token)
                 pages += 1
                 for obj in page.get("items") or []:
-                    key = _key(obj)
-                    version = (obj.get("metadata") or {}).get("resourceVersion") or ""
-                    if version and known_versions.get(key) == version and key in known:
-                        items[key] = known[key]
-                        reused += 1
-                    else:
-                        items[key] = self._transform(obj)
-                    versions[key] = version
+                    listing.add(obj)
                 meta = page.get("metadata") or {}
                 continue_token = meta.get("continue") or None
                 if not continue_token:
                     break
+        self._install(listing, meta.get("resourceVersion", ""), f"in {pages} page(s)")
+
+    def _stream_list(self) -> bool:
+        """List by streaming, then apply the same stream's events as a watch until it ends. False
+        when it ended before the initial events did (a server that does not mark their end): the
+        cache then lists in pages."""
+        stream = cast(StreamingSource, self.source).stream(timeout_seconds=STREAM_TIMEOUT)
+        self._stream = stream
+        if self._stop.is_set():
+            stream.close()
+            return True
+        try:
+            events = iter(stream)
+            listing = _Listing(self)
+            with _collection_paused():
+                for event in events:
+                    if self._stop.is_set():
+                        return True
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    meta = obj.get("metadata") or {}
+                    if kind == "ADDED":
+                        listing.add(obj)
+                    elif (
+                        kind == "BOOKMARK"
+                        and (meta.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true"
+                    ):
+                        self._install(listing, meta.get("resourceVersion", ""), "by streaming")
+                        break
+                    elif kind == "ERROR":
+                        self._apply(event)  # raises, as in a watch
+                    # Nothing else comes before the end but bookmarks, which change nothing.
+                else:
+                    logger.info(
+                        "%s: the stream ended before its initial events did; listing in pages",
+                        self.source.name,
+                    )
+                    self._streams = False
+                    return False
+            for event in events:
+                if self._stop.is_set():
+                    return True
+                self._apply(event)
+        finally:
+            self._stream = None
+            stream.close()
+        return True
+
+    def _install(self, listing: _Listing, resource_version: str, how: str) -> None:
+        """Replace the cached objects with a complete list's."""
         with self._lock:
-            self._items, self._versions = items, versions
-            self._resource_version = meta.get("resourceVersion", "")
+            self._items, self._versions = listing.items, listing.versions
+            self._resource_version = resource_version
             self._synced = True
             self._lists += 1
         # What a cluster's size costs at start (and after each 410): the collector's first view waits on it.
         logger.info(
-            "%s: listed %d objects in %d page(s), %.1fs (%d unchanged since the last list)",
+            "%s: listed %d objects %s, %.1fs (%d unchanged since the last list)",
             self.source.name,
-            len(items),
-            pages,
-            time.monotonic() - started,
-            reused,
+            len(listing.items),
+            how,
+            time.monotonic() - listing.started,
+            listing.reused,
         )
         self._mark_fresh()
 

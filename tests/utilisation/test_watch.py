@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pools.kube.errors import Expired, Unreachable
+from pools.kube.errors import Expired, Invalid, Unreachable
 from pools.kube.watch import Backoff, ResourceCache
 
 END = object()
@@ -331,3 +331,73 @@ def test_an_object_listed_again_at_its_cached_resource_version_is_not_copied_aga
     assert after["a"] is before["a"]
     assert after["b"]["metadata"]["resourceVersion"] == "7"
     assert calls == ["a", "b", "b"]
+
+
+class StreamingSource(FakeSource):
+    """A source that also lists by streaming: successive stream calls get what the test queued."""
+
+    name = "fake/streamed"
+
+    def __init__(self, pages=None):
+        super().__init__(pages or [page(99, "paged")])
+        self.stream_calls = 0
+        self.initial = queue.Queue()
+
+    def stream(self, *, timeout_seconds):
+        self.stream_calls += 1
+        item = self.initial.get(timeout=5)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def initial_events(stream, rv, *names):
+    for n in names:
+        stream.events.put({"type": "ADDED", "object": obj(n, rv)})
+    end = {"resourceVersion": str(rv), "annotations": {"k8s.io/initial-events-end": "true"}}
+    stream.events.put({"type": "BOOKMARK", "object": {"metadata": end}})
+
+
+def test_a_streaming_list_becomes_the_watch_and_a_410_streams_again(run_cache):
+    source = StreamingSource()
+    first, second = Stream(), Stream()
+    source.initial.put(first)
+    source.initial.put(second)
+    cache = run_cache(source)
+    first.events.put({"type": "ADDED", "object": obj("a", 5)})
+    first.events.put({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "6"}}})
+    time.sleep(0.3)  # time to take the bookmark for the end, which it is not
+    assert not cache.status().synced
+    initial_events(first, 10, "b")
+    wait_for(lambda: cache.status().synced)
+    assert names(cache) == ["a", "b"] and cache.status().resource_version == "10"
+    first.events.put({"type": "DELETED", "object": obj("a", 11)})
+    wait_for(lambda: names(cache) == ["b"])
+    first.events.put({"type": "ERROR", "object": {"code": 410, "message": "too old"}})
+    initial_events(second, 20, "b", "c")
+    wait_for(lambda: names(cache) == ["b", "c"])
+    assert cache.status().lists == 2 and source.stream_calls == 2
+    assert source.list_calls == [] and source.watch_calls == []
+
+
+def test_a_cluster_that_refuses_streaming_lists_is_listed_in_pages(run_cache):
+    source = StreamingSource([page(10, "a")])
+    source.initial.put(Invalid("sendInitialEvents is forbidden", reason="Invalid", status=422))
+    source.streams.put(Stream())
+    cache = run_cache(source)
+    wait_for(lambda: cache.status().synced)
+    assert names(cache) == ["a"] and not cache.status().stale
+    assert source.stream_calls == 1 and source.list_calls == [None] and source.watch_calls == ["10"]
+
+
+def test_a_stream_that_ends_before_its_initial_events_do_gives_way_to_pages(run_cache):
+    source = StreamingSource([page(10, "a")])
+    stream = Stream()
+    source.initial.put(stream)
+    source.streams.put(Stream())
+    cache = run_cache(source)
+    stream.events.put({"type": "ADDED", "object": obj("x", 5)})
+    stream.events.put(END)
+    wait_for(lambda: cache.status().synced)
+    assert names(cache) == ["a"]
+    assert source.list_calls == [None] and source.watch_calls == ["10"]
