@@ -1,8 +1,8 @@
 """List+watch caches of cluster objects, the way client-go's reflector keeps them.
 
 A ResourceCache lists a resource once, then watches from the list's resourceVersion with
-bookmarks, applying each event to an in-memory map. It lists by streaming (a watch that begins with
-the current objects) where the source and the cluster offer it, and in pages otherwise. When the
+bookmarks, applying each event to an in-memory map. It lists by streaming (a watch request that
+begins with the current objects) where the source and the cluster offer it, and in pages otherwise. When the
 apiserver answers 410 Gone (the resourceVersion fell out of its watch window, or a paginated list's
 continue token expired) the cache lists again. When the cluster stops answering, the cache marks
 itself stale, keeps its last known objects, and reconnects with exponential backoff and jitter; the
@@ -63,8 +63,8 @@ class StreamingSource(Source, Protocol):
 
 # The bookmark that ends a streaming list's initial events (KEP 3157).
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
-# A streaming list is one watch request from the first object to the end of the watch: long enough
-# for the largest list on a busy apiserver (its timeout ends the request, initial events or not).
+# The server-side limit of a streaming list's request: long enough for the largest list on a busy
+# apiserver (its timeout ends the request, initial events or not).
 STREAM_TIMEOUT = 600
 # What an apiserver answers a streaming list it does not serve (WatchList off: 422, or older: 400).
 STREAM_REFUSED = frozenset({400, 422})
@@ -176,9 +176,10 @@ class KubeSource:
 
     def stream(self, *, timeout_seconds: int) -> WatchStream:
         """A watch that begins with the current objects (a streaming list, sendInitialEvents): their
-        ADDED events end with a bookmark marked INITIAL_EVENTS_END, then it goes on as a watch. The
-        apiserver serves it from its watch cache object by object: no pages to encode one after the
-        other, and no continue token or resourceVersion that expires while a large list is read."""
+        ADDED events end with a bookmark marked INITIAL_EVENTS_END. The apiserver serves it from its
+        watch cache object by object: no pages to encode one after the other, and no continue token
+        or resourceVersion that expires while a large list is read. Objects flow without pause until
+        the bookmark, so each read waits at most as long as a list page's."""
         with translated_errors(self.cluster):
             response = self._call(
                 watch=True,
@@ -187,7 +188,7 @@ class KubeSource:
                 resource_version_match="NotOlderThan",
                 allow_watch_bookmarks=True,
                 timeout_seconds=timeout_seconds,
-                _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + 15),
+                _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
             )
         return _KubeWatchStream(self.cluster, response)
 
@@ -455,7 +456,7 @@ class ResourceCache:
             try:
                 if need_list and self._streams:
                     need_list = not self._stream_list()
-                    continue  # the stream went on as a watch until it ended: watch again
+                    continue
                 if need_list:
                     self._list()
                     need_list = False
@@ -509,9 +510,10 @@ class ResourceCache:
         self._install(listing, meta.get("resourceVersion", ""), f"in {pages} page(s)")
 
     def _stream_list(self) -> bool:
-        """List by streaming, then apply the same stream's events as a watch until it ends. False
-        when it ended before the initial events did (a server that does not mark their end): the
-        cache then lists in pages."""
+        """List by streaming; the watch then starts from the bookmark that ends the initial events
+        (a watch of its own, renewed and timed out as every watch is). False when the stream ended
+        before the initial events did (a server that does not mark their end): the cache then lists
+        in pages."""
         stream = cast(StreamingSource, self.source).stream(timeout_seconds=STREAM_TIMEOUT)
         self._stream = stream
         if self._stop.is_set():
@@ -544,10 +546,6 @@ class ResourceCache:
                     )
                     self._streams = False
                     return False
-            for event in events:
-                if self._stop.is_set():
-                    return True
-                self._apply(event)
         finally:
             self._stream = None
             stream.close()

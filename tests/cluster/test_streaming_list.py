@@ -1,5 +1,5 @@
-"""A cache lists by streaming against the real apiserver (a watch that begins with the current
-objects, KEP 3157) and goes on watching on the same stream."""
+"""A cache lists by streaming against the real apiserver (a watch request that begins with the
+current objects, KEP 3157), then watches from the bookmark that ends them."""
 
 import pytest
 
@@ -35,7 +35,7 @@ def names(cache: ResourceCache) -> list[str]:
     return sorted(o["metadata"]["name"] for o in cache.snapshot())
 
 
-def test_pods_are_listed_by_streaming_and_followed_on_the_same_stream(testbed, k8s_namespace):
+def test_pods_are_listed_by_streaming_then_watched_from_its_end(testbed, k8s_namespace):
     cluster = testbed.admin
     app = unique_name("stream")
 
@@ -57,6 +57,6 @@ def test_pods_are_listed_by_streaming_and_followed_on_the_same_stream(testbed, k
         create("d")
         ops.delete(cluster, "v1", "Pod", "a", k8s_namespace)
         wait_until("the stream's events", lambda: names(cache) == ["b", "c", "d"])
-        assert source.calls == {"list": 0, "watch": 0, "stream": 1}
+        assert source.calls["list"] == 0 and source.calls["stream"] == 1 and source.calls["watch"] >= 1
     finally:
         cache.stop()

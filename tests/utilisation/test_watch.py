@@ -358,11 +358,14 @@ def initial_events(stream, rv, *names):
     stream.events.put({"type": "BOOKMARK", "object": {"metadata": end}})
 
 
-def test_a_streaming_list_becomes_the_watch_and_a_410_streams_again(run_cache):
+def test_a_streaming_list_is_watched_from_its_end_bookmark_and_a_410_streams_again(run_cache):
     source = StreamingSource()
     first, second = Stream(), Stream()
     source.initial.put(first)
     source.initial.put(second)
+    watch = Stream()
+    source.streams.put(watch)
+    source.streams.put(Stream())
     cache = run_cache(source)
     first.events.put({"type": "ADDED", "object": obj("a", 5)})
     first.events.put({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "6"}}})
@@ -371,13 +374,17 @@ def test_a_streaming_list_becomes_the_watch_and_a_410_streams_again(run_cache):
     initial_events(first, 10, "b")
     wait_for(lambda: cache.status().synced)
     assert names(cache) == ["a", "b"] and cache.status().resource_version == "10"
-    first.events.put({"type": "DELETED", "object": obj("a", 11)})
+    # The stream is done with; the watch is a watch of its own, from the end bookmark.
+    wait_for(lambda: source.watch_calls == ["10"])
+    assert first.closed.is_set()
+    watch.events.put({"type": "DELETED", "object": obj("a", 11)})
     wait_for(lambda: names(cache) == ["b"])
-    first.events.put({"type": "ERROR", "object": {"code": 410, "message": "too old"}})
+    watch.events.put({"type": "ERROR", "object": {"code": 410, "message": "too old"}})
     initial_events(second, 20, "b", "c")
     wait_for(lambda: names(cache) == ["b", "c"])
     assert cache.status().lists == 2 and source.stream_calls == 2
-    assert source.list_calls == [] and source.watch_calls == []
+    wait_for(lambda: source.watch_calls == ["10", "20"])
+    assert source.list_calls == []
 
 
 def test_a_cluster_that_refuses_streaming_lists_is_listed_in_pages(run_cache):
