@@ -34,7 +34,7 @@ def pool_candidates(*, pool_class: str, accelerator: Accelerator) -> list[NodePo
     """pools_offering() of one accelerator as a list, compiled once per pool class (every create
     reads it): each pool with `accelerator` and its cluster's id and name (its other columns, the
     credentials among them, load only if read)."""
-    columns = tuple(f.attname for f in NodePool._meta.concrete_fields)
+    columns = statements.model_columns(NodePool)
 
     def build(accelerator_id: int) -> QuerySet[NodePool]:
         # pool_class stays out of the bound values: pools_offering() branches on it.

@@ -196,12 +196,17 @@ def bound_rows(key: Hashable, build: Callable[..., QuerySet[Any]], **values: Any
     return rows(*bind(key, build, **values))
 
 
+def model_columns(model: type[Model]) -> tuple[str, ...]:
+    """The columns Model.from_db takes for a whole instance: its concrete fields' attribute names."""
+    return tuple(f.attname for f in model._meta.concrete_fields)
+
+
 def bound_instances(
     key: Hashable, model: type[Model], build: Callable[..., QuerySet[Any]], **values: Any
 ) -> list[Any]:
     """The `model` instances build(**values) selects, through `bind`: their concrete fields as the
     ORM loads them (Model.from_db), no related objects."""
-    columns = tuple(f.attname for f in model._meta.concrete_fields)
+    columns = model_columns(model)
     statement, params = bind(key, lambda **v: build(**v).values(*columns), **values)
     return [model.from_db(statement.using, columns, [r[c] for c in columns]) for r in rows(statement, params)]
 

@@ -16,15 +16,11 @@ def api_token_get(*, user: User, pk: int) -> ApiToken:
     return api_token_list(user=user).get(pk=pk)
 
 
-def _columns(model: type[ApiToken] | type[User]) -> tuple[str, ...]:
-    return tuple(f.attname for f in model._meta.concrete_fields)
-
-
 def api_token_by_raw(*, raw: str) -> ApiToken | None:
     """The token and its user, as select_related("user") would read them, in one statement compiled
     once per process: every API request authenticates, so its ORM compile was a fixed cost of each."""
     digest = token_digest(raw)
-    token_columns, user_columns = _columns(ApiToken), _columns(User)
+    token_columns, user_columns = statements.model_columns(ApiToken), statements.model_columns(User)
 
     def build(digest: str) -> QuerySet[ApiToken]:
         # Digests are unique: nothing to order by.
