@@ -13,7 +13,8 @@ over-requested, which kwok does not refuse and the figures count as they are. Fi
   such a step (the load generator, sharing the cores, may fall short of its target rate);
 - resident memory: VmRSS and VmHWM of the collector process;
 - fragment latency: sequential HTMX GETs of the dashboard's live overview (pool cards) and of the bench
-  pool's live region (node grid) from gunicorn on the bench database, while pods churn. Each full
+  pool's live region (node grid) from gunicorn on the bench database, while pods churn, sent by a
+  process of their own (as a browser's are). Each full
   render is followed at once by the poll a browser sends next, with the render's ETag as If-None-Match:
   answered 304 while the figures are unchanged (the "not modified" path, its own p50/p95), 200 when the
   collector wrote in between (counted as a full render).
@@ -21,6 +22,7 @@ over-requested, which kwok does not refuse and the figures count as they are. Fi
 
 import http.client
 import itertools
+import multiprocessing
 import os
 import re
 import sys
@@ -265,11 +267,10 @@ def _first_view(pool_id: int, pods: Pods, workdir: str, tag: str) -> dict[str, f
     return {"seconds": seconds, **memory, **lists}
 
 
-class Fragments(threading.Thread):
+class FragmentPoller:
     """Sequential dashboard polls, like one browser tab per fragment, recording latencies."""
 
     def __init__(self, cookie: str, pool_id: int) -> None:
-        super().__init__(daemon=True)
         self.cookie = cookie
         self.targets = {
             "overview": ("/utilisation/", "utilisation-live"),
@@ -278,7 +279,6 @@ class Fragments(threading.Thread):
         # "<key>" full renders, "<key>_304" polls answered not modified.
         self.samples: dict[str, list[float]] = {name: [] for k in self.targets for name in (k, f"{k}_304")}
         self.errors = 0
-        self.stop = threading.Event()
         self.conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=30)
 
     def _get(self, path: str, target: str, etag: str | None) -> tuple[int, str | None, float] | None:
@@ -300,8 +300,8 @@ class Fragments(threading.Thread):
             return None
         return resp.status, resp.getheader("ETag"), (time.perf_counter() - start) * 1000
 
-    def run(self) -> None:
-        while not self.stop.is_set():
+    def poll(self, stop: Any) -> None:
+        while not stop.is_set():
             for key, (path, target) in self.targets.items():
                 etag = None
                 for conditional in (False, True):
@@ -311,7 +311,36 @@ class Fragments(threading.Thread):
                         break
                     status, etag, ms = got
                     self.samples[f"{key}_304" if status == 304 else key].append(ms)
-            self.stop.wait(0.2)
+            stop.wait(0.2)
+
+
+def _poll_fragments(cookie: str, pool_id: int, stop: Any, results: Any) -> None:
+    poller = FragmentPoller(cookie, pool_id)
+    poller.poll(stop)
+    results.put((poller.samples, poller.errors))
+
+
+class Fragments:
+    """The poller in a process of its own, as a browser is: in the bench's process its clock would also
+    run while it waits for the interpreter lock behind the load generator's and event counter's threads."""
+
+    def __init__(self, cookie: str, pool_id: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._results = context.Queue()
+        self._process = context.Process(
+            target=_poll_fragments, args=(cookie, pool_id, self._stop, self._results), daemon=True
+        )
+
+    def start(self) -> None:
+        self._process.start()
+
+    def finish(self) -> tuple[dict[str, list[float]], int]:
+        """Stops the polls; their latencies and the number of failed polls."""
+        self._stop.set()
+        samples, errors = self._results.get(timeout=60)
+        self._process.join(10)
+        return samples, errors
 
 
 def _session_cookie() -> str:
@@ -474,8 +503,7 @@ def run(
                 fragments = Fragments(_session_cookie(), pool_id)
                 fragments.start()
                 steps = _churn(pool_id, pods, list(rates))
-                fragments.stop.set()
-                fragments.join()
+                samples, errors = fragments.finish()
                 result["churn"] = steps
                 result["sustained_ops_per_s"] = max(
                     (s["achieved_ops_per_s"] for s in steps if s["kept_up"]), default=0.0
@@ -486,9 +514,9 @@ def run(
                 result["rss_after_churn_mib"] = _rss(proc.pid)
                 result["fragments"] = {
                     k: {"requests": len(v), "p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95)}
-                    for k, v in fragments.samples.items()
+                    for k, v in samples.items()
                 }
-                result["fragment_errors"] = fragments.errors
+                result["fragment_errors"] = errors
             log("collector", f"{n_nodes} nodes: {result}")
             out["sizes"][n_nodes] = result
     return out

@@ -496,7 +496,9 @@ def _collector(c: Json) -> list[str]:
         f"kept up = the figures caught up within {c.get('lag_ok_seconds', 3):.0f} s after the step; the "
         "sustained figure is the highest event rate of a kept-up step (the load generator shares the cores "
         f"and may fall short of its target). Fragments: {c.get('web', '')}; sequential "
-        "HTMX polls (5/s per fragment) of the dashboard's live overview (pool cards) and the bench pool's "
+        "HTMX polls (5/s per fragment), from a process of their own as a browser's are (in the bench's "
+        "process they waited for its interpreter lock behind the load generator), of the dashboard's live "
+        "overview (pool cards) and the bench pool's "
         "live region (node grid) during the churn, each full render followed by the conditional poll a "
         "browser sends next (If-None-Match: the render's ETag); 304 = answered not modified, without "
         "rendering (a collector write in between makes it a full render instead).",

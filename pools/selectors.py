@@ -34,22 +34,16 @@ def pool_candidates(*, pool_class: str, accelerator: Accelerator) -> list[NodePo
     """pools_offering() of one accelerator as a list, compiled once per pool class (every create
     reads it): each pool with `accelerator` and its cluster's id and name (its other columns, the
     credentials among them, load only if read)."""
-    columns = statements.model_columns(NodePool)
+    fields = [f.name for f in NodePool._meta.concrete_fields]
 
     def build(accelerator_id: int) -> QuerySet[NodePool]:
         # pool_class stays out of the bound values: pools_offering() branches on it.
         offering = pools_offering(pool_class=pool_class).filter(accelerator_id=accelerator_id)
-        return offering.values(*columns, "cluster__name")
+        return offering.select_related(None).select_related("cluster").only(*fields, "cluster__name")
 
-    statement, params = statements.bind(("pool candidates", pool_class), build, accelerator_id=accelerator.pk)
-    pools = []
-    for row in statements.rows(statement, params):
-        pool = NodePool.from_db(statement.using, columns, [row[c] for c in columns])
-        pool.cluster = Cluster.from_db(
-            statement.using, ("id", "name"), (row["cluster_id"], row["cluster__name"])
-        )
+    pools = statements.bound_instances(("pool candidates", pool_class), build, accelerator_id=accelerator.pk)
+    for pool in pools:
         pool.accelerator = accelerator
-        pools.append(pool)
     return pools
 
 

@@ -13,17 +13,31 @@ and cache only querysets whose other inputs (filters, ordering) are in the key t
 """
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
 from django.db.models import Model, QuerySet
+from django.db.models.query import ModelIterable, get_related_populators
 from django.utils import timezone
 
 from portal import roles
 
 Converters = list[tuple[int, list[Callable[..., Any]], Any]]
+
+
+@dataclass(frozen=True)
+class Instances:
+    """How a model statement's rows become instances, as the ORM's ModelIterable builds them: the
+    model's columns from `start` to `end`, its select_related objects by Django's own populators."""
+
+    model: type[Model]
+    init_list: tuple[str, ...]
+    start: int
+    end: int
+    populators: tuple[Any, ...]  # django.db.models.query.RelatedPopulator: stateless per row
+    annotations: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class Statement:
     converters: Converters = field(default_factory=list)  # (column, converters, expression)
     # A bound statement's: per parameter, the position of the bound value it takes (None: compiled in).
     slots: tuple[int | None, ...] = ()
+    instances: Instances | None = None  # a model statement's (model_statement)
 
 
 _STATEMENTS: dict[Hashable, Statement] = {}
@@ -78,12 +93,41 @@ def values_statement(queryset: QuerySet[Any]) -> Statement:
         return Statement(None, (), queryset.db)
     # As Django's own ValuesIterable names the columns of each row.
     names = tuple(query.selected or (*query.extra_select, *query.values_select, *query.annotation_select))
+    return Statement(sql, tuple(params), queryset.db, names, _converters(compiler))
+
+
+def _converters(compiler: Any) -> Converters:
     expressions = [column[0] for column in compiler.select[: compiler.col_count]]
-    converters = [
+    return [
         (position, funcs, expression)
         for position, (funcs, expression) in compiler.get_converters(expressions).items()
     ]
-    return Statement(sql, tuple(params), queryset.db, names, converters)
+
+
+def model_statement(queryset: QuerySet[Any]) -> Statement:
+    """A queryset of model instances compiled: `instances` gives what iterating it would, its
+    select_related objects, deferred fields and annotations included."""
+    if queryset._iterable_class is not ModelIterable:
+        raise ValueError("model_statement() takes a queryset of model instances, not values()")
+    if queryset._prefetch_related_lookups or queryset._known_related_objects:
+        raise ValueError("model_statement() builds no prefetch_related or related-manager caches")
+    compiler = queryset.query.get_compiler(queryset.db)
+    try:
+        sql, params = compiler.as_sql()
+    except EmptyResultSet:
+        return Statement(None, (), queryset.db)
+    # Compiling filled in what ModelIterable reads after executing: the columns and the related klass_info.
+    select, klass_info = compiler.select, compiler.klass_info
+    start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
+    build = Instances(
+        model=klass_info["model"],
+        init_list=tuple(column[0].target.attname for column in select[start:end]),
+        start=start,
+        end=end,
+        populators=tuple(get_related_populators(klass_info, select, queryset.db)),
+        annotations=tuple(compiler.annotation_col_map.items()),
+    )
+    return Statement(sql, tuple(params), queryset.db, converters=_converters(compiler), instances=build)
 
 
 def count_statement(queryset: QuerySet[Any]) -> Statement:
@@ -98,26 +142,49 @@ def count_statement(queryset: QuerySet[Any]) -> Statement:
     return Statement(f'SELECT COUNT(*) FROM ({sql}) AS "counted"', tuple(params), queryset.db)  # noqa: S608
 
 
-def rows(statement: Statement, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-    """The rows of a values statement as dicts. `params`, for a statement remembered by its shape
-    alone, replace the compiled ones (see `shaped`)."""
+def _fetch(statement: Statement, params: Sequence[Any] | None) -> Sequence[Sequence[Any]]:
     if statement.sql is None:
         return []
     connection = connections[statement.using]
     with connection.cursor() as cursor:
         cursor.execute(statement.sql, statement.params if params is None else tuple(params))
         fetched = cursor.fetchall()
-    if statement.converters:
-        fetched = [list(row) for row in fetched]
-        for row in fetched:
-            for position, funcs, expression in statement.converters:
-                value = row[position]
-                for convert in funcs:
-                    value = convert(value, expression, connection)
-                row[position] = value
+    if not statement.converters:
+        return fetched
+    converted = [list(row) for row in fetched]
+    for row in converted:
+        for position, funcs, expression in statement.converters:
+            value = row[position]
+            for convert in funcs:
+                value = convert(value, expression, connection)
+            row[position] = value
+    return converted
+
+
+def rows(statement: Statement, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of a values statement as dicts. `params`, for a bound statement, replace the
+    compiled ones (see `bind`)."""
     # Not strict, as values(): with distinct() the ORM selects the ORDER BY columns too, after these.
     names = statement.names
-    return [dict(zip(names, row, strict=False)) for row in fetched]
+    return [dict(zip(names, row, strict=False)) for row in _fetch(statement, params)]
+
+
+def instances(statement: Statement, params: Sequence[Any] | None = None) -> list[Any]:
+    """The model instances of a model statement, built as iterating its queryset builds them."""
+    build = statement.instances
+    if build is None:
+        if statement.sql is None:
+            return []
+        raise ValueError("instances() takes a model statement")
+    found = []
+    for row in _fetch(statement, params):
+        obj = build.model.from_db(statement.using, build.init_list, row[build.start : build.end])
+        for populator in build.populators:
+            populator.populate(row, obj)
+        for name, position in build.annotations:
+            setattr(obj, name, row[position])
+        found.append(obj)
+    return found
 
 
 def scalar(statement: Statement) -> int:
@@ -149,7 +216,18 @@ def bind(
     key: Hashable, build: Callable[..., QuerySet[Any]], **values: Any
 ) -> tuple[Statement, tuple[Any, ...]]:
     """The values statement of build(**values), compiled once per key and shape, and the parameters
-    to send it with. It is compiled with a placeholder in place of each value (a list: of each item;
+    to send it with (see `_bind`)."""
+    return _bind(key, build, values_statement, values)
+
+
+def _bind(
+    key: Hashable,
+    build: Callable[..., QuerySet[Any]],
+    compile_statement: Callable[[QuerySet[Any]], Statement],
+    values: dict[str, Any],
+) -> tuple[Statement, tuple[Any, ...]]:
+    """compile_statement(build(**values)), compiled once per key and shape, and the parameters to
+    send it with. It is compiled with a placeholder in place of each value (a list: of each item;
     its length is part of the shape), so `key` names only what else the SQL depends on (e.g. the
     user, by `user_key`). build() must not branch on a value (it is called with placeholders, never
     with the real ones): what it branches on goes in the key. Raises ValueError when a value does
@@ -169,7 +247,7 @@ def bind(
             marks = [_placeholder(flat[position + i], position + i, generation) for i in range(count)]
             placeholders[name] = marks[0] if length is None else marks
             position += count
-        statement = values_statement(build(**placeholders))
+        statement = compile_statement(build(**placeholders))
         wanted = {_placeholder(v, i, generation): i for i, v in enumerate(flat)}
         return statement, tuple(
             wanted.get(p) if isinstance(p, (int, str)) else None for p in statement.params
@@ -181,10 +259,9 @@ def bind(
             raise ValueError(f"{key!r}: the statement's SQL depends on the bound values")
         if statement.sql is not None and set(range(len(flat))) - set(slots):
             raise ValueError(f"{key!r}: a bound value does not reach the statement's parameters unchanged")
-        return Statement(statement.sql, statement.params, statement.using, statement.names,
-                         statement.converters, slots)  # fmt: skip
+        return replace(statement, slots=slots)
 
-    statement = remember((key, tuple(shape)), make)
+    statement = remember((key, compile_statement.__name__, tuple(shape)), make)
     params = tuple(
         p if slot is None else flat[slot] for p, slot in zip(statement.params, statement.slots, strict=True)
     )
@@ -201,14 +278,10 @@ def model_columns(model: type[Model]) -> tuple[str, ...]:
     return tuple(f.attname for f in model._meta.concrete_fields)
 
 
-def bound_instances(
-    key: Hashable, model: type[Model], build: Callable[..., QuerySet[Any]], **values: Any
-) -> list[Any]:
-    """The `model` instances build(**values) selects, through `bind`: their concrete fields as the
-    ORM loads them (Model.from_db), no related objects."""
-    columns = model_columns(model)
-    statement, params = bind(key, lambda **v: build(**v).values(*columns), **values)
-    return [model.from_db(statement.using, columns, [r[c] for c in columns]) for r in rows(statement, params)]
+def bound_instances(key: Hashable, build: Callable[..., QuerySet[Any]], **values: Any) -> list[Any]:
+    """What iterating build(**values) gives, a queryset of model instances (select_related, only and
+    defer included), compiled once per key and shape as `bind` compiles a values statement."""
+    return instances(*_bind(key, build, model_statement, values))
 
 
 class CompiledRows:

@@ -48,6 +48,7 @@ from pools.models import (
     PoolUtilisation,
     WarmHeadroom,
 )
+from portal import statements
 from quotas.models import ServingDeployment
 
 ADVICE_QUANTILE = 0.99
@@ -196,12 +197,18 @@ def pool_elastic_get(*, pool: NodePool, live: PoolUtilisation | None, now: datet
     """The pool's autoscaling and warm headroom, for its page."""
     view = PoolElastic(pool=pool)
     # The node groups only: the document also lists every node, for the approval pre-flight.
-    inventory = (
-        ClusterInventory.objects.filter(cluster_id=pool.cluster_id)
-        .defer("document")
-        .annotate(node_groups=KeyTransform("node_groups", "document"))
-        .first()
+    # Compiled once (statements): the pool's live region asks on every changed poll.
+    found = statements.bound_instances(
+        "pool elastic inventory",
+        lambda cluster_id: (
+            ClusterInventory.objects.filter(cluster_id=cluster_id)
+            .defer("document")
+            .annotate(node_groups=KeyTransform("node_groups", "document"))
+            .order_by("pk")[:1]
+        ),
+        cluster_id=pool.cluster_id,
     )
+    inventory = found[0] if found else None
     if inventory is not None:
         resource = pool.accelerator.resource_name
         document = {"node_groups": inventory.node_groups or []}

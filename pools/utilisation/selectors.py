@@ -170,17 +170,32 @@ def _freshness(status: ClusterUtilisation | None, now: datetime) -> str:
 def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
     """Enabled clusters with their enabled pools' live figures. Pool-level figures are for every
     signed-in `user` (see the module docstring); what is about one team is scoped by the other reads."""
+
     # Credentials are decrypted when a row is read: pages that only name a cluster do not read them.
-    clusters = Cluster.objects.filter(enabled=True).defer(*Cluster.CREDENTIALS).order_by("name")
-    statuses = {s.cluster_id: s for s in ClusterUtilisation.objects.filter(cluster__in=clusters)}
-    # The cards need the totals only; `detail` (every node, pending pod and namespace) is loaded
-    # on first access by the pages that show it.
-    pools = (
-        NodePool.objects.filter(cluster__in=clusters, enabled=True)
-        .select_related("cluster", "accelerator", "utilisation")
-        .defer("utilisation__detail", *(f"cluster__{f}" for f in Cluster.CREDENTIALS))
-        .order_by("name")
-    )
+    def enabled_clusters() -> QuerySet[Cluster]:
+        return Cluster.objects.filter(enabled=True).defer(*Cluster.CREDENTIALS).order_by("name")
+
+    def pools_of(clusters: QuerySet[Cluster]) -> QuerySet[NodePool]:
+        # The cards need the totals only; `detail` (every node, pending pod and namespace) is loaded
+        # on first access by the pages that show it.
+        return (
+            NodePool.objects.filter(cluster__in=clusters, enabled=True)
+            .select_related("cluster", "accelerator", "utilisation")
+            .defer("utilisation__detail", *(f"cluster__{f}" for f in Cluster.CREDENTIALS))
+            .order_by("name")
+        )
+
+    # Polled every few seconds by every open dashboard: compiled once (statements), none depends on
+    # the user.
+    clusters = statements.bound_instances("overview clusters", enabled_clusters)
+    statuses = {
+        s.cluster_id: s
+        for s in statements.bound_instances(
+            "overview cluster statuses",
+            lambda: ClusterUtilisation.objects.filter(cluster__in=enabled_clusters()),
+        )
+    }
+    pools = statements.bound_instances("overview pools", lambda: pools_of(enabled_clusters()))
     views = {
         c.pk: ClusterView(cluster=c, status=statuses.get(c.pk), freshness=_freshness(statuses.get(c.pk), now))
         for c in clusters
@@ -210,13 +225,21 @@ class PoolDetail:
 
 def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
     """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
+
     # One query: the pool, its cluster, accelerator and figures (detail included: this page shows
     # it) and the cluster's collector state; the live region renders it on every changed poll.
-    pool = (
-        NodePool.objects.select_related("cluster", "accelerator", "utilisation", "cluster__utilisation")
-        .defer(*(f"cluster__{f}" for f in Cluster.CREDENTIALS))
-        .get(pk=pool_id, enabled=True, cluster__enabled=True)
-    )
+    # Compiled once (statements): the live region asks on every changed poll.
+    def build(pool_id: int) -> QuerySet[NodePool]:
+        return (
+            NodePool.objects.select_related("cluster", "accelerator", "utilisation", "cluster__utilisation")
+            .defer(*(f"cluster__{f}" for f in Cluster.CREDENTIALS))
+            .filter(pk=pool_id, enabled=True, cluster__enabled=True)
+        )
+
+    found = statements.bound_instances("pool detail", build, pool_id=pool_id)
+    if not found:
+        raise NodePool.DoesNotExist(f"No enabled pool {pool_id}")
+    pool = found[0]
     live: PoolUtilisation | None = getattr(pool, "utilisation", None)
     status: ClusterUtilisation | None = getattr(pool.cluster, "utilisation", None)
     view = PoolView(pool=pool, live=live)

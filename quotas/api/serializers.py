@@ -148,9 +148,7 @@ class SlugInputField(serializers.SlugRelatedField):
         queryset = self.get_queryset()
         parent = type(self.parent)
         key = ("slug input", parent.__module__, parent.__qualname__, self.field_name, user_key(request.user))
-        found = bound_instances(
-            key, queryset.model, lambda slug: queryset.filter(**{self.slug_field: slug}), slug=data
-        )
+        found = bound_instances(key, lambda slug: queryset.filter(**{self.slug_field: slug}), slug=data)
         if len(found) != 1:
             self.fail("does_not_exist", slug_name=self.slug_field, value=data)
         return found[0]

@@ -54,3 +54,15 @@ def test_only_the_first_nodes_are_drawn_and_the_rest_counted() -> None:
     assert grid.hidden == 25
     assert grid.rows[-1].name == f"n{charts.GRID_MAX_NODES - 1:04d}"
     assert grid.height == charts.GRID_MAX_NODES * 15
+
+
+def test_rows_are_placed_one_below_another_and_alike_figures_share_their_squares() -> None:
+    grid = charts.node_grid(
+        [node("a", requested=2), node("b", requested=2), node("c", requested=2, ready=False)]
+    )
+    offsets = [re.search(r'transform="translate\(0 (\d+)\)"', row.svg).group(1) for row in grid.rows]
+    assert offsets == ["0", "15", "30"]
+    a, b, c = (classes(row.svg) for row in grid.rows)
+    assert a == b == ["used"] * 2 + ["free"] * 6
+    # Not Ready: the same figures, drawn unavailable.
+    assert c == ["used"] * 2 + ["down"] * 6
