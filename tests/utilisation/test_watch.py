@@ -265,6 +265,16 @@ def test_a_list_pauses_automatic_garbage_collection_and_restores_it():
     assert gc.isenabled()
 
 
+def test_what_a_list_leaves_is_frozen_out_of_the_collectors_generations():
+    source = GcWatchingSource([page(10, *(f"p{i}" for i in range(300)))])
+    frozen = gc.get_freeze_count()
+    cache = ResourceCache(source)
+    cache._list()
+    # Each cached object is at least its dict: all of them are out of reach of later collections.
+    assert gc.get_freeze_count() - frozen >= len(cache.snapshot())
+    assert gc.isenabled()
+
+
 def test_a_failed_list_restores_garbage_collection_and_leaves_it_off_if_it_was():
     source = GcWatchingSource([page(10, "a", cont="t1"), Unreachable("down", reason="Unreachable")])
     with pytest.raises(Unreachable):

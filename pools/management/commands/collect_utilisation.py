@@ -19,6 +19,10 @@ from pools.utilisation.collector import Supervisor
 
 class Command(BaseCommand):
     help = "Watch the clusters' nodes and pods and keep the pools' utilisation figures and history current."
+    # A long-running process, as the web and Celery workers (which run no system checks either): the
+    # checks run where the deployment runs `migrate` and `check --deploy`, and skipping them here
+    # brings a restarted collector's first view 0.4 s sooner.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
