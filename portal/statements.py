@@ -213,7 +213,7 @@ def _placeholder(value: Any, position: int, generation: int) -> Any:
 
 
 def bind(
-    key: Hashable, build: Callable[..., QuerySet[Any]], **values: Any
+    key: Hashable, build: Callable[..., QuerySet[Any]], /, **values: Any
 ) -> tuple[Statement, tuple[Any, ...]]:
     """The values statement of build(**values), compiled once per key and shape, and the parameters
     to send it with (see `_bind`)."""
@@ -268,7 +268,7 @@ def _bind(
     return statement, params
 
 
-def bound_rows(key: Hashable, build: Callable[..., QuerySet[Any]], **values: Any) -> list[dict[str, Any]]:
+def bound_rows(key: Hashable, build: Callable[..., QuerySet[Any]], /, **values: Any) -> list[dict[str, Any]]:
     """What iterating build(**values) gives, through `bind`."""
     return rows(*bind(key, build, **values))
 
@@ -278,7 +278,7 @@ def model_columns(model: type[Model]) -> tuple[str, ...]:
     return tuple(f.attname for f in model._meta.concrete_fields)
 
 
-def bound_instances(key: Hashable, build: Callable[..., QuerySet[Any]], **values: Any) -> list[Any]:
+def bound_instances(key: Hashable, build: Callable[..., QuerySet[Any]], /, **values: Any) -> list[Any]:
     """What iterating build(**values) gives, a queryset of model instances (select_related, only and
     defer included), compiled once per key and shape as `bind` compiles a values statement."""
     return instances(*_bind(key, build, model_statement, values))

@@ -129,6 +129,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Set by production settings only: whitenoise serves collected files there, runserver serves from the apps.
 STATIC_ROOT = None
 
+SESSION_ENGINE = "portal.sessions"  # the database store, its read compiled once
 SESSION_COOKIE_AGE = env.int("PORTAL_SESSION_SECONDS", default=8 * 3600)
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie

@@ -3,6 +3,7 @@ lookup once per process (portal.statements): a repeated read compiles no SQL, an
 exactly what the caller may see now."""
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.db.models import F, QuerySet
@@ -194,3 +195,47 @@ def test_a_value_the_orm_changes_cannot_be_bound(world: World) -> None:
         )
     with pytest.raises(TypeError):
         statements.bind("test null", lambda when: NodePool.objects.filter(name=when).values("pk"), when=None)
+
+
+def test_bound_instances_are_what_iterating_the_queryset_gives(
+    world: World, compiled: list[str], django_assert_num_queries: Callable[..., Any]
+) -> None:
+    from django.utils import timezone
+
+    from pools.models import PoolUtilisation
+
+    PoolUtilisation.objects.filter(pool=world.batch).delete()
+    PoolUtilisation.objects.update_or_create(
+        pool=world.interactive, defaults={"gpus_allocatable": 16, "computed_at": timezone.now()}
+    )
+
+    def build(cluster_id: int) -> QuerySet[NodePool]:
+        return (
+            NodePool.objects.filter(cluster_id=cluster_id)
+            .select_related("cluster", "accelerator", "utilisation")
+            .defer("utilisation__detail", "cluster__api_url")
+            .annotate(doubled=F("capacity_gpus") * 2)
+            .order_by("name")
+        )
+
+    expected = list(build(world.interactive.cluster_id))
+    assert {p.pk for p in expected} >= {world.interactive.pk, world.batch.pk}
+    compiled.clear()
+    for _ in range(2):
+        found = statements.bound_instances("test instances", build, cluster_id=world.interactive.cluster_id)
+        # Related objects, annotations and the missing one-to-one are all in hand: no query more.
+        with django_assert_num_queries(0):
+            assert [(p.pk, p.name, p.doubled) for p in found] == [(p.pk, p.name, p.doubled) for p in expected]
+            assert [(p.cluster.name, p.accelerator.slug) for p in found] == [
+                (p.cluster.name, p.accelerator.slug) for p in expected
+            ]
+            by_pk = {p.pk: p for p in found}
+            assert by_pk[world.interactive.pk].utilisation.gpus_allocatable == 16
+            assert getattr(by_pk[world.batch.pk], "utilisation", None) is None
+        # Deferred as the queryset defers them: loaded on first access.
+        assert by_pk[world.interactive.pk].utilisation.get_deferred_fields() == {"detail"}
+        assert found[0].cluster.get_deferred_fields() == {"api_url"}
+    assert len(compiled) == 2  # the first call's two compilations (see bind), none for the second
+    assert statements.bound_instances("test instances", build, cluster_id=10**6) == []
+    with pytest.raises(ValueError, match="model instances"):
+        statements.model_statement(NodePool.objects.values("pk"))

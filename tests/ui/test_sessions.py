@@ -6,6 +6,7 @@ import sys
 
 from django.test import Client
 
+from portal.sessions import SessionStore
 from tests import factories
 from tests.ui.conftest import htmx
 
@@ -100,3 +101,23 @@ def test_single_sign_on_is_off_by_default_and_wired_when_enabled():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_session_is_read_in_one_query_and_refused_once_it_expired(world, django_assert_num_queries):
+    from datetime import timedelta
+
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    client = Client()
+    client.force_login(world.alice)
+    key = client.cookies["sessionid"].value
+    store = SessionStore(session_key=key)
+    with django_assert_num_queries(1):
+        assert store.load()["_auth_user_id"] == str(world.alice.pk)
+    assert client.get("/requests/").status_code == 200
+
+    Session.objects.filter(session_key=key).update(expire_date=timezone.now() - timedelta(seconds=1))
+    assert SessionStore(session_key=key).load() == {}
+    response = client.get("/requests/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
