@@ -15,10 +15,12 @@ from typing import Any
 
 from django.utils.safestring import SafeString, mark_safe
 
+from pools.utilisation.figures import DRAWN_NODES
+
 # Wide history ranges are averaged into at most this many columns.
 MAX_COLUMNS = 240
 # Nodes drawn in a pool's GPU grid; the rest are counted.
-GRID_MAX_NODES = 100
+GRID_MAX_NODES = DRAWN_NODES
 # Node names longer than this are cut in the grid's label column (the full name is in the tooltip).
 LABEL_CHARS = 28
 
@@ -211,10 +213,13 @@ class NodeGrid:
         return mark_safe("".join(row.svg for row in self.rows))  # noqa: S308 - each row is safe (node_grid)
 
 
-def node_grid(nodes: Sequence[dict[str, Any]], *, cell: int = 12, label_width: int = 190) -> NodeGrid:
+def node_grid(
+    nodes: Sequence[dict[str, Any]], *, total: int | None = None, cell: int = 12, label_width: int = 190
+) -> NodeGrid:
     """One row per node, one square per GPU unit: used, free, or unavailable (node not Ready or
     cordoned). Free squares scattered over many partly used rows are fragmentation made visible.
-    The first GRID_MAX_NODES nodes by name are drawn; `hidden` counts the rest."""
+    The first GRID_MAX_NODES nodes by name are drawn; `hidden` counts the rest, of `total` nodes when
+    `nodes` are only the first ones."""
     shown = sorted(nodes, key=lambda n: n.get("name", ""))[:GRID_MAX_NODES]
     widest = max((n.get("allocatable", 0) for n in shown), default=0)
     rows = []
@@ -255,7 +260,7 @@ def node_grid(nodes: Sequence[dict[str, Any]], *, cell: int = 12, label_width: i
         height=max(len(shown), 1) * pitch,
         cell=cell,
         rows=rows,
-        hidden=max(0, len(nodes) - len(shown)),
+        hidden=max(0, (len(nodes) if total is None else total) - len(shown)),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.db import connections
 from django.db.models import Count, Max, Min, Model, Q, QuerySet, Sum
+from django.db.models.fields.json import KeyTransform
 
 from pools.kube.objects import POOL_LABEL, Label
 from pools.models import (
@@ -36,7 +37,7 @@ from pools.models import (
     WarmHeadroom,
 )
 from pools.utilisation import prometheus
-from pools.utilisation.figures import GrantSpec, PoolSpec
+from pools.utilisation.figures import DRAWN_NODES, GrantSpec, PoolSpec
 from pools.utilisation.services import floor_time
 from portal import statements
 from portal.models import User
@@ -216,7 +217,8 @@ def _visible_namespaces(user: User) -> set[str] | None:
 class PoolDetail:
     view: PoolView
     cluster: ClusterView
-    nodes: list[dict[str, Any]]
+    nodes: list[dict[str, Any]]  # the first DRAWN_NODES by name
+    node_count: int
     pending: list[dict[str, Any]]
     pending_hidden: int
     namespaces: list[dict[str, Any]]
@@ -226,16 +228,17 @@ class PoolDetail:
 def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
     """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
 
-    # One query: the pool, its cluster, accelerator and figures (detail included: this page shows
-    # it) and the cluster's collector state; the live region renders it on every changed poll.
-    # Compiled once (statements): the live region asks on every changed poll.
+    # One query: the pool, its cluster, accelerator and figures, and the cluster's collector state.
+    # Of the detail only what the page shows: the grid's nodes, not every node of a big pool.
     def build(pool_id: int) -> QuerySet[NodePool]:
         return (
             NodePool.objects.select_related("cluster", "accelerator", "utilisation", "cluster__utilisation")
-            .defer(*(f"cluster__{f}" for f in Cluster.CREDENTIALS))
+            .defer("utilisation__detail", *(f"cluster__{f}" for f in Cluster.CREDENTIALS))
+            .annotate(**{key: KeyTransform(key, "utilisation__detail") for key in _DETAIL_SHOWN})
             .filter(pk=pool_id, enabled=True, cluster__enabled=True)
         )
 
+    # Compiled once (statements): the live region asks on every changed poll.
     found = statements.bound_instances("pool detail", build, pool_id=pool_id)
     if not found:
         raise NodePool.DoesNotExist(f"No enabled pool {pool_id}")
@@ -245,19 +248,33 @@ def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
     view = PoolView(pool=pool, live=live)
     freshness = _freshness(status, now)
     cluster = ClusterView(cluster=pool.cluster, status=status, freshness=freshness, pools=[view])
-    detail = live.detail if live is not None else {}
+    nodes, node_count = pool.drawn_nodes, pool.node_count
+    if live is not None and nodes is None:  # published before the detail kept them apart
+        every = live.detail.get("nodes", [])
+        nodes, node_count = every[:DRAWN_NODES], len(every)
     visible = _visible_namespaces(user)
-    pending = [p for p in detail.get("pending", []) if visible is None or p["namespace"] in visible]
-    namespaces = [n for n in detail.get("namespaces", []) if visible is None or n["namespace"] in visible]
+    pending = [p for p in pool.pending or [] if visible is None or p["namespace"] in visible]
+    namespaces = [n for n in pool.namespaces or [] if visible is None or n["namespace"] in visible]
     return PoolDetail(
         view=view,
         cluster=cluster,
-        nodes=detail.get("nodes", []),
+        nodes=nodes or [],
+        node_count=node_count or 0,
         pending=pending,
         pending_hidden=(view.live.pods_pending if view.live else 0) - len(pending),
         namespaces=namespaces,
-        non_gpu_pods=detail.get("non_gpu_pods", []) if user.sees_everything else [],
+        non_gpu_pods=(pool.non_gpu_pods or []) if user.sees_everything else [],
     )
+
+
+# The keys of a pool's published detail its page reads (pools.utilisation.services._pool_detail).
+_DETAIL_SHOWN = ("drawn_nodes", "node_count", "pending", "namespaces", "non_gpu_pods")
+
+
+def pool_node_names(*, pool_id: int) -> list[str]:
+    """Every node of the pool, by name, as last published."""
+    rows = PoolUtilisation.objects.filter(pool_id=pool_id).values_list("detail__nodes", flat=True)
+    return [node["name"] for node in next(iter(rows), None) or []]
 
 
 def pool_prometheus_get(*, detail: PoolDetail) -> prometheus.PoolPrometheus | None:
@@ -269,7 +286,7 @@ def pool_prometheus_get(*, detail: PoolDetail) -> prometheus.PoolPrometheus | No
     return prometheus.pool_prometheus(
         url=pool.cluster.prometheus_url,
         node_label=pool.cluster.prometheus_node_label,
-        nodes=[node["name"] for node in detail.nodes],
+        nodes=pool_node_names(pool_id=pool.pk),
         gpus_by_namespace={n["namespace"]: n["gpus"] for n in detail.namespaces if n.get("gpus")},
         hourly_cost=pool.accelerator.hourly_cost,
     )

@@ -229,7 +229,7 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "detail": detail,
         "pool": detail.view.pool,
         "live": detail.view.live,
-        "grid": charts.node_grid(detail.nodes),
+        "grid": charts.node_grid(detail.nodes, total=detail.node_count),
         "poll_seconds": POLL_SECONDS,
         "history_poll_seconds": HISTORY_POLL_SECONDS,
         "history_range": history_range,

@@ -284,3 +284,40 @@ def test_cost_page_shows_gpu_hours_cost_and_load_times_worked_out_by_hand(world)
     assert re.search(r"<td>vision-serving-r1/llama</td>.*?<td>2 . 1</td><td>1m 35s</td>", html, re.S)
     admin = signed_in(world.admin).get(reverse("utilisation:cost"), period).content.decode()
     assert '<td class="cost-total">8.00</td>' in team_section(admin, "nlp")
+
+
+def test_a_big_pools_page_reads_and_draws_only_its_first_nodes(world):
+    from pools.models import PoolUtilisation
+    from pools.utilisation import selectors
+    from pools.utilisation.figures import DRAWN_NODES, compute
+    from pools.utilisation.services import utilisation_publish
+    from tests.utilisation.conftest import gpu_node, spec_of
+
+    total = DRAWN_NODES + 30
+    nodes = [gpu_node(f"node-{i:04d}", world.interactive.name) for i in range(total)]
+    now = timezone.now()
+    figures = compute(nodes, [], [spec_of(world.interactive)], {}, now)
+    utilisation_publish(
+        cluster_id=world.interactive.cluster_id,
+        state=CollectorState.LIVE,
+        now=now,
+        observed_at=now,
+        figures=figures,
+    )
+    detail = selectors.pool_detail_get(user=world.admin, pool_id=world.interactive.pk, now=now)
+    assert [n["name"] for n in detail.nodes] == [f"node-{i:04d}" for i in range(DRAWN_NODES)]
+    assert detail.node_count == total
+    assert "detail" in detail.view.live.get_deferred_fields()  # every node's figures stayed unread
+    html = (
+        signed_in(world.admin).get(reverse("utilisation:pool", args=[world.interactive.pk])).content.decode()
+    )
+    assert html.count("<g data-node=") == DRAWN_NODES
+    assert f"{total - DRAWN_NODES} more nodes are not" in html
+    # A row published before the detail kept the drawn nodes apart is read whole, once.
+    row = PoolUtilisation.objects.get(pool=world.interactive)
+    row.detail = {"nodes": row.detail["nodes"]}
+    row.save(update_fields=["detail"])
+    old = selectors.pool_detail_get(user=world.admin, pool_id=world.interactive.pk, now=now)
+    assert (len(old.nodes), old.node_count) == (DRAWN_NODES, total)
+    # Prometheus is asked about every node of the pool, drawn or not.
+    assert len(selectors.pool_node_names(pool_id=world.interactive.pk)) == total

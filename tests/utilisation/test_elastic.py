@@ -346,3 +346,28 @@ def test_the_pool_page_shows_autoscaling_warm_headroom_and_the_advice(world):
         family = metrics[f"gpu_portal_pool_{name}"]
         (sample,) = [s for s in family.samples if {k: s.labels[k] for k in labels} == labels]
         assert sample.value == value
+
+
+def test_new_pods_are_those_stamped_since_the_last_publish_however_the_stamp_is_spelled():
+    nodes = [node("a"), node("b")]
+
+    def stamped(name: str, created: str) -> dict:
+        p = pod(name, 1, node_name="a")
+        p["metadata"]["creationTimestamp"] = created
+        return p
+
+    pods = [
+        stamped("before", "2026-03-01T11:59:57Z"),
+        stamped("second-before", "2026-03-01T11:59:58Z"),  # the second of created_since counts
+        stamped("after", "2026-03-01T12:00:00Z"),
+        stamped("offset-before", "2026-03-01T13:59:57+02:00"),
+        stamped("offset-after", "2026-03-01T13:59:59+02:00"),
+        stamped("fraction-after", "2026-03-01T11:59:59.500000Z"),
+        stamped("unreadable", "yesterday"),
+        pod("unstamped", 1, node_name="b") | {"metadata": {"name": "unstamped", "namespace": "team"}},
+    ]
+    since = datetime(2026, 3, 1, 11, 59, 59, 250000, tzinfo=UTC)
+    figures = compute(nodes, pods, [POOL], {}, NOW, created_since=since).pools[1]
+    assert set(figures.new_pods) == {
+        "team/second-before", "team/after", "team/offset-after", "team/fraction-after"
+    }  # fmt: skip
