@@ -99,12 +99,13 @@ def _targets(sections: Json) -> list[str]:
                 + ", ".join(f"{k.removesuffix('_304')} {_num(v, 0)} ms" for k, v in p95_304.items())
                 + ")",
                 worst < 50,
-                "in process (measured quiet) a full render of a live region costs 8-10 ms (the ORM "
-                "compiling the figure queries, the template, the node grid) and a not-modified answer "
-                "about 2 ms (session, user and one precompiled version query); the web server shares 2 "
-                "cores with the apiserver, etcd, kwok, the collector and the churn generator, which run "
-                "flat out during the churn steps, so a request waits several times its own CPU time"
-                + (f"; the pool's node grid has {int(n):,} nodes" if int(n) >= 5000 else ""),
+                "in process (measured quiet, the test client's own cost included) a full render of a "
+                "live region takes 9-10 ms at 1,000 nodes (the overview 6.5 ms of CPU, the pool 7.4 ms: "
+                "the middleware, session and user, the reads compiled once, the template) and a "
+                "not-modified answer about 2 ms; under the churn even the not-modified answer has a p95 "
+                "of about 30 ms: the web server shares 2 cores with the apiserver, etcd, kwok, the "
+                "collector and the churn generator, which run flat out during the churn steps, so a "
+                "request waits several times its own CPU time",
             )
     else:
         rows += _target("Collector", col.get("error", "not run"), None)

@@ -6,10 +6,12 @@ a compiled statement under a key that names everything its SQL and its parameter
 user and their roles, the query string, the page), so a repeated read sends the cached SQL at once.
 
 The SQL is always the ORM's own, its values left as parameters: nothing is interpolated. What a read
-returns is what iterating its values() queryset returns, the fields' database converters included
-(JSON fields need them on every database; SQLite, the zero-setup default, also for datetimes and
-decimals). A key must name all that the statement depends on: scope a key to a user with `user_key`,
-and cache only querysets whose other inputs (filters, ordering) are in the key too.
+returns is what iterating its queryset returns, the fields' database converters included (JSON fields
+need them on every database; SQLite, the zero-setup default, also for datetimes and decimals): dicts
+for a values() queryset (`rows`), model instances for any other (`instances`, built by the ORM's own
+select_related populators). A key must name all that the statement depends on: scope a key to a user
+with `user_key`, and cache only querysets whose other inputs (filters, ordering) are in the key too;
+`bind` takes the values a read is called with as parameters, so they need not be in the key.
 """
 
 from collections.abc import Callable, Hashable, Sequence
