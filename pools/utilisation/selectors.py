@@ -187,15 +187,11 @@ def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
         )
 
     # Polled every few seconds by every open dashboard: compiled once (statements), none depends on
-    # the user.
-    clusters = statements.bound_instances("overview clusters", enabled_clusters)
-    statuses = {
-        s.cluster_id: s
-        for s in statements.bound_instances(
-            "overview cluster statuses",
-            lambda: ClusterUtilisation.objects.filter(cluster__in=enabled_clusters()),
-        )
-    }
+    # the user. Each cluster comes with its collector's status, in the one query.
+    clusters = statements.bound_instances(
+        "overview clusters", lambda: enabled_clusters().select_related("utilisation")
+    )
+    statuses = {c.pk: getattr(c, "utilisation", None) for c in clusters}
     pools = statements.bound_instances("overview pools", lambda: pools_of(enabled_clusters()))
     views = {
         c.pk: ClusterView(cluster=c, status=statuses.get(c.pk), freshness=_freshness(statuses.get(c.pk), now))
