@@ -176,11 +176,11 @@ def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
     def enabled_clusters() -> QuerySet[Cluster]:
         return Cluster.objects.filter(enabled=True).defer(*Cluster.CREDENTIALS).order_by("name")
 
-    def pools_of(clusters: QuerySet[Cluster]) -> QuerySet[NodePool]:
+    def enabled_pools() -> QuerySet[NodePool]:
         # The cards need the totals only; `detail` (every node, pending pod and namespace) is loaded
         # on first access by the pages that show it.
         return (
-            NodePool.objects.filter(cluster__in=clusters, enabled=True)
+            NodePool.objects.filter(cluster__in=enabled_clusters(), enabled=True)
             .select_related("cluster", "accelerator", "utilisation")
             .defer("utilisation__detail", *(f"cluster__{f}" for f in Cluster.CREDENTIALS))
             .order_by("name")
@@ -191,12 +191,11 @@ def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
     clusters = statements.bound_instances(
         "overview clusters", lambda: enabled_clusters().select_related("utilisation")
     )
-    statuses = {c.pk: getattr(c, "utilisation", None) for c in clusters}
-    pools = statements.bound_instances("overview pools", lambda: pools_of(enabled_clusters()))
-    views = {
-        c.pk: ClusterView(cluster=c, status=statuses.get(c.pk), freshness=_freshness(statuses.get(c.pk), now))
-        for c in clusters
-    }
+    pools = statements.bound_instances("overview pools", enabled_pools)
+    views: dict[int, ClusterView] = {}
+    for c in clusters:
+        status = getattr(c, "utilisation", None)
+        views[c.pk] = ClusterView(cluster=c, status=status, freshness=_freshness(status, now))
     for pool in pools:
         views[pool.cluster_id].pools.append(PoolView(pool=pool, live=getattr(pool, "utilisation", None)))
     return list(views.values())
@@ -219,6 +218,10 @@ class PoolDetail:
     pending_hidden: int
     namespaces: list[dict[str, Any]]
     non_gpu_pods: list[str]
+
+
+# The keys of a pool's published detail its page reads (pools.utilisation.services._pool_detail).
+_DETAIL_SHOWN = ("drawn_nodes", "node_count", "pending", "namespaces", "non_gpu_pods")
 
 
 def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
@@ -261,10 +264,6 @@ def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
         namespaces=namespaces,
         non_gpu_pods=(pool.non_gpu_pods or []) if user.sees_everything else [],
     )
-
-
-# The keys of a pool's published detail its page reads (pools.utilisation.services._pool_detail).
-_DETAIL_SHOWN = ("drawn_nodes", "node_count", "pending", "namespaces", "non_gpu_pods")
 
 
 def pool_node_names(*, pool_id: int) -> list[str]:

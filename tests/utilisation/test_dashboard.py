@@ -290,20 +290,13 @@ def test_a_big_pools_page_reads_and_draws_only_its_first_nodes(world):
     from pools.models import PoolUtilisation
     from pools.utilisation import selectors
     from pools.utilisation.figures import DRAWN_NODES, compute
-    from pools.utilisation.services import utilisation_publish
     from tests.utilisation.conftest import gpu_node, spec_of
 
     total = DRAWN_NODES + 30
     nodes = [gpu_node(f"node-{i:04d}", world.interactive.name) for i in range(total)]
     now = timezone.now()
     figures = compute(nodes, [], [spec_of(world.interactive)], {}, now)
-    utilisation_publish(
-        cluster_id=world.interactive.cluster_id,
-        state=CollectorState.LIVE,
-        now=now,
-        observed_at=now,
-        figures=figures,
-    )
+    publish_state(world.interactive.cluster_id, CollectorState.LIVE, figures, now=now)
     detail = selectors.pool_detail_get(user=world.admin, pool_id=world.interactive.pk, now=now)
     assert [n["name"] for n in detail.nodes] == [f"node-{i:04d}" for i in range(DRAWN_NODES)]
     assert detail.node_count == total

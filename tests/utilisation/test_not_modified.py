@@ -17,7 +17,7 @@ from pools.models import ClusterUtilisation, CollectorState, PoolSnapshot, PoolU
 from quotas.models import Grant, Membership
 from tests import factories
 from tests.ui.browser import launch, mark_document, same_document, signed_in, watch_console
-from tests.utilisation.conftest import gpu_node, gpu_pod, spec_of
+from tests.utilisation.conftest import gpu_node, gpu_pod, publish_state, spec_of
 
 pytestmark = pytest.mark.django_db
 
@@ -59,7 +59,6 @@ def poll(client: Client, url: str, target: str, etag: str | None = None):
 def publish(world, extra_nodes: int = 0, now=None) -> None:
     """The `published` figures again (a collector's next write), with `extra_nodes` more 8-GPU nodes."""
     from pools.utilisation.figures import GrantSpec, compute
-    from pools.utilisation.services import utilisation_publish
     from quotas.models import Grant
 
     pool = world.interactive.name
@@ -74,13 +73,7 @@ def publish(world, extra_nodes: int = 0, now=None) -> None:
     }
     now = now or timezone.now()
     figures = compute(nodes, pods, [spec_of(world.interactive)], grants, now)
-    utilisation_publish(
-        cluster_id=world.interactive.cluster_id,
-        state=CollectorState.LIVE,
-        now=now,
-        observed_at=now,
-        figures=figures,
-    )
+    publish_state(world.interactive.cluster_id, CollectorState.LIVE, figures, now=now)
 
 
 @pytest.mark.parametrize("region", ["overview", "pool", "history"])
