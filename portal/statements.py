@@ -14,9 +14,9 @@ with `user_key`, and cache only querysets whose other inputs (filters, ordering)
 `bind` takes the values a read is called with as parameters, so they need not be in the key.
 """
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
@@ -144,15 +144,10 @@ def count_statement(queryset: QuerySet[Any]) -> Statement:
     return Statement(f'SELECT COUNT(*) FROM ({sql}) AS "counted"', tuple(params), queryset.db)  # noqa: S608
 
 
-def _fetch(statement: Statement, params: Sequence[Any] | None) -> Sequence[Sequence[Any]]:
-    if statement.sql is None:
-        return []
-    connection = connections[statement.using]
-    with connection.cursor() as cursor:
-        cursor.execute(statement.sql, statement.params if params is None else tuple(params))
-        fetched = cursor.fetchall()
+def _convert(statement: Statement, fetched: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
     if not statement.converters:
         return fetched
+    connection = connections[statement.using]
     converted = [list(row) for row in fetched]
     for row in converted:
         for position, funcs, expression in statement.converters:
@@ -163,23 +158,28 @@ def _fetch(statement: Statement, params: Sequence[Any] | None) -> Sequence[Seque
     return converted
 
 
-def rows(statement: Statement, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-    """The rows of a values statement as dicts. `params`, for a bound statement, replace the
-    compiled ones (see `bind`)."""
+def _fetch(statement: Statement, params: Sequence[Any] | None) -> Sequence[Sequence[Any]]:
+    if statement.sql is None:
+        return []
+    with connections[statement.using].cursor() as cursor:
+        cursor.execute(statement.sql, statement.params if params is None else tuple(params))
+        return _convert(statement, cursor.fetchall())
+
+
+def _rows(statement: Statement, fetched: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     # Not strict, as values(): with distinct() the ORM selects the ORDER BY columns too, after these.
     names = statement.names
-    return [dict(zip(names, row, strict=False)) for row in _fetch(statement, params)]
+    return [dict(zip(names, row, strict=False)) for row in fetched]
 
 
-def instances(statement: Statement, params: Sequence[Any] | None = None) -> list[Any]:
-    """The model instances of a model statement, built as iterating its queryset builds them."""
+def _instances(statement: Statement, fetched: Sequence[Sequence[Any]]) -> list[Any]:
     build = statement.instances
     if build is None:
         if statement.sql is None:
             return []
         raise ValueError("instances() takes a model statement")
     found = []
-    for row in _fetch(statement, params):
+    for row in fetched:
         obj = build.model.from_db(statement.using, build.init_list, row[build.start : build.end])
         for populator in build.populators:
             populator.populate(row, obj)
@@ -187,6 +187,129 @@ def instances(statement: Statement, params: Sequence[Any] | None = None) -> list
             setattr(obj, name, row[position])
         found.append(obj)
     return found
+
+
+def _first(statement: Statement, fetched: Sequence[Sequence[Any]]) -> Sequence[Any] | None:
+    return fetched[0] if fetched else None
+
+
+def rows(statement: Statement, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of a values statement as dicts. `params`, for a bound statement, replace the
+    compiled ones (see `bind`)."""
+    return _rows(statement, _fetch(statement, params))
+
+
+def instances(statement: Statement, params: Sequence[Any] | None = None) -> list[Any]:
+    """The model instances of a model statement, built as iterating its queryset builds them."""
+    return _instances(statement, _fetch(statement, params))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reads in one round trip. A page that polls several reads waits for the database once per read;
+# on a busy machine each wait is a wake-up of PostgreSQL's backend and of the web process, which
+# cost more than the reads. A plan is a generator that yields the reads it needs next (a tuple of
+# `Read`) and is sent their results; `together` runs plans side by side, sending every plan's next
+# reads in one round trip (psycopg's pipeline mode on PostgreSQL, one after another elsewhere) in
+# the order they were yielded, each in its own statement as without the pipeline.
+
+
+@dataclass(frozen=True)
+class Read:
+    """A statement to send, and how its rows become the result the plan is sent."""
+
+    statement: Statement
+    params: tuple[Any, ...] | None
+    shape: Callable[[Statement, Sequence[Sequence[Any]]], Any]
+
+
+def rows_read(statement: Statement, params: Sequence[Any] | None = None) -> Read:
+    """A read whose result is `rows(statement, params)`."""
+    return Read(statement, None if params is None else tuple(params), _rows)
+
+
+def first_row_read(statement: Statement, params: Sequence[Any] | None = None) -> Read:
+    """A read whose result is the statement's first row as a tuple (None when it has none)."""
+    return Read(statement, None if params is None else tuple(params), _first)
+
+
+def bound_rows_read(key: Hashable, build: Callable[..., QuerySet[Any]], /, **values: Any) -> Read:
+    """A read whose result is `bound_rows(key, build, **values)`."""
+    statement, params = bind(key, build, **values)
+    return Read(statement, params, _rows)
+
+
+def bound_instances_read(key: Hashable, build: Callable[..., QuerySet[Any]], /, **values: Any) -> Read:
+    """A read whose result is `bound_instances(key, build, **values)`."""
+    statement, params = _bind(key, build, model_statement, values)
+    return Read(statement, params, _instances)
+
+
+T = TypeVar("T")
+Plan = Generator[tuple[Read, ...], list[Any], T]
+
+
+def _send(reads: Sequence[Read]) -> list[Sequence[Sequence[Any]]]:
+    """The rows of each read, converted; one round trip per database when there are several."""
+    fetched: list[Sequence[Sequence[Any]]] = [[] for _ in reads]
+    by_database: dict[str, list[int]] = {}
+    for index, read in enumerate(reads):
+        if read.statement.sql is not None:  # matches nothing: nothing to send
+            by_database.setdefault(read.statement.using, []).append(index)
+    for using, indexes in by_database.items():
+        connection = connections[using]
+        if len(indexes) == 1 or connection.vendor != "postgresql":
+            for index in indexes:
+                fetched[index] = _fetch(reads[index].statement, reads[index].params)
+            continue
+        cursors = [connection.cursor()]  # the first one connects (and checks the connection's health)
+        try:
+            # A failed statement is raised when the pipeline syncs, outside any cursor: as Django's error.
+            with connection.wrap_database_errors, connection.connection.pipeline():
+                for position, index in enumerate(indexes):
+                    if position:
+                        cursors.append(connection.cursor())
+                    statement, params = reads[index].statement, reads[index].params
+                    cursors[position].execute(statement.sql, statement.params if params is None else params)
+            for cursor, index in zip(cursors, indexes, strict=True):
+                fetched[index] = _convert(reads[index].statement, cursor.fetchall())
+        finally:
+            for cursor in cursors:
+                cursor.close()
+    return fetched
+
+
+def together(*plans: Plan[Any]) -> list[Any]:
+    """What each plan returns, in order. Each round sends the reads every unfinished plan yielded in
+    one round trip; a plan whose next reads depend on earlier results yields again (another round)."""
+    results: list[Any] = [None] * len(plans)
+    waiting: dict[int, tuple[Read, ...]] = {}
+
+    def advance(index: int, answer: list[Any] | None) -> None:
+        try:
+            waiting[index] = next(plans[index]) if answer is None else plans[index].send(answer)
+        except StopIteration as done:
+            results[index] = done.value
+
+    for index in range(len(plans)):
+        advance(index, None)
+    while waiting:
+        sent = list(waiting.items())
+        waiting.clear()
+        answers = iter(fetch(*(read for _, reads in sent for read in reads)))
+        for index, reads in sent:
+            advance(index, [next(answers) for _ in reads])
+    return results
+
+
+def fetch(*reads: Read) -> list[Any]:
+    """The result of each read, in order, in one round trip."""
+    return [read.shape(read.statement, rows) for read, rows in zip(reads, _send(reads), strict=True)]
+
+
+def run(plan: Plan[T]) -> T:
+    """What `plan` returns, its reads sent round by round."""
+    result: T = together(plan)[0]
+    return result
 
 
 def scalar(statement: Statement) -> int:

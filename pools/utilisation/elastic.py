@@ -35,7 +35,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Max
-from django.db.models.fields.json import KeyTransform
 
 from pools.kube.nodegroups import NodeGroup, bringup_percentile, groups_for, groups_of
 from pools.models import (
@@ -48,7 +47,6 @@ from pools.models import (
     PoolUtilisation,
     WarmHeadroom,
 )
-from portal import statements
 from quotas.models import ServingDeployment
 
 ADVICE_QUANTILE = 0.99
@@ -193,22 +191,13 @@ def _peak_rates(pool: NodePool, live: PoolUtilisation | None, now: datetime) -> 
     return pods, gpus
 
 
-def pool_elastic_get(*, pool: NodePool, live: PoolUtilisation | None, now: datetime) -> PoolElastic:
-    """The pool's autoscaling and warm headroom, for its page."""
+def pool_elastic_get(
+    *, pool: NodePool, live: PoolUtilisation | None, inventory: ClusterInventory | None, now: datetime
+) -> PoolElastic:
+    """The pool's autoscaling and warm headroom, for its page. `inventory` is the cluster's, read
+    with the pool (selectors.pool_detail_get): its node groups only, as `node_groups`; the document
+    also lists every node, for the approval pre-flight."""
     view = PoolElastic(pool=pool)
-    # The node groups only: the document also lists every node, for the approval pre-flight.
-    # Compiled once (statements): the pool's live region asks on every changed poll.
-    found = statements.bound_instances(
-        "pool elastic inventory",
-        lambda cluster_id: (
-            ClusterInventory.objects.filter(cluster_id=cluster_id)
-            .defer("document")
-            .annotate(node_groups=KeyTransform("node_groups", "document"))
-            .order_by("pk")[:1]
-        ),
-        cluster_id=pool.cluster_id,
-    )
-    inventory = found[0] if found else None
     if inventory is not None:
         resource = pool.accelerator.resource_name
         document = {"node_groups": inventory.node_groups or []}

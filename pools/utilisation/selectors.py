@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connections
 from django.db.models import Count, Max, Min, Model, Q, QuerySet, Sum
 from django.db.models.fields.json import KeyTransform
 
@@ -168,10 +167,7 @@ def _freshness(status: ClusterUtilisation | None, now: datetime) -> str:
     }.get(status.state, Freshness.SYNCING)
 
 
-def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
-    """Enabled clusters with their enabled pools' live figures. Pool-level figures are for every
-    signed-in `user` (see the module docstring); what is about one team is scoped by the other reads."""
-
+def _overview_plan(now: datetime) -> statements.Plan[list[ClusterView]]:
     # Credentials are decrypted when a row is read: pages that only name a cluster do not read them.
     def enabled_clusters() -> QuerySet[Cluster]:
         return Cluster.objects.filter(enabled=True).defer(*Cluster.CREDENTIALS).order_by("name")
@@ -188,10 +184,12 @@ def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
 
     # Polled every few seconds by every open dashboard: compiled once (statements), none depends on
     # the user. Each cluster comes with its collector's status, in the one query.
-    clusters = statements.bound_instances(
-        "overview clusters", lambda: enabled_clusters().select_related("utilisation")
+    clusters, pools = yield (
+        statements.bound_instances_read(
+            "overview clusters", lambda: enabled_clusters().select_related("utilisation")
+        ),
+        statements.bound_instances_read("overview pools", enabled_pools),
     )
-    pools = statements.bound_instances("overview pools", enabled_pools)
     views: dict[int, ClusterView] = {}
     for c in clusters:
         status = getattr(c, "utilisation", None)
@@ -201,11 +199,51 @@ def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
     return list(views.values())
 
 
+def utilisation_overview(*, user: User, now: datetime) -> list[ClusterView]:
+    """Enabled clusters with their enabled pools' live figures. Pool-level figures are for every
+    signed-in `user` (see the module docstring); what is about one team is scoped by the other reads."""
+    return statements.run(_overview_plan(now))
+
+
+@dataclass
+class OverviewLive:
+    """What the dashboard's live region shows: the clusters and pools, the team usage, and (when
+    asked for) the version of them, read first."""
+
+    clusters: list[ClusterView]
+    team_rows: list[TeamUsageRow]
+    version: str | None = None
+
+
+def overview_live_get(*, user: User, now: datetime, versioned: bool) -> OverviewLive:
+    """The dashboard's live region for `user` at `now`, all of it in one round trip (statements.together);
+    with `versioned`, its version too, read before the figures (as overview_version then the reads)."""
+    if not versioned:
+        clusters, team_rows = statements.together(_overview_plan(now), _team_usage_plan(user))
+        return OverviewLive(clusters=clusters, team_rows=team_rows)
+    # The version's read is sent first: a write in between makes the next poll render once more,
+    # never keeps newer figures behind an older version.
+    version, clusters, team_rows = statements.together(
+        _overview_version_plan(user, now), _overview_plan(now), _team_usage_plan(user)
+    )
+    return OverviewLive(clusters=clusters, team_rows=team_rows, version=version)
+
+
 def _visible_namespaces(user: User) -> set[str] | None:
     """None means all."""
     if user.sees_everything:
         return None
-    return set(grant_list(user=user).values_list("namespace", flat=True))
+    return {row["namespace"] for row in statements.fetch(_visible_namespaces_read(user))[0]}
+
+
+def _visible_namespaces_read(user: User) -> statements.Read:
+    # Compiled once per user and scope (statements): a pool's live region asks on every changed poll.
+    key = ("visible namespaces", *statements.user_key(user))
+    return statements.rows_read(
+        statements.remember(
+            key, lambda: statements.values_statement(grant_list(user=user).values("namespace"))
+        )
+    )
 
 
 @dataclass
@@ -218,32 +256,48 @@ class PoolDetail:
     pending_hidden: int
     namespaces: list[dict[str, Any]]
     non_gpu_pods: list[str]
+    # The cluster's inventory without its node list, `node_groups` read from its document.
+    inventory: ClusterInventory | None = None
 
 
 # The keys of a pool's published detail its page reads (pools.utilisation.services._pool_detail).
 _DETAIL_SHOWN = ("drawn_nodes", "node_count", "pending", "namespaces", "non_gpu_pods")
 
 
-def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
-    """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
-
-    # One query: the pool, its cluster, accelerator and figures, and the cluster's collector state.
-    # Of the detail only what the page shows: the grid's nodes, not every node of a big pool.
+def _pool_detail_plan(user: User, pool_id: int, now: datetime) -> statements.Plan[PoolDetail | None]:
+    # One query: the pool, its cluster, accelerator and figures, the cluster's collector state and its
+    # inventory's node groups. Of the detail only what the page shows: the grid's nodes, not every
+    # node of a big pool; of the inventory not its node list (the approval pre-flight's).
     def build(pool_id: int) -> QuerySet[NodePool]:
         return (
-            NodePool.objects.select_related("cluster", "accelerator", "utilisation", "cluster__utilisation")
-            .defer("utilisation__detail", *(f"cluster__{f}" for f in Cluster.CREDENTIALS))
-            .annotate(**{key: KeyTransform(key, "utilisation__detail") for key in _DETAIL_SHOWN})
+            NodePool.objects.select_related(
+                "cluster", "accelerator", "utilisation", "cluster__utilisation", "cluster__inventory"
+            )
+            .defer(
+                "utilisation__detail",
+                "cluster__inventory__document",
+                *(f"cluster__{f}" for f in Cluster.CREDENTIALS),
+            )
+            .annotate(
+                **{key: KeyTransform(key, "utilisation__detail") for key in _DETAIL_SHOWN},
+                inventory_node_groups=KeyTransform("node_groups", "cluster__inventory__document"),
+            )
             .filter(pk=pool_id, enabled=True, cluster__enabled=True)
         )
 
     # Compiled once (statements): the live region asks on every changed poll.
-    found = statements.bound_instances("pool detail", build, pool_id=pool_id)
+    reads = [statements.bound_instances_read("pool detail", build, pool_id=pool_id)]
+    if not user.sees_everything:
+        reads.append(_visible_namespaces_read(user))
+    found, *namespace_rows = yield tuple(reads)
     if not found:
-        raise NodePool.DoesNotExist(f"No enabled pool {pool_id}")
+        return None
     pool = found[0]
     live: PoolUtilisation | None = getattr(pool, "utilisation", None)
     status: ClusterUtilisation | None = getattr(pool.cluster, "utilisation", None)
+    inventory: ClusterInventory | None = getattr(pool.cluster, "inventory", None)
+    if inventory is not None:
+        inventory.node_groups = pool.inventory_node_groups
     view = PoolView(pool=pool, live=live)
     freshness = _freshness(status, now)
     cluster = ClusterView(cluster=pool.cluster, status=status, freshness=freshness, pools=[view])
@@ -251,7 +305,7 @@ def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
     if live is not None and nodes is None:  # published before the detail kept them apart
         every = live.detail.get("nodes", [])
         nodes, node_count = every[:DRAWN_NODES], len(every)
-    visible = _visible_namespaces(user)
+    visible = {r["namespace"] for r in namespace_rows[0]} if namespace_rows else None
     pending = [p for p in pool.pending or [] if visible is None or p["namespace"] in visible]
     namespaces = [n for n in pool.namespaces or [] if visible is None or n["namespace"] in visible]
     return PoolDetail(
@@ -263,7 +317,27 @@ def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
         pending_hidden=(view.live.pods_pending if view.live else 0) - len(pending),
         namespaces=namespaces,
         non_gpu_pods=(pool.non_gpu_pods or []) if user.sees_everything else [],
+        inventory=inventory,
     )
+
+
+def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
+    """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
+    detail = statements.run(_pool_detail_plan(user, pool_id, now))
+    if detail is None:
+        raise NodePool.DoesNotExist(f"No enabled pool {pool_id}")
+    return detail
+
+
+def pool_live_get(*, user: User, pool_id: int, now: datetime) -> tuple[str | None, PoolDetail]:
+    """The version of a pool's live region (read first) and its detail, in one round trip.
+    Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
+    version, detail = statements.together(
+        _pool_live_version_plan(user, pool_id, now), _pool_detail_plan(user, pool_id, now)
+    )
+    if detail is None:
+        raise NodePool.DoesNotExist(f"No enabled pool {pool_id}")
+    return version, detail
 
 
 def pool_node_names(*, pool_id: int) -> list[str]:
@@ -355,18 +429,29 @@ class TeamUsageRow:
         return self.used > self.granted
 
 
-def team_usage_list(*, user: User) -> list[TeamUsageRow]:
-    """GPUs in use against GPUs granted, per team and pool, from the live figures: three queries of
-    plain values, compiled once per user and scope (portal.statements: the dashboard's live region
-    reads them on every changed poll, and compiling them cost more than running them)."""
+def _team_usage_plan(user: User) -> statements.Plan[list[TeamUsageRow]]:
     scope = statements.user_key(user)
 
-    def read(name: str, build: Callable[[], QuerySet[Any]]) -> list[dict[str, Any]]:
-        return statements.rows(
+    def read(name: str, build: Callable[[], QuerySet[Any]]) -> statements.Read:
+        return statements.rows_read(
             statements.remember(("team usage", name, scope), lambda: statements.values_statement(build()))
         )
 
-    visible_teams = {r["slug"] for r in read("teams", lambda: teams_visible_to(user=user).values("slug"))}
+    def holding() -> QuerySet[Grant]:  # the scope of grant_list, as values
+        grants = Grant.objects.visible_to(user).filter(request__state__in=HOLDING_STATES, pool__enabled=True)
+        return grants.values("team__slug", "pool_id", "pool__name", "pool__cluster__name", "gpus")
+
+    def live() -> QuerySet[PoolUtilisation]:
+        # Only the namespaces key of `detail`: the node list of a big pool is not read on every poll.
+        figures = PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True)
+        return figures.values("pool_id", "pool__name", "pool__cluster__name", "detail__namespaces")
+
+    teams, granted, used = yield (
+        read("teams", lambda: teams_visible_to(user=user).values("slug")),
+        read("granted", holding),
+        read("used", live),
+    )
+    visible_teams = {r["slug"] for r in teams}
     rows: dict[tuple[str, int], TeamUsageRow] = {}
 
     def row(team: str, pool_id: int, pool: str, cluster: str) -> TeamUsageRow:
@@ -375,19 +460,9 @@ def team_usage_list(*, user: User) -> list[TeamUsageRow]:
             rows[key] = TeamUsageRow(team=team, pool=pool, cluster=cluster)
         return rows[key]
 
-    def holding() -> QuerySet[Grant]:  # the scope of grant_list, as values
-        grants = Grant.objects.visible_to(user).filter(request__state__in=HOLDING_STATES, pool__enabled=True)
-        return grants.values("team__slug", "pool_id", "pool__name", "pool__cluster__name", "gpus")
-
-    for g in read("granted", holding):
+    for g in granted:
         row(g["team__slug"], g["pool_id"], g["pool__name"], g["pool__cluster__name"]).granted += g["gpus"]
-
-    def live() -> QuerySet[PoolUtilisation]:
-        # Only the namespaces key of `detail`: the node list of a big pool is not read on every poll.
-        figures = PoolUtilisation.objects.filter(pool__enabled=True, pool__cluster__enabled=True)
-        return figures.values("pool_id", "pool__name", "pool__cluster__name", "detail__namespaces")
-
-    for f in read("used", live):
+    for f in used:
         pool_id, pool, cluster = f["pool_id"], f["pool__name"], f["pool__cluster__name"]
         for usage in f["detail__namespaces"] or []:
             team = usage.get("team") or ""
@@ -396,6 +471,14 @@ def team_usage_list(*, user: User) -> list[TeamUsageRow]:
                 target.used += usage.get("gpus", 0)
                 target.pending += usage.get("pending_gpus", 0)
     return sorted(rows.values(), key=lambda r: (r.team == "", r.team, r.cluster, r.pool))
+
+
+def team_usage_list(*, user: User) -> list[TeamUsageRow]:
+    """GPUs in use against GPUs granted, per team and pool, from the live figures: three queries of
+    plain values in one round trip, compiled once per user and scope (portal.statements: the
+    dashboard's live region reads them on every changed poll, and compiling them cost more than
+    running them)."""
+    return statements.run(_team_usage_plan(user))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,10 +547,9 @@ def _statement(
     return statements.remember(("utilisation version", *key), make)
 
 
-def _fingerprints(statement: statements.Statement, *last: Any) -> list[str]:
-    with connections[statement.using].cursor() as cursor:
-        cursor.execute(statement.sql, (*statement.params, *last))
-        return [str(value) for value in cursor.fetchone()]
+def _fingerprints(statement: statements.Statement, *last: Any) -> statements.Read:
+    """The read of a version statement: its result is the first (and only) row."""
+    return statements.first_row_read(statement, (*statement.params, *last))
 
 
 def _version(user: User, *keys: object) -> str:
@@ -498,12 +580,17 @@ def _overview_parts(user: User) -> list[QuerySet[Any]]:
     ]
 
 
+def _overview_version_plan(user: User, now: datetime) -> statements.Plan[str]:
+    key = ("overview", *statements.user_key(user))
+    statement = _statement(key, lambda: _overview_parts(user), silent=1)
+    (found,) = yield (_fingerprints(statement, _silent_before(now)),)
+    return _version(user, "overview", *map(str, found))
+
+
 def overview_version(*, user: User, now: datetime) -> str:
     """The version of what the dashboard's live region shows `user` at `now` (utilisation_overview
     and team_usage_list); one query."""
-    key = ("overview", *statements.user_key(user))
-    statement = _statement(key, lambda: _overview_parts(user), silent=1)
-    return _version(user, "overview", *_fingerprints(statement, _silent_before(now)))
+    return statements.run(_overview_version_plan(user, now))
 
 
 def _pool_live_parts(user: User, pool_id: int) -> list[QuerySet[Any]]:
@@ -530,15 +617,19 @@ def _pool_live_parts(user: User, pool_id: int) -> list[QuerySet[Any]]:
     ]
 
 
+def _pool_live_version_plan(user: User, pool_id: int, now: datetime) -> statements.Plan[str | None]:
+    key = ("pool", *statements.user_key(user), pool_id)
+    statement = _statement(key, lambda: _pool_live_parts(user, pool_id), silent=1)
+    ((found, *rest),) = yield (_fingerprints(statement, _silent_before(now)),)
+    if found.startswith("0:"):
+        return None
+    return _version(user, "pool", pool_id, found, *map(str, rest))
+
+
 def pool_live_version(*, user: User, pool_id: int, now: datetime) -> str | None:
     """The version of what a pool's live region shows `user` at `now` (pool_detail_get), or None
     for a pool that is unknown or disabled, which is for the page to answer; one query."""
-    key = ("pool", *statements.user_key(user), pool_id)
-    statement = _statement(key, lambda: _pool_live_parts(user, pool_id), silent=1)
-    found, *rest = _fingerprints(statement, _silent_before(now))
-    if found.startswith("0:"):
-        return None
-    return _version(user, "pool", pool_id, found, *rest)
+    return statements.run(_pool_live_version_plan(user, pool_id, now))
 
 
 def _pool_history_parts(pool_id: int) -> list[QuerySet[Any]]:
@@ -561,7 +652,8 @@ def pool_history_version(
     """The version of a pool's history over the `span` before `now` (pool_history), or None for a
     pool that is unknown or disabled; one query. The window slides with time alone: `step` is how
     far it may slide before the version changes (less than one column of the chart)."""
-    found, *rest = _fingerprints(_statement(("history", pool_id), lambda: _pool_history_parts(pool_id)))
+    statement = _statement(("history", pool_id), lambda: _pool_history_parts(pool_id))
+    found, *rest = map(str, statements.fetch(_fingerprints(statement))[0])
     if found.startswith("0:"):
         return None
     window = floor_time(now, max(1, int(step.total_seconds())))

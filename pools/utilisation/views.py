@@ -73,6 +73,12 @@ def _revalidated(response: HttpResponse, etag: str | None) -> HttpResponse:
     return response
 
 
+def _conditional(request: HttpRequest) -> bool:
+    """The request names versions it has: worth reading the version alone before the figures. A
+    request without one reads version and figures in one round trip (selectors.*_live_get)."""
+    return "If-None-Match" in request.headers
+
+
 def _not_modified(request: HttpRequest, etag: str | None) -> HttpResponse | None:
     """304 when the poll's If-None-Match still names the current version. Called after the
     permission checks: for what the user may not see there is no version to compare."""
@@ -95,18 +101,20 @@ def _team_usage_chart(rows: list[selectors.TeamUsageRow]) -> charts.BarChart:
 @login_required_polling
 def dashboard(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
-    # The version is taken before the figures are read: a write in between makes the next poll
-    # render once more, never keeps newer figures behind an older tag.
-    etag = _etag(selectors.overview_version(user=request.user, now=now))
     live_region = bool(request.htmx and request.htmx.target == "utilisation-live")
-    if live_region and (not_modified := _not_modified(request, etag)):
-        return not_modified
-    clusters = selectors.utilisation_overview(user=request.user, now=now)
-    team_rows = selectors.team_usage_list(user=request.user)
+    if _conditional(request) and live_region:
+        # A poll naming the version it shows: the version alone first, the figures only if it changed.
+        etag = _etag(selectors.overview_version(user=request.user, now=now))
+        if not_modified := _not_modified(request, etag):
+            return not_modified
+        live = selectors.overview_live_get(user=request.user, now=now, versioned=False)
+    else:
+        live = selectors.overview_live_get(user=request.user, now=now, versioned=True)
+        etag = _etag(live.version)
     context = {
-        "clusters": clusters,
-        "team_rows": team_rows,
-        "team_chart": _team_usage_chart(team_rows),
+        "clusters": live.clusters,
+        "team_rows": live.team_rows,
+        "team_chart": _team_usage_chart(live.team_rows),
         "poll_seconds": POLL_SECONDS,
         "live_headers": _poll_headers(etag),
     }
@@ -202,19 +210,25 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     # Versions before figures (see dashboard). None for a pool the user cannot see, which is then
     # answered below exactly as without versions.
     live_etag = history_etag = None
-    if target in (None, "pool-live"):
-        live_etag = _etag(selectors.pool_live_version(user=request.user, pool_id=pk, now=now))
-    if target in (None, "pool-history") and history_range is not None:
-        span = HISTORY_RANGES[history_range]
-        version = selectors.pool_history_version(
-            user=request.user, pool_id=pk, span=span, now=now, step=span / charts.MAX_COLUMNS
-        )
-        history_etag = _etag(version)
-    region_etag = {"pool-live": live_etag, "pool-history": history_etag}.get(target or "")
-    if not_modified := _not_modified(request, region_etag):
-        return not_modified
+    detail: selectors.PoolDetail | None = None
     try:
-        detail = selectors.pool_detail_get(user=request.user, pool_id=pk, now=now)
+        if target == "pool-live" and not _conditional(request):
+            # Nothing to compare with: the version and the detail in one round trip.
+            version, detail = selectors.pool_live_get(user=request.user, pool_id=pk, now=now)
+            live_etag = _etag(version)
+        elif target in (None, "pool-live"):
+            live_etag = _etag(selectors.pool_live_version(user=request.user, pool_id=pk, now=now))
+        if target in (None, "pool-history") and history_range is not None:
+            span = HISTORY_RANGES[history_range]
+            version = selectors.pool_history_version(
+                user=request.user, pool_id=pk, span=span, now=now, step=span / charts.MAX_COLUMNS
+            )
+            history_etag = _etag(version)
+        region_etag = {"pool-live": live_etag, "pool-history": history_etag}.get(target or "")
+        if not_modified := _not_modified(request, region_etag):
+            return not_modified
+        if detail is None:
+            detail = selectors.pool_detail_get(user=request.user, pool_id=pk, now=now)
     except NodePool.DoesNotExist:
         if request.htmx:
             return HttpResponseStopPolling()  # the pool went away: stop asking
@@ -234,7 +248,9 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "history_poll_seconds": HISTORY_POLL_SECONDS,
         "history_range": history_range,
         "history_ranges": list(HISTORY_RANGES),
-        "elastic": elastic.pool_elastic_get(pool=detail.view.pool, live=detail.view.live, now=timezone.now()),
+        "elastic": elastic.pool_elastic_get(
+            pool=detail.view.pool, live=detail.view.live, inventory=detail.inventory, now=timezone.now()
+        ),
         "live_headers": _poll_headers(live_etag),
         "history_headers": _poll_headers(history_etag),
     }

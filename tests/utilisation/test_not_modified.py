@@ -292,3 +292,33 @@ def test_a_dashboard_left_open_gets_304s_keeps_its_figures_and_shows_a_change(
     expect(card).to_have_attribute("data-free", "14")
     expect(page.locator("#htmx-alert")).to_be_hidden()
     assert same_document(page)
+
+
+@pytest.mark.parametrize("region", ["overview", "pool"])
+def test_a_live_region_reads_its_version_and_figures_in_one_round_trip(world, published, region):
+    """Without a version to compare, a poll sends the version's read and the figures' reads in one
+    pipeline, the version first; with an outdated one, the version alone, then the figures together."""
+    url, target = regions(world)[region]
+    client = client_of(world.alice)
+    sent: list[tuple[str, int | None]] = []
+
+    def record(execute, sql, params, many, context):
+        pipeline = connection.connection._pipeline
+        sent.append((sql, None if pipeline is None else id(pipeline)))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        first = poll(client, url, target)
+    assert first.status_code == 200
+    own = [(sql, pipeline) for sql, pipeline in sent if not any(t in sql for t in AUTH_TABLES)]
+    assert len(own) >= 3, own
+    assert own[0][0].startswith("SELECT (SELECT count(*)"), "the version is read first"
+    assert {pipeline for _, pipeline in own} != {None} and len({pipeline for _, pipeline in own}) == 1
+
+    sent.clear()
+    with connection.execute_wrapper(record):
+        again = poll(client, url, target, 'W/"outdated"')
+    assert again.status_code == 200 and again["ETag"] == first["ETag"]
+    own = [(sql, pipeline) for sql, pipeline in sent if not any(t in sql for t in AUTH_TABLES)]
+    assert own[0][0].startswith("SELECT (SELECT count(*)") and own[0][1] is None
+    assert len({pipeline for _, pipeline in own[1:]}) == 1
