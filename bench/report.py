@@ -238,6 +238,30 @@ def _first_view_reason(r: Json) -> str:
     )
 
 
+def _niced(c: Json) -> list[str]:
+    """The diagnostic churn: the same polls with the testbed's processes at a lower CPU priority."""
+    rows = [(n, r["niced"]) for n, r in (c.get("sizes") or {}).items() if "fragments" in r.get("niced", {})]
+    if not rows:
+        return []
+    out = [
+        "",
+        f"Diagnostic, not a target: the same polls during {len(rows[0][1]['churn'])} more churn steps "
+        "with every thread of the testbed's processes (etcd, the apiserver, controller-manager, scheduler, "
+        f"kwok) at nice {rows[0][1]['nice']}, as if the cluster ran on machines of its own, as in "
+        "production (the load generator, the collector, PostgreSQL and the web server keep their priority):",
+        "",
+    ]
+    for n, niced in rows:
+        frag = ", ".join(
+            f"{name} {_num(f['p50_ms'], 0)} / {_num(f['p95_ms'], 0)} ms"
+            for name, f in niced["fragments"].items()
+            if f and f["requests"]
+        )
+        events = ", ".join(f"{_num(s['watch_events_per_s'], 0)} ev/s" for s in niced["churn"])
+        out.append(f"- {n} nodes ({events}): p50 / p95 {frag}; fragment errors: {niced['fragment_errors']}")
+    return out
+
+
 def _settled(r: Json) -> str:
     """How long the first views waited for the testbed to settle (n/a: measured before the bench waited)."""
     if "settle_seconds" not in r:
@@ -563,6 +587,7 @@ def _collector(c: Json) -> list[str]:
             for s in r.get("churn", [])
         )
         out.append(f"- {n} nodes: {steps}; fragment errors: {r.get('fragment_errors', 0)}")
+    out += _niced(c)
     return out + _growth(c)
 
 
