@@ -99,13 +99,7 @@ def _targets(sections: Json) -> list[str]:
                 + ", ".join(f"{k.removesuffix('_304')} {_num(v, 0)} ms" for k, v in p95_304.items())
                 + ")",
                 worst < 50,
-                "in process (measured quiet, the test client's own cost included) a full render of a "
-                "live region takes 9-10 ms at 1,000 nodes (the overview 6.5 ms of CPU, the pool 7.4 ms: "
-                "the middleware, session and user, the reads compiled once, the template) and a "
-                "not-modified answer about 2 ms; under the churn even the not-modified answer has a p95 "
-                "of about 30 ms: the web server shares 2 cores with the apiserver, etcd, kwok, the "
-                "collector and the churn generator, which run flat out during the churn steps, so a "
-                "request waits several times its own CPU time",
+                _fragment_reason(r),
             )
     else:
         rows += _target("Collector", col.get("error", "not run"), None)
@@ -236,6 +230,25 @@ def _first_view_reason(r: Json) -> str:
         f"{listed}{rest} Python and Django start-up, the node list and the first computation and "
         "write of the figures; the other work on the machine shares the cores (see the load averages)"
     )
+
+
+def _fragment_reason(r: Json) -> str:
+    why = (
+        "a full render reads the session, the user, then the version and every figure in one round trip "
+        "(3 round trips; 8 for the overview before), and takes 5-9 ms in process on a quiet machine (the "
+        "machine's own speed varies that much from hour to hour; the test client's cost included), a "
+        "not-modified answer about 2 ms; under the churn even the not-modified answer has a p95 of 30-40 "
+        "ms: the web server and PostgreSQL share 2 cores with the apiserver, etcd, kwok, the collector and "
+        "the churn generator, which run flat out during the steps, so a request waits several times its "
+        "own CPU time"
+    )
+    niced = r.get("niced") or {}
+    if niced.get("fragments"):
+        p95 = ", ".join(
+            f"{k} {_num(v['p95_ms'], 0)} ms" for k, v in niced["fragments"].items() if not k.endswith("_304")
+        )
+        why += f"; with the testbed's threads at nice {niced['nice']} (the diagnostic below) the p95 is {p95}"
+    return why
 
 
 def _niced(c: Json) -> list[str]:
@@ -587,6 +600,12 @@ def _collector(c: Json) -> list[str]:
             for s in r.get("churn", [])
         )
         out.append(f"- {n} nodes: {steps}; fragment errors: {r.get('fragment_errors', 0)}")
+    cores = [(n, r["churn_cores"]) for n, r in c.get("sizes", {}).items() if r.get("churn_cores")]
+    if cores:
+        out += ["", "Who had the 2 cores during the churn steps (cores used on average, by process):", ""]
+        for n, used in cores:
+            busiest = sorted(used.items(), key=lambda kv: -kv[1])
+            out.append(f"- {n} nodes: " + ", ".join(f"{g} {_num(v, 2)}" for g, v in busiest))
     out += _niced(c)
     return out + _growth(c)
 

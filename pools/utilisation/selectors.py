@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, Max, Min, Model, Q, QuerySet, Sum
 from django.db.models.fields.json import KeyTransform
 
@@ -212,7 +213,7 @@ class OverviewLive:
 
     clusters: list[ClusterView]
     team_rows: list[TeamUsageRow]
-    version: str | None = None
+    version: str | None = None  # None also on a database without versions (_versioned)
 
 
 def overview_live_get(*, user: User, now: datetime, versioned: bool) -> OverviewLive:
@@ -547,6 +548,12 @@ def _statement(
     return statements.remember(("utilisation version", *key), make)
 
 
+def _versioned() -> bool:
+    # The fingerprints are PostgreSQL's (hashtextextended over whole rows). On SQLite, the zero-setup
+    # database of `make run`, a region has no version: every poll renders, as before versions.
+    return connection.vendor == "postgresql"
+
+
 def _fingerprints(statement: statements.Statement, *last: Any) -> statements.Read:
     """The read of a version statement: its result is the first (and only) row."""
     return statements.first_row_read(statement, (*statement.params, *last))
@@ -580,16 +587,18 @@ def _overview_parts(user: User) -> list[QuerySet[Any]]:
     ]
 
 
-def _overview_version_plan(user: User, now: datetime) -> statements.Plan[str]:
+def _overview_version_plan(user: User, now: datetime) -> statements.Plan[str | None]:
+    if not _versioned():
+        return None
     key = ("overview", *statements.user_key(user))
     statement = _statement(key, lambda: _overview_parts(user), silent=1)
     (found,) = yield (_fingerprints(statement, _silent_before(now)),)
     return _version(user, "overview", *map(str, found))
 
 
-def overview_version(*, user: User, now: datetime) -> str:
+def overview_version(*, user: User, now: datetime) -> str | None:
     """The version of what the dashboard's live region shows `user` at `now` (utilisation_overview
-    and team_usage_list); one query."""
+    and team_usage_list); one query. None on a database without versions (_versioned)."""
     return statements.run(_overview_version_plan(user, now))
 
 
@@ -618,6 +627,8 @@ def _pool_live_parts(user: User, pool_id: int) -> list[QuerySet[Any]]:
 
 
 def _pool_live_version_plan(user: User, pool_id: int, now: datetime) -> statements.Plan[str | None]:
+    if not _versioned():
+        return None
     key = ("pool", *statements.user_key(user), pool_id)
     statement = _statement(key, lambda: _pool_live_parts(user, pool_id), silent=1)
     ((found, *rest),) = yield (_fingerprints(statement, _silent_before(now)),)
@@ -628,7 +639,8 @@ def _pool_live_version_plan(user: User, pool_id: int, now: datetime) -> statemen
 
 def pool_live_version(*, user: User, pool_id: int, now: datetime) -> str | None:
     """The version of what a pool's live region shows `user` at `now` (pool_detail_get), or None
-    for a pool that is unknown or disabled, which is for the page to answer; one query."""
+    for a pool that is unknown or disabled, which is for the page to answer (and on a database
+    without versions); one query."""
     return statements.run(_pool_live_version_plan(user, pool_id, now))
 
 
@@ -652,6 +664,8 @@ def pool_history_version(
     """The version of a pool's history over the `span` before `now` (pool_history), or None for a
     pool that is unknown or disabled; one query. The window slides with time alone: `step` is how
     far it may slide before the version changes (less than one column of the chart)."""
+    if not _versioned():
+        return None
     statement = _statement(("history", pool_id), lambda: _pool_history_parts(pool_id))
     found, *rest = map(str, statements.fetch(_fingerprints(statement))[0])
     if found.startswith("0:"):
