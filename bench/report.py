@@ -247,7 +247,11 @@ def _fragment_reason(r: Json) -> str:
         p95 = ", ".join(
             f"{k} {_num(v['p95_ms'], 0)} ms" for k, v in niced["fragments"].items() if not k.endswith("_304")
         )
-        why += f"; with the testbed's threads at nice {niced['nice']} (the diagnostic below) the p95 is {p95}"
+        why += (
+            f"; with the testbed's threads at nice {niced['nice']} (the diagnostic below) the p95 is {p95}: "
+            "no better, so the polls wait as much for the collector's recomputes and writes, PostgreSQL and "
+            "the load generator (all at normal priority) as for the testbed"
+        )
     return why
 
 
