@@ -566,6 +566,8 @@ class ResourceCache:
             self._resource_version = resource_version
             self._synced = True
             self._lists += 1
+            # In the same critical section: a reader never sees the new list as stale.
+            was_stale = self._set_fresh()
         # What a cluster's size costs at start (and after each 410): the collector's first view waits on it.
         logger.info(
             "%s: listed %d objects %s, %.1fs (%d unchanged since the last list)",
@@ -575,7 +577,7 @@ class ResourceCache:
             time.monotonic() - listing.started,
             listing.reused,
         )
-        self._mark_fresh()
+        self._announce_fresh(was_stale)
 
     def _watch(self) -> None:
         with self._lock:
@@ -627,9 +629,17 @@ class ResourceCache:
 
     def _mark_fresh(self) -> None:
         with self._lock:
-            was_stale = self._stale
-            self._stale, self._stale_since, self._last_error = False, None, ""
-            self._last_contact = _now()
+            was_stale = self._set_fresh()
+        self._announce_fresh(was_stale)
+
+    def _set_fresh(self) -> bool:
+        """Under self._lock: the cluster answered. Whether it was stale until now."""
+        was_stale = self._stale
+        self._stale, self._stale_since, self._last_error = False, None, ""
+        self._last_contact = _now()
+        return was_stale
+
+    def _announce_fresh(self, was_stale: bool) -> None:
         self._backoff.reset()
         if was_stale:
             logger.info("%s: reachable again", self.source.name)
