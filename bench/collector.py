@@ -257,23 +257,24 @@ NICED = 10
 NICED_RATES = (200, 400)
 
 
-def _testbed_pids() -> list[int]:
-    pids = []
+def _testbed_stats() -> list[tuple[int, list[str]]]:
+    """Each testbed process's pid and the fields of its /proc stat after its name."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue  # the process ended
         if text[text.index("(") + 1 : text.rindex(")")] in TESTBED_PROCESSES:
-            pids.append(int(stat.parent.name))
-    return pids
+            found.append((int(stat.parent.name), text[text.rindex(")") + 2 :].split()))
+    return found
 
 
 def _renice_testbed(nice: int) -> int:
     """Sets every thread of the testbed's processes to `nice` (a nice value is per thread on Linux;
     threads started later inherit their creator's); how many threads it set."""
     done = 0
-    for pid in _testbed_pids():
+    for pid, _ in _testbed_stats():
         for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
             try:
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
@@ -284,18 +285,8 @@ def _renice_testbed(nice: int) -> int:
 
 
 def _testbed_cpu_seconds() -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # the process ended
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        if comm in TESTBED_PROCESSES:
-            fields = text[text.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+    utime_stime = sum(int(fields[11]) + int(fields[12]) for _, fields in _testbed_stats())
+    return utime_stime / os.sysconf("SC_CLK_TCK")
 
 
 def _settle(what: str) -> dict[str, float]:

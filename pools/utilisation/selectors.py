@@ -322,12 +322,15 @@ def _pool_detail_plan(user: User, pool_id: int, now: datetime) -> statements.Pla
     )
 
 
-def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
-    """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
-    detail = statements.run(_pool_detail_plan(user, pool_id, now))
+def _existing(detail: PoolDetail | None, pool_id: int) -> PoolDetail:
     if detail is None:
         raise NodePool.DoesNotExist(f"No enabled pool {pool_id}")
     return detail
+
+
+def pool_detail_get(*, user: User, pool_id: int, now: datetime) -> PoolDetail:
+    """Raises NodePool.DoesNotExist for a pool that is unknown or disabled."""
+    return _existing(statements.run(_pool_detail_plan(user, pool_id, now)), pool_id)
 
 
 def pool_live_get(*, user: User, pool_id: int, now: datetime) -> tuple[str | None, PoolDetail]:
@@ -336,9 +339,7 @@ def pool_live_get(*, user: User, pool_id: int, now: datetime) -> tuple[str | Non
     version, detail = statements.together(
         _pool_live_version_plan(user, pool_id, now), _pool_detail_plan(user, pool_id, now)
     )
-    if detail is None:
-        raise NodePool.DoesNotExist(f"No enabled pool {pool_id}")
-    return version, detail
+    return version, _existing(detail, pool_id)
 
 
 def pool_node_names(*, pool_id: int) -> list[str]:
