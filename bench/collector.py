@@ -257,24 +257,77 @@ NICED = 10
 NICED_RATES = (200, 400)
 
 
-def _testbed_stats() -> list[tuple[int, list[str]]]:
-    """Each testbed process's pid and the fields of its /proc stat after its name."""
+def _processes() -> list[tuple[int, str, list[str]]]:
+    """Each process's pid, name (as the kernel keeps it) and the fields of its /proc stat after it."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue  # the process ended
-        if text[text.index("(") + 1 : text.rindex(")")] in TESTBED_PROCESSES:
-            found.append((int(stat.parent.name), text[text.rindex(")") + 2 :].split()))
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        found.append((int(stat.parent.name), name, text[text.rindex(")") + 2 :].split()))
     return found
 
 
+def _testbed_stats() -> list[tuple[int, list[str]]]:
+    """Each testbed process's pid and the fields of its /proc stat after its name."""
+    return [(pid, fields) for pid, name, fields in _processes() if name in TESTBED_PROCESSES]
+
+
+def _cpu_seconds(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _role(pid: int, name: str) -> str:
+    """What a process is to the churn's figures: the work sharing the cores with the polls."""
+    if name in TESTBED_PROCESSES:
+        return "testbed"
+    if name.startswith("postgres"):
+        return "postgresql"
+    if name.startswith("redis"):
+        return "redis"
+    if pid == os.getpid():
+        return "bench (load generator, event counter)"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return "other"
+    if b"collect_utilisation" in cmdline:
+        return "collector"
+    if b"gunicorn" in cmdline:
+        return "web server"
+    if b"multiprocessing" in cmdline:
+        return "poller"
+    return "other"
+
+
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by the processes alive now, by their role."""
+    used: dict[str, float] = {}
+    for pid, name, fields in _processes():
+        role = _role(pid, name)
+        used[role] = used.get(role, 0.0) + _cpu_seconds(fields)
+    return used
+
+
+def _cores_between(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """The cores each role used on average between two _cpu_by_role() samples `seconds` apart."""
+    return {role: max(0.0, (used - before.get(role, 0.0)) / seconds) for role, used in after.items()}
+
+
 def _renice_testbed(nice: int) -> int:
-    """Sets every thread of the testbed's processes to `nice` (a nice value is per thread on Linux;
-    threads started later inherit their creator's); how many threads it set."""
+    """Sets every thread of the testbed's processes, and their scheduling groups, to `nice`; how many
+    threads it set. A thread's nice value orders it only within its autogroup: with autogroups on (as
+    here, /proc/sys/kernel/sched_autogroup_enabled) the scheduler first shares the cores fairly among
+    sessions, and each testbed process runs in a session of its own, so the group's nice value
+    (/proc/PID/autogroup) is what lowers its share against the web server's session."""
     done = 0
     for pid, _ in _testbed_stats():
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        except (ProcessLookupError, FileNotFoundError):
+            continue  # the process ended, or the kernel has no autogroups
         for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
             try:
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
@@ -285,8 +338,7 @@ def _renice_testbed(nice: int) -> int:
 
 
 def _testbed_cpu_seconds() -> float:
-    utime_stime = sum(int(fields[11]) + int(fields[12]) for _, fields in _testbed_stats())
-    return utime_stime / os.sysconf("SC_CLK_TCK")
+    return sum(_cpu_seconds(fields) for _, fields in _testbed_stats())
 
 
 def _settle(what: str) -> dict[str, float]:
@@ -429,6 +481,7 @@ def _churn(pool_id: int, pods: Pods, rates: list[int]) -> list[dict[str, Any]]:
     for rate in rates:
         ops = int(rate * STEP_SECONDS)
         events_before, reconnects_before = counter.events, counter.reconnects
+        cpu_before = _cpu_by_role()
         start = time.perf_counter()
         done = 0
         with ThreadPoolExecutor(CREATE_THREADS) as pool:
@@ -443,6 +496,8 @@ def _churn(pool_id: int, pods: Pods, rates: list[int]) -> list[dict[str, Any]]:
                 f.result()
                 done += 1
         elapsed = time.perf_counter() - start
+        # Who had the cores while the polls waited (the step's writes, not the catching up after).
+        cores = _cores_between(cpu_before, _cpu_by_role(), elapsed)
         events = counter.events - events_before
         expected = pods.count
         end = time.perf_counter()
@@ -465,6 +520,7 @@ def _churn(pool_id: int, pods: Pods, rates: list[int]) -> list[dict[str, Any]]:
             "lag_seconds": lag,
             # The collector kept up with what was offered, whether or not the generator reached its target.
             "kept_up": lag <= LAG_OK,
+            "cores": cores,
         }
         steps.append(step)
         log("collector", f"churn {step}")
@@ -616,6 +672,7 @@ def run(
                 result["niced"] = {
                     "nice": NICED,
                     "threads": threads,
+                    "autogroups": True,  # runs before this one set the threads' nice only
                     "churn": niced_steps,
                     "fragments": {
                         k: {"requests": len(v), "p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95)}

@@ -6,6 +6,8 @@ from typing import Any
 
 Json = dict[str, Any]
 
+FRAGMENT_P95_MS = 50  # the issue's target for a dashboard fragment while pods churn
+
 
 def _num(value: float | None, digits: int = 2) -> str:
     if value is None:
@@ -93,12 +95,12 @@ def _targets(sections: Json) -> list[str]:
             p95_304 = {k: v["p95_ms"] for k, v in r["fragments"].items() if k.endswith("_304")}
             worst = max(p95.values())
             rows += _target(
-                f"Dashboard fragment p95 < 50 ms while pods churn ({scale})",
+                f"Dashboard fragment p95 < {FRAGMENT_P95_MS} ms while pods churn ({scale})",
                 ", ".join(f"{k} {_num(v, 0)} ms" for k, v in p95.items())
                 + " (not modified: "
                 + ", ".join(f"{k.removesuffix('_304')} {_num(v, 0)} ms" for k, v in p95_304.items())
                 + ")",
-                worst < 50,
+                worst < FRAGMENT_P95_MS,
                 _fragment_reason(r),
             )
     else:
@@ -244,14 +246,27 @@ def _fragment_reason(r: Json) -> str:
     )
     niced = r.get("niced") or {}
     if niced.get("fragments"):
-        p95 = ", ".join(
-            f"{k} {_num(v['p95_ms'], 0)} ms" for k, v in niced["fragments"].items() if not k.endswith("_304")
-        )
-        why += (
-            f"; with the testbed's threads at nice {niced['nice']} (the diagnostic below) the p95 is {p95}: "
-            "no better, so the polls wait as much for the collector's recomputes and writes, PostgreSQL and "
-            "the load generator (all at normal priority) as for the testbed"
-        )
+        full = {
+            k: v["p95_ms"] for k, v in niced["fragments"].items() if not k.endswith("_304") and v["requests"]
+        }
+        p95 = ", ".join(f"{k} {_num(v, 0)} ms" for k, v in full.items())
+        if not niced.get("autogroups"):
+            why += (
+                f"; the diagnostic below set the testbed's threads to nice {niced['nice']} but not their "
+                f"autogroups, which the scheduler shares the cores between first, so its p95 ({p95}) says "
+                "nothing about priority"
+            )
+        elif max(full.values(), default=0) < FRAGMENT_P95_MS:
+            why += (
+                f"; with the testbed's processes at nice {niced['nice']} (the diagnostic below) the p95 is "
+                f"{p95}, within the target: the polls wait for the cores the testbed's control plane and "
+                "kubelets take, which production runs on machines of their own"
+            )
+        else:
+            why += (
+                f"; even with the testbed's processes at nice {niced['nice']} (the diagnostic below) the p95 "
+                f"is {p95}: the polls also wait for the collector, PostgreSQL and the load generator"
+            )
     return why
 
 
@@ -260,11 +275,12 @@ def _niced(c: Json) -> list[str]:
     rows = [(n, r["niced"]) for n, r in (c.get("sizes") or {}).items() if "fragments" in r.get("niced", {})]
     if not rows:
         return []
+    groups = " and their autogroups" if rows[0][1].get("autogroups") else ""
     out = [
         "",
         f"Diagnostic, not a target: the same polls during {len(rows[0][1]['churn'])} more churn steps "
         "with every thread of the testbed's processes (etcd, the apiserver, controller-manager, scheduler, "
-        f"kwok) at nice {rows[0][1]['nice']}, as if the cluster ran on machines of its own, as in "
+        f"kwok){groups} at nice {rows[0][1]['nice']}, as if the cluster ran on machines of its own, as in "
         "production (the load generator, the collector, PostgreSQL and the web server keep their priority):",
         "",
     ]
@@ -604,14 +620,36 @@ def _collector(c: Json) -> list[str]:
             for s in r.get("churn", [])
         )
         out.append(f"- {n} nodes: {steps}; fragment errors: {r.get('fragment_errors', 0)}")
-    cores = [(n, r["churn_cores"]) for n, r in c.get("sizes", {}).items() if r.get("churn_cores")]
-    if cores:
-        out += ["", "Who had the 2 cores during the churn steps (cores used on average, by process):", ""]
-        for n, used in cores:
-            busiest = sorted(used.items(), key=lambda kv: -kv[1])
-            out.append(f"- {n} nodes: " + ", ".join(f"{g} {_num(v, 2)}" for g, v in busiest))
+    out += _cores(c)
     out += _niced(c)
     return out + _growth(c)
+
+
+def _cores(c: Json) -> list[str]:
+    """Who had the 2 cores during each churn step (measured from /proc; older runs did not)."""
+    sizes = [
+        (n, r["churn"])
+        for n, r in c.get("sizes", {}).items()
+        if any("cores" in s for s in r.get("churn", []))
+    ]
+    if not sizes:
+        return []
+    out = [
+        "",
+        "Who had the 2 cores during each churn step (cores used on average, by role, the busiest first):",
+        "",
+    ]
+    for n, steps in sizes:
+        for s in steps:
+            busiest = [
+                (role, used)
+                for role, used in sorted(s["cores"].items(), key=lambda kv: -kv[1])
+                if used >= 0.005
+            ]
+            roles = ", ".join(f"{role} {_num(used, 2)}" for role, used in busiest)
+            total = _num(sum(s["cores"].values()), 2)
+            out.append(f"- {n} nodes, {s['target_ops_per_s']} writes/s: {roles} (total {total})")
+    return out
 
 
 def _reconnects(count: int) -> str:
