@@ -316,25 +316,27 @@ def _cores_between(before: dict[str, float], after: dict[str, float], seconds: f
     return {role: max(0.0, (used - before.get(role, 0.0)) / seconds) for role, used in after.items()}
 
 
-def _renice_testbed(nice: int) -> int:
+def _renice_testbed(nice: int) -> tuple[int, int]:
     """Sets every thread of the testbed's processes, and their scheduling groups, to `nice`; how many
     threads it set. A thread's nice value orders it only within its autogroup: with autogroups on (as
     here, /proc/sys/kernel/sched_autogroup_enabled) the scheduler first shares the cores fairly among
     sessions, and each testbed process runs in a session of its own, so the group's nice value
-    (/proc/PID/autogroup) is what lowers its share against the web server's session."""
-    done = 0
+    (/proc/PID/autogroup) is what lowers its share against the web server's session. How many threads
+    and how many processes' autogroups it set."""
+    done, groups = 0, 0
     for pid, _ in _testbed_stats():
         try:
             Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+            groups += 1
         except (ProcessLookupError, FileNotFoundError):
-            continue  # the process ended, or the kernel has no autogroups
+            pass  # the process ended, or the kernel has no autogroups: the threads' nice still counts
         for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
             try:
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
                 done += 1
             except (ProcessLookupError, FileNotFoundError):
                 continue  # the thread ended
-    return done
+    return done, groups
 
 
 def _testbed_cpu_seconds() -> float:
@@ -661,7 +663,7 @@ def run(
                     log("collector", f"{n_nodes} nodes: {result}")
                     out["sizes"][n_nodes] = result
                     continue
-                threads = _renice_testbed(NICED)
+                threads, groups = _renice_testbed(NICED)
                 try:
                     fragments = Fragments(_session_cookie(), pool_id)
                     fragments.start()
@@ -672,7 +674,7 @@ def run(
                 result["niced"] = {
                     "nice": NICED,
                     "threads": threads,
-                    "autogroups": True,  # runs before this one set the threads' nice only
+                    "autogroups": groups,  # runs before this key set the threads' nice only
                     "churn": niced_steps,
                     "fragments": {
                         k: {"requests": len(v), "p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95)}
