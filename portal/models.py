@@ -1,4 +1,8 @@
+from typing import Any
+
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.db import models
 
 from portal import roles
@@ -25,6 +29,21 @@ class User(AbstractUser):
     @property
     def is_read_only(self) -> bool:
         return roles.is_read_only(self)
+
+
+class Session(AbstractBaseSession):
+    """A signed-in browser's session, naming its user so that one read brings both (portal.sessions).
+    A user's sessions go with them."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="sessions"
+    )
+
+    @classmethod
+    def get_session_store_class(cls) -> Any:
+        from portal.sessions import SessionStore
+
+        return SessionStore
 
 
 class AuditEvent(models.Model):

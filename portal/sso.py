@@ -162,6 +162,12 @@ class PortalOIDCBackend(OIDCAuthenticationBackend):
             )
             return None
 
+    def get_user(self, user_id: Any) -> User | None:
+        # The library's returns a deactivated user too: their single sign-on sessions would outlive
+        # the deactivation, which ends password sessions at once (ModelBackend).
+        user = super().get_user(user_id)
+        return user if user is not None and user.is_active else None
+
     def _refuse(self, text: str) -> None:
         log.warning("SSO sign-in refused: %s", text)
         self.request.sso_refused = True  # type: ignore[attr-defined]

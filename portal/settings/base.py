@@ -55,7 +55,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "portal.sessions.AuthenticationMiddleware",  # Django's, the user read with the session
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -132,7 +132,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Set by production settings only: whitenoise serves collected files there, runserver serves from the apps.
 STATIC_ROOT = None
 
-SESSION_ENGINE = "portal.sessions"  # the database store, its read compiled once
+SESSION_ENGINE = "portal.sessions"  # the database store; one compiled read brings the session and its user
 SESSION_COOKIE_AGE = env.int("PORTAL_SESSION_SECONDS", default=8 * 3600)
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie

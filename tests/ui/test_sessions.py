@@ -106,8 +106,9 @@ def test_single_sign_on_is_off_by_default_and_wired_when_enabled():
 def test_a_session_is_read_in_one_query_and_refused_once_it_expired(world, django_assert_num_queries):
     from datetime import timedelta
 
-    from django.contrib.sessions.models import Session
     from django.utils import timezone
+
+    from portal.models import Session
 
     client = Client()
     client.force_login(world.alice)
@@ -121,3 +122,41 @@ def test_a_session_is_read_in_one_query_and_refused_once_it_expired(world, djang
     assert SessionStore(session_key=key).load() == {}
     response = client.get("/requests/")
     assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def auth_reads(client: Client, page: str) -> list[str]:
+    """The statements of a GET of `page` that read the session or the user."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(page).status_code == 200
+    sent = [q["sql"] for q in queries]
+    return [sql for sql in sent if '"portal_session"' in sql or sql.startswith('SELECT "portal_user"')]
+
+
+def test_a_signed_in_request_reads_its_session_and_user_in_one_query(world):
+    client = Client()
+    client.force_login(world.alice)
+    [read] = auth_reads(client, "/requests/")
+    assert 'FROM "portal_session"' in read and 'JOIN "portal_user"' in read
+
+
+def test_a_session_ends_when_its_user_changes_password_is_deactivated_or_is_deleted(world):
+    from portal.models import Session
+
+    clients = {}
+    for user in (world.alice, world.bob, world.carol):
+        clients[user.username] = Client()
+        clients[user.username].force_login(user)
+        assert clients[user.username].get("/requests/").status_code == 200
+    world.alice.set_password("another one")  # the session's hash no longer matches
+    world.alice.save()
+    world.bob.is_active = False
+    world.bob.save()
+    assert Session.objects.filter(user=world.carol).count() == 1
+    world.carol.delete()
+    assert not Session.objects.filter(user_id=world.carol.pk).exists()
+    for client in clients.values():
+        response = client.get("/requests/")
+        assert response.status_code == 302 and response["Location"].startswith("/login/")

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 DASHBOARD = "utilisation-live"
 # What every signed-in request reads before the view runs.
-AUTH_TABLES = ('"django_session"', '"portal_user"')
+AUTH_TABLES = ('"portal_session"', '"portal_user"')
 
 
 def client_of(user) -> Client:
