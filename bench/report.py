@@ -236,8 +236,9 @@ def _first_view_reason(r: Json) -> str:
 
 def _fragment_reason(r: Json) -> str:
     why = (
-        "a full render reads the session, the user, then the version and every figure in one round trip "
-        "(3 round trips; 8 for the overview before), and takes 5-9 ms in process on a quiet machine (the "
+        "a full render reads the session with its user, then the version and every figure in one round trip "
+        "(2 round trips; 4 before 2026-12-04, counting the health check of the reused connection, and 9 for "
+        "the overview before that), and takes 5-9 ms in process on a quiet machine (the "
         "machine's own speed varies that much from hour to hour; the test client's cost included), a "
         "not-modified answer about 2 ms; under the churn even the not-modified answer has a p95 of 30-40 "
         "ms: the web server and PostgreSQL share 2 cores with the apiserver, etcd, kwok, the collector and "
