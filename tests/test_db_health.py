@@ -5,6 +5,7 @@ production runs it (each "request" below is what Django does when one starts).""
 
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from unittest import mock
 
 import psycopg
@@ -34,7 +35,7 @@ def backend_pid() -> int:
         return cursor.fetchone()[0]
 
 
-def request_starts() -> mock.MagicMock:
+def request_starts() -> AbstractContextManager[mock.MagicMock]:
     """What Django's request_started does; a spy on the round-trip health check for what follows."""
     close_old_connections()
     return mock.patch.object(connection, "is_usable", wraps=connection.is_usable)
