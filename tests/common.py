@@ -9,6 +9,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import psycopg
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTBED_SCRIPT = REPO_ROOT / "scripts" / "testbed" / "testbed.py"
 
@@ -54,3 +56,29 @@ def database_url(db: Mapping[str, Any]) -> str:
     (a Django settings dict: the test database once pytest-django set it up)."""
     auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def is_deadlock(error: BaseException) -> bool:
+    """Whether PostgreSQL ended `error`'s transaction to break a deadlock (Django and the flush
+    command wrap its error in theirs)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, psycopg.errors.DeadlockDetected):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def flush_outlasting_deadlocks(flush: Callable[[], None], attempts: int = 5) -> None:
+    """Run `flush`, again when it lost a deadlock. The provisioning tests' Celery worker keeps
+    sweeping while a transactional test's database is flushed; TRUNCATE takes its tables' locks one
+    by one, so it can deadlock with a sweep that reads two of them, and PostgreSQL then fails one of
+    the two. When that is the flush, the test errs and the next inherits its rows; a new try wins,
+    the sweep having committed."""
+    for attempt in range(1, attempts + 1):
+        try:
+            flush()
+            return
+        except Exception as error:
+            if attempt == attempts or not is_deadlock(error):
+                raise

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test import TransactionTestCase
 
 from pools.models import Accelerator, NodePool, PoolClass
 from portal.models import User
 from quotas.models import Membership, Team
 from tests import factories
-from tests.common import REPO_ROOT, database_url
+from tests.common import REPO_ROOT, database_url, flush_outlasting_deadlocks
 
 # The Kubernetes testbed fixtures (`testbed`, `k8s_namespace`) for tests marked `cluster`.
 pytest_plugins = ["tests.testbed", "tests.keycloak"]
@@ -35,6 +36,19 @@ def _require_postgresql(django_db_setup: None, django_db_blocker: object) -> Non
     # The suite's locking and concurrency tests only mean something on PostgreSQL.
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         assert connection.vendor == "postgresql", f"tests must run on PostgreSQL, not {connection.vendor}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _flush_outlasts_deadlocks() -> Iterator[None]:
+    # pytest-django flushes through TransactionTestCase._fixture_teardown; that is the one door.
+    original = TransactionTestCase._fixture_teardown
+
+    def fixture_teardown(self: TransactionTestCase) -> None:
+        flush_outlasting_deadlocks(lambda: original(self))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TransactionTestCase, "_fixture_teardown", fixture_teardown)
+        yield
 
 
 @dataclass
