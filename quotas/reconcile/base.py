@@ -94,9 +94,15 @@ def grant_contract(grant: Grant) -> manifests.GrantContract:
 
 def grant_shared_objects(cluster: Cluster, contract: manifests.GrantContract) -> list[Manifest]:
     """The cluster-wide objects a grant needs: its PriorityClass, the contract policy and its binding."""
+    return shared_objects_of(contract, cluster_policy_objects(cluster))
+
+
+def shared_objects_of(contract: manifests.GrantContract, cluster_objects: list[Manifest]) -> list[Manifest]:
+    """Those of `cluster_objects` (pools.services.cluster_policy_objects) the grant needs; a pass over
+    many grants builds them once, since building them reads the cluster's pools."""
     return [
         m
-        for m in cluster_policy_objects(cluster)
+        for m in cluster_objects
         if m["kind"] != "PriorityClass" or m["metadata"]["name"] == contract.priority_class_name
     ]
 

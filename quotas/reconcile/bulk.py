@@ -34,8 +34,9 @@ from django.db import transaction
 from pools.kube import ops
 from pools.kube.errors import KubeError
 from pools.kube.objects import Label, managed_labels
-from pools.manifests import POLICY_NAME, Manifest
+from pools.manifests import POLICY_NAME
 from pools.models import Cluster
+from pools.services import cluster_policy_objects
 from portal.services import inserts_batched
 from quotas import manifests, services
 from quotas.models import CapacityRequest, Grant
@@ -46,7 +47,7 @@ from quotas.reconcile.base import (
     converge_cluster_wide,
     forget_cluster_wide,
     grant_contract,
-    grant_shared_objects,
+    shared_objects_of,
     title,
 )
 from quotas.reconcile.grants import (
@@ -119,15 +120,14 @@ def _bound(contract: manifests.GrantContract, namespace: dict[str, Any]) -> bool
 
 
 def _apply_pass(cluster: Cluster, items: list[_Item], pool: ThreadPoolExecutor) -> None:
-    shared: dict[str, Manifest] = {}
-    for item in items:
-        for manifest in grant_shared_objects(cluster, item.contract):
-            shared.setdefault(title(manifest), manifest)
+    cluster_objects = cluster_policy_objects(cluster)
+    needs = [shared_objects_of(item.contract, cluster_objects) for item in items]
+    shared = {title(m): m for needed in needs for m in needed}
     by_title = {
         title(a.manifest): a for a in converge_cluster_wide(cluster, list(shared.values()), compare=False)
     }
-    for item in items:
-        item.applied = [by_title[title(m)] for m in grant_shared_objects(cluster, item.contract)]
+    for item, needed in zip(items, needs, strict=True):
+        item.applied = [by_title[title(m)] for m in needed]
     # Namespaces first: what lives in them can only be applied once they exist.
     objects = [(item, manifests.grant_objects(item.contract)) for item in items]
     for step in (lambda objs: objs[:1], lambda objs: objs[1:]):
@@ -175,10 +175,9 @@ def _await_enforcement(
         def read(item: _Item) -> dict[str, Any] | None:
             return ops.get(cluster, "v1", "ResourceQuota", manifests.QUOTA_NAME, item.contract.namespace)
 
-        for item, quota in zip(waiting, _each(pool, read, waiting), strict=True):
-            if isinstance(quota, dict):
-                item.quota = quota
         try:
+            # As the single reconcile orders them (grants._await_enforcement): the probes, then the
+            # quotas, which the quota controller reports meanwhile.
             if refusal is None:
                 refusal = _policy_refusal(cluster, probe.contract)
             if gap is not None:
@@ -186,6 +185,9 @@ def _await_enforcement(
         except KubeError as exc:
             probe.error = exc
             return None, gap
+        for item, quota in zip(waiting, _each(pool, read, waiting), strict=True):
+            if isinstance(quota, dict):
+                item.quota = quota
         done = all(_quota_observed(item.contract, item.quota) for item in ok)
         if (done and refusal is not None and gap is None) or time.monotonic() >= deadline:
             return refusal, gap

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from pools.kube import ops
@@ -13,6 +14,7 @@ from pools.kube.errors import Invalid, PermanentKubeError, TemporaryKubeError
 from pools.kube.objects import quota_key
 from pools.manifests import INJECTION_POLICY_NAME, POLICY_NAME
 from pools.models import Cluster
+from portal import statements
 from portal.querysets import locked
 from quotas import manifests, services
 from quotas.models import Grant, ServingDeployment
@@ -48,18 +50,25 @@ log = logging.getLogger(__name__)
 # apiserver to start enforcing a new policy binding, before it records "not yet" and polls later.
 ENFORCEMENT_WAIT_SECONDS = 5.0
 # Both usually converge within a few hundred milliseconds: poll quickly at first, then back off.
-ENFORCEMENT_FIRST_POLL_SECONDS = 0.05
+ENFORCEMENT_FIRST_POLL_SECONDS = 0.02
 
 
 # --- grants -------------------------------------------------------------------------------------
 
 
+# A reconcile per grant makes these two reads hot: compiled once per worker process (portal.statements).
+def _grant_with_cluster(pk: int) -> QuerySet[Grant]:
+    return Grant.objects.select_related("request", "team", "pool__cluster", "pool__accelerator").filter(pk=pk)
+
+
+def _grant_to_record(pk: int) -> QuerySet[Grant]:
+    # The accelerator too: each audit row names the grant, and its name names the accelerator.
+    return locked(Grant.objects.select_related("team", "pool__cluster", "pool__accelerator")).filter(pk=pk)
+
+
 def _load_grant(grant_id: int) -> Grant | None:
-    return (
-        Grant.objects.select_related("request", "team", "pool__cluster", "pool__accelerator")
-        .filter(pk=grant_id)
-        .first()
-    )
+    found = statements.bound_instances("grant to reconcile", _grant_with_cluster, pk=grant_id)
+    return found[0] if found else None
 
 
 def _quota_observed(contract: manifests.GrantContract, quota: dict[str, Any]) -> bool:
@@ -107,12 +116,14 @@ def _await_enforcement(
     gap = "not checked yet" if contract.active else None
     pause = ENFORCEMENT_FIRST_POLL_SECONDS
     while True:
-        if not _quota_observed(contract, quota):
-            quota = ops.get(cluster, "v1", "ResourceQuota", manifests.QUOTA_NAME, contract.namespace) or quota
+        # The probes first: while the apiserver answers them, the quota controller reports the new
+        # quota, so the read that follows usually finds it reported (read first, it rarely was).
         if refusal is None:
             refusal = _policy_refusal(cluster, contract)
         if gap is not None:
             gap = _injection_gap(cluster, contract)
+        if not _quota_observed(contract, quota):
+            quota = ops.get(cluster, "v1", "ResourceQuota", manifests.QUOTA_NAME, contract.namespace) or quota
         done = _quota_observed(contract, quota) and refusal is not None and gap is None
         if done or time.monotonic() >= deadline:
             return quota, refusal, gap
@@ -338,9 +349,10 @@ def _record_grant(
     audits: list[AuditNote],
     state_move: Callable[[Grant], bool] | None,
 ) -> Grant | None:
-    grant = locked(Grant.objects.select_related("team", "pool__cluster")).filter(pk=grant_id).first()
-    if grant is None:
+    found = statements.bound_instances("grant to record", _grant_to_record, pk=grant_id)
+    if not found:
         return None
+    grant = found[0]
     grant.save(update_fields=observe(grant, conditions, generation=generation))
     write_audits(grant, audits)
     if state_move is not None:

@@ -5,8 +5,10 @@ from datetime import datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from portal import statements
 from portal.models import User
 from portal.querysets import locked
 from quotas import policies
@@ -119,8 +121,16 @@ def grant_shrink(*, grant: Grant, actor: User, gpus: int) -> Grant:
 # --- provisioning: state moves made by the reconciler (quotas.reconcile) -------------------------
 
 
+def _request_locked(pk: int) -> QuerySet[CapacityRequest]:
+    return locked(CapacityRequest.objects.select_related("team")).filter(pk=pk)
+
+
 def _locked_request(grant: Grant) -> CapacityRequest:
-    return locked(CapacityRequest.objects.select_related("team")).get(pk=grant.request_id)
+    # Compiled once per process (portal.statements): every reconcile's state move reads it.
+    found = statements.bound_instances("request to move", _request_locked, pk=grant.request_id)
+    if not found:
+        raise CapacityRequest.DoesNotExist(f"CapacityRequest {grant.request_id} does not exist.")
+    return found[0]
 
 
 @transaction.atomic
