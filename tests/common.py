@@ -58,6 +58,12 @@ def database_url(db: Mapping[str, Any]) -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def psycopg_params(connection: Any) -> dict[str, Any]:
+    """What psycopg.connect needs to open a session of its own on the database of Django's
+    `connection` (Django's cursor factory left out: it is Django's, not psycopg's)."""
+    return {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+
+
 def is_deadlock(error: BaseException) -> bool:
     """Whether PostgreSQL ended `error`'s transaction to break a deadlock (Django and the flush
     command wrap its error in theirs)."""

@@ -13,6 +13,7 @@ import pytest
 from django.db import close_old_connections, connection
 
 from quotas.models import Team
+from tests.common import psycopg_params
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,7 +45,7 @@ def request_starts() -> AbstractContextManager[mock.MagicMock]:
 def terminate(pid: int) -> None:
     """Ends a backend from another session, as an administrator or a restart does, and waits until
     it is gone."""
-    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    params = psycopg_params(connection)
     with psycopg.connect(**params, autocommit=True) as admin:
         assert admin.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0]
         deadline = time.monotonic() + 10

@@ -18,7 +18,7 @@ from django.test import TransactionTestCase
 
 from quotas.models import Team
 from tests import factories
-from tests.common import flush_outlasting_deadlocks, is_deadlock
+from tests.common import flush_outlasting_deadlocks, is_deadlock, psycopg_params
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,7 +30,7 @@ def truncate_order() -> list[str]:
 
 
 def session(**settings: str) -> psycopg.Connection:
-    params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
+    params = psycopg_params(connection)
     conn = psycopg.connect(**params)
     for name, value in settings.items():
         conn.execute(f"SET {name} = '{value}'")
