@@ -1,14 +1,15 @@
 """Provisioning throughput: approve N requests at once and time until every grant is Active, against
 kubectl applying the same manifests one object at a time and as one directory, on the same cluster.
-Two portal paths: approvals one after another (each queues its grant's reconcile), and one bulk
+Two portal paths: approvals one after another (each queues its grant's first apply, whose pass also
+takes the other approved grants waiting then, quotas.reconcile.bulk.grants_provision), and one bulk
 decision (quotas.services.decisions: one pre-flight and one locked transaction per pool, the grants
-queued together and reconciled in one pass, quotas.reconcile.bulk).
+queued together in chunks of 25, each chunk one pass).
 
 What the portal does beyond the baselines: the approvals themselves (with the cluster pre-flight)
-count; per grant the worker applies the grant's 4 objects (the 3 cluster-wide ones it shares with every
-grant at most once a minute per worker), waits until the quota controller reports the new quota, proves
-the policy is enforced in the new namespace with a dry-run pod, and records conditions, the state move
-and audit rows in PostgreSQL. kubectl only applies. Each run uses a fresh team slug and fresh baseline
+count; per grant the worker applies the grant's 4 objects (the 3 cluster-wide ones once per pass),
+waits until the quota controller reports the new quota, proves the policy and the injection are in
+force with dry-run pods (a pair per pass), and records conditions, the state move and audit rows in
+PostgreSQL. kubectl only applies. Each run uses a fresh team slug and fresh baseline
 namespace names, so every object is new.
 """
 

@@ -55,10 +55,10 @@ def _targets(sections: Json) -> list[str]:
         why = (
             f"{_num(sec['portal']['median'], 1)} s end to end, of which the {n} approvals, one after "
             f"another with a cluster pre-flight each and sharing the 2 cores with the worker, take "
-            f"{_num(approve, 1)} s; per grant the worker then applies 4 objects, waits for the quota "
-            f"controller to report the quota and for a dry-run pod to be refused by the policy, and records "
-            f"it in PostgreSQL; kubectl -f DIR ({_num(sec['kubectl_directory']['median'], 1)} s) is one "
-            f"process that only applies"
+            f"{_num(approve, 1)} s; the worker applies each grant's 4 objects in passes shared by the "
+            f"grants approved meanwhile, waits for the quota controller to report each quota, proves "
+            f"enforcement with a dry-run probe pair per pass and records every grant in PostgreSQL; kubectl "
+            f"-f DIR ({_num(sec['kubectl_directory']['median'], 1)} s) is one process that only applies"
         )
         rows += _target(
             f"Provisioning {n} grants: portal / kubectl one object at a time <= 1.0",
@@ -453,20 +453,22 @@ def _provisioning(p: Json) -> list[str]:
         "",
         f"Cluster: {p.get('cluster', '')}; pool `{p.get('pool', '')}`; {p.get('worker', '')}.",
         "",
-        "- **Portal**: N requests approved at once by a platform admin (one `capacity_request_approve` "
-        "after another, cluster pre-flight on), reconciled by the Celery worker; the clock stops when every "
-        "request is `active` (its grant's Ready condition is True).",
+        "- **Portal one by one**: N requests approved by a platform admin, one `capacity_request_approve` "
+        "after another (cluster pre-flight on, reading the collector's inventory), each queuing its grant's "
+        "first apply (`grants_provision`); a pass takes its grant with the other approved grants of the "
+        "cluster waiting then, up to 25, so approvals that queue faster than the worker applies share "
+        "passes. The clock stops when every request is `active` (its grant's Ready condition is True).",
         "- **Baseline kubectl one at a time**: the same manifests (built by `quotas.manifests` / "
         "`pools.manifests` from the same grants, in fresh namespaces; the three cluster-wide objects once), "
         "one `kubectl apply --server-side` process per object, sequentially.",
         "- **Baseline kubectl -f DIR**: the same manifests, another set of fresh namespaces, in one "
         "`kubectl apply --server-side -f DIR`.",
-        "- What the portal does beyond the baselines: the approvals (capacity checks under a row lock, a "
-        "cluster pre-flight listing the pool's nodes, audit rows) are part of its time; per grant the worker "
-        "applies the grant's 4 objects (the 3 cluster-wide ones every grant shares at most once a minute per "
-        "worker process), waits until the quota controller reports the new ResourceQuota, proves the policy "
-        "is enforced in the new namespace with a dry-run pod, and records conditions, state moves and audit "
-        "rows in PostgreSQL. kubectl only applies and waits for nothing.",
+        "- What the portal does beyond the baselines: the approvals (capacity checks under a row lock, the "
+        "cluster pre-flight, audit rows) are part of its time; per grant the worker applies the grant's 4 "
+        "objects (the 3 cluster-wide ones once per pass), waits until the quota controller reports the new "
+        "ResourceQuota, proves the policy and the injection are in force with dry-run pods (one pair per "
+        "pass, in the namespace written last), and records conditions, state moves and audit rows in "
+        "PostgreSQL. kubectl only applies and waits for nothing.",
         "- Objects/s counts the distinct objects (4 per grant + 3 cluster-wide) over each method's median "
         "time.",
         "",

@@ -17,6 +17,12 @@ class QuotasConfig(AppConfig):
             task="quotas.tasks.grant_reconcile",
             cluster_of=lambda grant_id: grant_cluster_id(grant_id=grant_id),
         )
+        # A pass's grants are of one cluster (a single approval's, a pool's bulk decision, a pass's polls).
+        for task in ("quotas.tasks.grants_provision", "quotas.tasks.grants_reconcile"):
+            cluster_task_register(
+                task=task,
+                cluster_of=lambda grant_ids: grant_cluster_id(grant_id=grant_ids[0]) if grant_ids else None,
+            )
         cluster_task_register(
             task="quotas.tasks.serving_deployment_reconcile",
             cluster_of=lambda deployment_id: serving_deployment_cluster_id(deployment_id=deployment_id),

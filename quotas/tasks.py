@@ -35,15 +35,30 @@ def grant_reconcile(self: Task, grant_id: int) -> None:
 
 
 @shared_task
+def grants_provision(grant_ids: list[int]) -> dict[str, int]:
+    """What approvals queue: the grants, with the others of their cluster that wait for their first
+    apply, in one pass (reconcile.grants_provision)."""
+    return _follow_up(reconcile.grants_provision(grant_ids=grant_ids), grant_ids)
+
+
+@shared_task
 def grants_reconcile(grant_ids: list[int]) -> dict[str, int]:
-    """Many grants of a bulk approval in one pass; what cannot go that way is queued one by one
-    (grant_reconcile, which retries cluster errors with backoff)."""
-    outcome = reconcile.grants_reconcile(grant_ids=grant_ids)
-    if outcome.again:
-        grants_reconcile.apply_async((outcome.again,), countdown=outcome.requeue_after)
+    """Grants of a pass polled again together (their quota or policy not yet reported)."""
+    return _follow_up(reconcile.grants_reconcile(grant_ids=grant_ids), grant_ids)
+
+
+def _follow_up(outcome: reconcile.BulkOutcome, grant_ids: list[int]) -> dict[str, int]:
+    # What cannot go in a pass goes one by one (grant_reconcile, which retries cluster errors with
+    # backoff); what a pass must poll again goes together, a batch per cluster.
+    for again in outcome.again:
+        grants_reconcile.apply_async((again,), countdown=outcome.requeue_after)
     for grant_id in outcome.single:
         grant_reconcile.delay(grant_id)
-    return {"grants": len(grant_ids), "again": len(outcome.again), "single": len(outcome.single)}
+    return {
+        "grants": len(grant_ids),
+        "again": sum(len(again) for again in outcome.again),
+        "single": len(outcome.single),
+    }
 
 
 @shared_task(bind=True, **RETRY_POLICY)

@@ -39,7 +39,7 @@ def test_bulk_final_approval_grants_each_and_audits_each(
 ) -> None:
     reqs = lead_approved(world, 3, gpus=2)
     with (
-        mock.patch("quotas.tasks.grants_reconcile.delay") as queued,
+        mock.patch("quotas.tasks.grants_provision.delay") as queued,
         django_capture_on_commit_callbacks(execute=True),
     ):
         results = decide(world.admin, reqs, comment="batch ok")

@@ -28,6 +28,8 @@ def test_the_setting_names_the_router():
     assert app.conf.task_routes == ("pools.queues.route_task",)
     assert cluster_tasks() == {
         "quotas.tasks.grant_reconcile",
+        "quotas.tasks.grants_provision",
+        "quotas.tasks.grants_reconcile",
         "quotas.tasks.serving_deployment_reconcile",
         "pools.tasks.cluster_sync_inventory",
         "pools.tasks.cluster_policies_apply",
@@ -55,6 +57,9 @@ def test_cluster_bound_tasks_go_to_their_clusters_shard(world, grant):
             assert queue_of("pools.tasks.cluster_policies_apply", cluster.pk) == expected
             Grant.objects.filter(pk=grant.pk).update(pool=pool)
             assert queue_of("quotas.tasks.grant_reconcile", grant.pk) == expected
+            # A pass's list of grants goes where its first grant's cluster is.
+            assert queue_of("quotas.tasks.grants_provision", [grant.pk]) == expected
+            assert queue_of("quotas.tasks.grants_reconcile", [grant.pk, 10**9]) == expected
         # Periodic tasks and the sweeper stay on the default queue, which the default workers consume.
         for periodic in (
             "quotas.tasks.provisioning_sweep",

@@ -16,10 +16,17 @@ state move and audit rows, exactly as a single reconcile records them. What the 
   also checks its own live namespace: the binding's labels and the contract annotations in place.
   The injection policy is proven the same way, by one dry-run GPU pod in that namespace.
 
-Only the common case goes this way: the first apply of an active grant that admits through
-ResourceQuota (a queued grant's Kueue objects are the single reconcile's). A grant being resynced
-(compare for drift), ended, or with its namespace deleted, and any grant the cluster answered with an
-error, goes through `grant_reconcile` on its own, with its retries.
+Only the common case goes this way (`ELIGIBLE`): the first apply of an active grant that admits
+through ResourceQuota (a queued grant's Kueue objects are the single reconcile's). A grant being
+resynced (compare for drift), ended, or with its namespace deleted, and any grant the cluster answered
+with an error, goes through `grant_reconcile` on its own, with its retries.
+
+Every approval, single or bulk, queues `grants_provision`: its pass claims the grants it was given
+and, up to RECONCILE_CHUNK, the other approved grants of the cluster still waiting for their first
+apply. So approvals arriving one after another while the workers are busy share passes as a bulk
+decision's grants do, and cost about what a bulk pass costs. The claim is the approved ->
+provisioning move itself, made under row locks that skip what another claim holds: no grant is
+applied by two passes, and a task whose grant another pass took has nothing left to do.
 """
 
 import logging
@@ -30,12 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.db import transaction
+from django.db.models import BooleanField, Case, ExpressionWrapper, F, Q, QuerySet, Value, When
 
 from pools.kube import ops
 from pools.kube.errors import KubeError
 from pools.kube.objects import Label, managed_labels
 from pools.manifests import POLICY_NAME
-from pools.models import Cluster
+from pools.models import AdmissionMode, Cluster
 from pools.services import cluster_policy_objects
 from portal.services import inserts_batched
 from quotas import manifests, services
@@ -61,6 +69,8 @@ from quotas.reconcile.grants import (
     _quota_observed,
     _record_grant,
 )
+from quotas.services.common import RECONCILE_CHUNK
+from quotas.states import HOLDING_STATES, RequestState
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +108,24 @@ def _each(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: list[T]) -> lis
     return list(pool.map(guarded, items))
 
 
-def _bulk_eligible(grant: Grant) -> bool:
-    contract = grant_contract(grant)
-    # A queued grant's Kueue objects and its Queued condition are the single reconcile's.
-    return (
-        grant.pool.cluster.enabled
-        and grant.namespace_deleted_at is None
-        and grant.observed_generation < grant.generation
-        and contract.active
-        and contract.queue is None
-    )
+# What a pass may take: a generation not yet applied, of a grant that holds its GPUs (its contract
+# is active) and admits through ResourceQuota (a queued grant's Kueue objects and its Queued condition
+# are the single reconcile's), on an enabled cluster, its namespace not deleted.
+ELIGIBLE = Q(
+    pool__cluster__enabled=True,
+    namespace_deleted_at__isnull=True,
+    observed_generation__lt=F("generation"),
+    admission=AdmissionMode.QUOTA,
+    request__state__in=HOLDING_STATES,
+)
+
+
+def _with_eligibility(grants: QuerySet[Grant]) -> QuerySet[Grant]:
+    return grants.annotate(eligible=ExpressionWrapper(ELIGIBLE, output_field=BooleanField()))
+
+
+def _with_cluster(grants: QuerySet[Grant]) -> QuerySet[Grant]:
+    return grants.select_related("request", "team", "pool__cluster", "pool__accelerator")
 
 
 def _bound(contract: manifests.GrantContract, namespace: dict[str, Any]) -> bool:
@@ -258,44 +276,85 @@ def _conditions(
 
 @dataclass
 class BulkOutcome:
-    """What the task does next: grants to reconcile again together after `requeue_after` seconds,
-    and grants to hand to `grant_reconcile` one by one (errors, resyncs, ended grants)."""
+    """What the task does next: batches of grants (one per cluster) to reconcile again together after
+    `requeue_after` seconds, and grants to hand to `grant_reconcile` one by one (errors, resyncs,
+    ended or queued grants)."""
 
-    again: list[int] = field(default_factory=list)
+    again: list[list[int]] = field(default_factory=list)
     requeue_after: float | None = None
     single: list[int] = field(default_factory=list)
 
 
-def grants_reconcile(*, grant_ids: list[int]) -> BulkOutcome:
-    """Make the clusters of these grants match the database, new active grants of a cluster in one
-    pass (see the module docstring); the rest are returned for one-by-one reconciles."""
+def grants_provision(*, grant_ids: list[int]) -> BulkOutcome:
+    """Provision grants just approved (one, or a chunk of a bulk decision), each cluster's in one pass
+    with the other grants of the cluster that wait for their first apply (see the module docstring).
+    A grant already taken (by another pass, or moved on by a reconcile) is left alone; one that cannot
+    go in a pass is returned for `grant_reconcile`."""
     outcome = BulkOutcome()
-    grants = list(
-        Grant.objects.select_related("request", "team", "pool__cluster", "pool__accelerator")
-        .filter(pk__in=grant_ids)
+    rows = (
+        _with_eligibility(Grant.objects.filter(pk__in=grant_ids))
         .order_by("pk")
+        .values_list("pk", "pool__cluster_id", "eligible", "request__state")
     )
+    wanted: dict[int, list[int]] = {}
+    for pk, cluster_id, eligible, state in rows:
+        if state != RequestState.APPROVED:
+            continue  # taken: its pass, or its reconcile, records it
+        if eligible:
+            wanted.setdefault(cluster_id, []).append(pk)
+        else:
+            outcome.single.append(pk)
+    for cluster_id, ids in wanted.items():
+        started = time.monotonic()
+        claimed = _claim(cluster_id, ids)
+        if claimed:
+            _reconcile_cluster(claimed[0].pool.cluster, claimed, outcome, started)
+    return outcome
+
+
+def _claim(cluster_id: int, ids: list[int]) -> list[Grant]:
+    """Take the grants `ids` of the cluster and, up to RECONCILE_CHUNK, its other approved grants that
+    wait for their first apply: each moves approved -> provisioning (audited) in one transaction. Rows
+    another transaction holds are skipped (its claim, or a revoke, has them); the grant rows are
+    locked with their requests, in the order every state move takes them (grant, then request)."""
+    given_first = Case(When(pk__in=ids, then=Value(0)), default=Value(1))
+    with transaction.atomic(), inserts_batched():
+        grants = list(
+            _with_cluster(Grant.objects)
+            .select_for_update(skip_locked=True, of=("self", "request"))
+            .filter(ELIGIBLE, pool__cluster_id=cluster_id, request__state=RequestState.APPROVED)
+            .order_by(given_first, "pk")[: max(len(ids), RECONCILE_CHUNK)]
+        )
+        for grant in grants:
+            services.grant_provisioning_start(grant=grant)
+    return grants
+
+
+def grants_reconcile(*, grant_ids: list[int]) -> BulkOutcome:
+    """Make the clusters of these grants match the database, the eligible ones of a cluster in one
+    pass: what a pass queues again for the grants it must poll; the rest are returned for one-by-one
+    reconciles."""
+    outcome = BulkOutcome()
+    grants = list(_with_eligibility(_with_cluster(Grant.objects)).filter(pk__in=grant_ids).order_by("pk"))
     by_cluster: dict[int, list[Grant]] = {}
     for grant in grants:
-        if _bulk_eligible(grant):
+        if grant.eligible:
             by_cluster.setdefault(grant.pool.cluster_id, []).append(grant)
         else:
             outcome.single.append(grant.pk)
     for batch in by_cluster.values():
-        again = _reconcile_cluster(batch[0].pool.cluster, batch, outcome)
-        if again:
-            outcome.again += again
-            outcome.requeue_after = POLL_SECONDS
+        started = time.monotonic()
+        # The pass's audit rows go in with one statement per transaction (inserts_batched), as a bulk
+        # decision's do: per grant, the state moves and their audit rows are exactly a single reconcile's.
+        with transaction.atomic(), inserts_batched():
+            for grant in batch:
+                services.grant_provisioning_start(grant=grant)
+        _reconcile_cluster(batch[0].pool.cluster, batch, outcome, started)
     return outcome
 
 
-def _reconcile_cluster(cluster: Cluster, grants: list[Grant], outcome: BulkOutcome) -> list[int]:
-    started = time.monotonic()
-    # The pass's audit rows go in with one statement per transaction (inserts_batched), as a bulk
-    # decision's do: per grant, the state moves and their audit rows are exactly a single reconcile's.
-    with transaction.atomic(), inserts_batched():
-        for grant in grants:
-            services.grant_provisioning_start(grant=grant)
+def _reconcile_cluster(cluster: Cluster, grants: list[Grant], outcome: BulkOutcome, started: float) -> None:
+    """One pass over grants of `cluster` already moved to provisioning; what follows goes in `outcome`."""
     # Their requests moved (approved -> provisioning) on rows of their own: read the states back at once.
     states = dict(
         CapacityRequest.objects.filter(pk__in=[g.request_id for g in grants]).values_list("pk", "state")
@@ -311,7 +370,7 @@ def _reconcile_cluster(cluster: Cluster, grants: list[Grant], outcome: BulkOutco
             forget_cluster_wide(cluster)
             log.info("bulk reconcile on %s: %s; reconciling one by one", cluster.name, exc.message)
             outcome.single += [item.grant.pk for item in items]
-            return []
+            return
         applied = time.monotonic()
         refusal, gap = _await_enforcement(cluster, items, pool)
     proven = time.monotonic()
@@ -353,4 +412,6 @@ def _reconcile_cluster(cluster: Cluster, grants: list[Grant], outcome: BulkOutco
         proven - applied,
         time.monotonic() - proven,
     )
-    return again
+    if again:
+        outcome.again.append(again)
+        outcome.requeue_after = POLL_SECONDS

@@ -140,17 +140,19 @@ def live_deployments(grant: Grant) -> QuerySet[ServingDeployment]:
     return ServingDeployment.objects.filter(grant=grant, deleted_at__isnull=True)
 
 
-# A bulk decision's grants are reconciled in chunks of this many: one task applies a chunk's objects
-# in one pass and probes enforcement once (quotas.reconcile.bulk), and several worker processes share
-# a big batch.
+# Approved grants are provisioned in passes of up to this many: one task applies a pass's objects and
+# probes enforcement once (quotas.reconcile.bulk), and several worker processes share a big batch.
 RECONCILE_CHUNK = 25
 
 
-def queue_grants_reconcile(grant_ids: Sequence[int]) -> None:
-    """Queue the reconcile of many grants once the transaction commits, `RECONCILE_CHUNK` per task."""
-    from quotas.tasks import grants_reconcile
+def queue_grants_provision(grant_ids: Sequence[int]) -> None:
+    """Queue the first apply of grants just approved once the transaction commits, `RECONCILE_CHUNK`
+    per task. Each task's pass also takes the other approved grants of the cluster still waiting for
+    theirs, so approvals arriving one by one share passes when the workers are busy."""
+    from quotas.tasks import grants_provision
 
     ids = list(grant_ids)
     chunks = [ids[i : i + RECONCILE_CHUNK] for i in range(0, len(ids), RECONCILE_CHUNK)]
     if chunks:
-        transaction.on_commit(lambda: [grants_reconcile.delay(chunk) for chunk in chunks], robust=True)
+        # `robust`, as queue_grant_reconcile: the sweeper queues whatever a broker outage loses.
+        transaction.on_commit(lambda: [grants_provision.delay(chunk) for chunk in chunks], robust=True)

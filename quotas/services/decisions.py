@@ -9,7 +9,7 @@ maximum), and the same audit rows, one decision at a time. What is shared is don
   lock, as for a single approval;
 - each pool's decisions run in one transaction that holds the pool's row lock, so its capacity is
   read once and then counted up in memory as requests are granted, instead of re-read per request;
-- the grants of a pool are queued for the reconciler together (`grants_reconcile`, in chunks).
+- the grants of a pool are queued for the reconciler together (`grants_provision`, in chunks).
 
 Partial success is the normal case: every request gets its own result. Every rule is checked before
 a request's first write (`_check_one`, then `_apply_one`, which refuses nothing), so a refused request
@@ -36,7 +36,7 @@ from portal.services import inserts_batched
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest
 from quotas.selectors import pool_capacity_bulk
-from quotas.services.common import decision_record, queue_grants_reconcile
+from quotas.services.common import decision_record, queue_grants_provision
 from quotas.services.requests import _approve_final, _check_window, capacity_refusal
 from quotas.states import RequestState
 
@@ -246,7 +246,7 @@ def _decide_pool(
             for pk in ids
             if pk not in found
         ]
-        queue_grants_reconcile(granted)
+        queue_grants_provision(granted)
     return results
 
 

@@ -18,7 +18,7 @@ from portal.services import audit_event_record, inserts_batched
 from quotas import policies, rules
 from quotas.models import ApprovalDecision, CapacityRequest, Grant, Membership, Team
 from quotas.selectors import pool_capacity, pool_capacity_bulk
-from quotas.services.common import decision_record, queue_grant_reconcile, snapshot, transition
+from quotas.services.common import decision_record, queue_grants_provision, snapshot, transition
 from quotas.states import PENDING_STATES, RequestState, check_transition
 
 S = RequestState
@@ -325,7 +325,7 @@ def _approve_final(
         after |= {"admission": grant.admission, "borrow_gpus": grant.borrow_gpus}
     audit_event_record(actor=actor, action="grant.created", obj=grant, team=req.team, after=after)
     if queue:  # a bulk decision queues its grants together (quotas.services.decisions)
-        queue_grant_reconcile(grant)
+        queue_grants_provision([grant.pk])
     return grant
 
 

@@ -66,7 +66,7 @@ def test_a_hanging_cluster_stalls_only_its_own_shard(org: Org, workers: Workers,
         # the other shard's worker: each received its own cluster's task.
         assert proxy.held and slow_worker.running
         for worker in shard_workers:
-            assert "grant_reconcile[" in worker.log_path.read_text(errors="replace"), worker.tail()
+            assert "grants_provision[" in worker.log_path.read_text(errors="replace"), worker.tail()
 
         proxy.release()
         wait_for("the slow cluster's grant to complete once it answers", lambda: settled(stuck), timeout=90)
