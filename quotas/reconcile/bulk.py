@@ -325,9 +325,9 @@ def _claim(cluster_id: int, ids: list[int]) -> list[Grant]:
             .filter(ELIGIBLE, pool__cluster_id=cluster_id, request__state=RequestState.APPROVED)
             .order_by(given_first, "pk")[: max(len(ids), RECONCILE_CHUNK)]
         )
-        for grant in grants:
-            services.grant_provisioning_start(grant=grant)
-    return grants
+        # Under the locks each move succeeds; without them (SQLite, `make run`) a concurrent claim may
+        # have moved one first, and that one is its claim's.
+        return [grant for grant in grants if services.grant_provisioning_start(grant=grant)]
 
 
 def grants_reconcile(*, grant_ids: list[int]) -> BulkOutcome:
