@@ -1,5 +1,5 @@
-"""Writes that belong to the portal itself: the audit trail and the platform-wide roles; and batched
-inserts of rows that are only ever added (audit rows, approval decisions)."""
+"""Writes that belong to the portal itself: the audit trail, the platform-wide roles and the sessions'
+housekeeping; and batched inserts of rows that are only ever added (audit rows, approval decisions)."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -7,8 +7,9 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from django.db import models, transaction
+from django.utils import timezone
 
-from portal.models import AuditEvent, User
+from portal.models import AuditEvent, Session, User
 
 M = TypeVar("M", bound=models.Model)
 
@@ -92,3 +93,10 @@ def user_platform_roles_set(
         actor=actor, action="user.roles_set", obj=user, before=before, after=after, message=message
     )
     return True
+
+
+def sessions_purge() -> int:
+    """Delete the sessions past their expiry. Django never deletes them by itself (an expired one is
+    only refused when read), so without this the table grows by a row per sign-in forever."""
+    deleted, _ = Session.objects.filter(expire_date__lt=timezone.now()).delete()
+    return deleted

@@ -345,6 +345,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.tasks.idempotency_records_purge",
         "schedule": timedelta(hours=1),
     },
+    # Expired sign-in sessions (Django refuses them when read but never deletes them).
+    "sessions-purge": {"task": "portal.tasks.sessions_purge", "schedule": timedelta(hours=1)},
 }
 
 # --- Portal rules -------------------------------------------------------------------------------

@@ -73,7 +73,14 @@ def test_a_pass_skips_the_grants_another_transaction_holds(org: Org, workers: Wo
 
     with psycopg.connect(**psycopg_params(connection), autocommit=False) as other:
         other.execute("SELECT 1 FROM quotas_capacityrequest WHERE id = %s FOR UPDATE", [held.request_id])
-        reconcile.grants_provision(grant_ids=[first.pk])
+        # A pass that waited for the lock would fail here on the timeout instead of hanging the suite.
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '10s'")
+        try:
+            reconcile.grants_provision(grant_ids=[first.pk])
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
         # The held grant was skipped, not waited for; the pass took the first and the third.
         assert Grant.objects.get(pk=held.pk).request.state == RequestState.APPROVED
         for grant in (first, third):

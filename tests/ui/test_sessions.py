@@ -124,6 +124,24 @@ def test_a_session_is_read_in_one_query_and_refused_once_it_expired(world, djang
     assert response.status_code == 302 and response["Location"].startswith("/login/")
 
 
+def test_expired_sessions_are_purged_and_live_ones_kept(world):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from portal.models import Session
+    from portal.tasks import sessions_purge
+
+    expired, live = Client(), Client()
+    expired.force_login(world.alice)
+    live.force_login(world.bob)
+    gone = expired.cookies["sessionid"].value
+    Session.objects.filter(session_key=gone).update(expire_date=timezone.now() - timedelta(seconds=1))
+    assert sessions_purge() == 1
+    assert not Session.objects.filter(session_key=gone).exists()
+    assert live.get("/requests/").status_code == 200
+
+
 def auth_reads(client: Client, page: str) -> list[str]:
     """The statements of a GET of `page` that read the session or the user."""
     from django.db import connection
